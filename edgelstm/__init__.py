@@ -9,3 +9,9 @@ from edgelstm import _blas
 _blas.load()  # must run before mlx.core is imported anywhere
 
 from edgelstm._version import __version__  # noqa: E402
+from edgelstm.checkpoint import load, save  # noqa: E402
+from edgelstm.errors import EdgeLSTMError  # noqa: E402
+from edgelstm.layers import GRU, LSTM, RNN  # noqa: E402
+from edgelstm.model import SequenceModel  # noqa: E402
+
+__all__ = ["GRU", "LSTM", "RNN", "EdgeLSTMError", "SequenceModel", "__version__", "load", "save"]
