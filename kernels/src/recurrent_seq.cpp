@@ -1,0 +1,559 @@
+// CPU implementation of the whole-sequence recurrent primitives.
+
+#include "recurrent_seq.h"
+
+#include <cmath>
+#include <cstring>
+#include <sstream>
+#include <stdexcept>
+#include <vector>
+
+#include "mlx/allocator.h"
+#include "mlx/backend/cpu/encoder.h"
+
+// Declared here rather than via <cblas.h> (not installed on every box); the
+// symbols resolve to whichever BLAS is loaded first (OpenBLAS when edgelstm
+// loaded it, else MLX's bundled reference BLAS, a dependency of libmlx).
+extern "C" {
+void cblas_sgemm(
+    int order, int transa, int transb, int m, int n, int k, float alpha,
+    const float* a, int lda, const float* b, int ldb, float beta, float* c,
+    int ldc);
+void cblas_sgemv(
+    int order, int trans, int m, int n, float alpha, const float* a, int lda,
+    const float* x, int incx, float beta, float* y, int incy);
+}
+
+namespace edgelstm {
+
+namespace {
+
+constexpr int kRowMajor = 101;
+constexpr int kNoTrans = 111;
+constexpr int kTrans = 112;
+
+// Gate loops get an AVX2/FMA clone picked at load time; the default clone
+// keeps the module importable on any x86-64.
+#if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__)
+#define EDGE_CLONES __attribute__((target_clones("arch=haswell", "default")))
+#else
+#define EDGE_CLONES
+#endif
+
+// MLX's CPU exp (Cephes polynomial on 2**x), written so loops vectorise:
+// floor via int truncation, and the [-88, 88] clamp applied up front.
+inline float fast_exp(float x) {
+  x = x < -88.0f ? -88.0f : (x > 88.0f ? 88.0f : x);
+  float y = x * 1.442695f;
+  float k = y + 0.5f;
+  int ki = static_cast<int>(k);
+  ki -= (static_cast<float>(ki) > k);
+  float f = y - static_cast<float>(ki);
+  float p = 1.535336188319500e-4f;
+  p = p * f + 1.339887440266574e-3f;
+  p = p * f + 9.618437357674640e-3f;
+  p = p * f + 5.550332471162809e-2f;
+  p = p * f + 2.402264791363012e-1f;
+  p = p * f + 6.931472028550421e-1f;
+  p = p * f + 1.0f;
+  int bits = (ki + 127) << 23;
+  float scale;
+  std::memcpy(&scale, &bits, sizeof(float));
+  return scale * p;
+}
+
+// Same form as MLX's Sigmoid: 1 / (1 + exp(|x|)), mirrored for x >= 0.
+inline float sigmoid(float x) {
+  float y = 1.0f / (1.0f + fast_exp(x < 0 ? -x : x));
+  float r = x < 0 ? y : 1.0f - y;
+  return x != x ? x : r;
+}
+
+// tanh from one exp of a non-positive argument; absolute error ~1e-7.
+inline float fast_tanh(float x) {
+  float a = x < 0 ? -x : x;
+  float t = fast_exp(-2.0f * a);
+  float r = (1.0f - t) / (1.0f + t);
+  r = x < 0 ? -r : r;
+  return x != x ? x : r;
+}
+
+EDGE_CLONES void lstm_row(
+    const float* __restrict g,
+    const float* __restrict x,
+    float* __restrict h,
+    float* __restrict c,
+    float* __restrict y,
+    int H) {
+  for (int j = 0; j < H; ++j) {
+    float i = sigmoid(g[j] + x[j]);
+    float f = sigmoid(g[H + j] + x[H + j]);
+    float gg = fast_tanh(g[2 * H + j] + x[2 * H + j]);
+    float o = sigmoid(g[3 * H + j] + x[3 * H + j]);
+    float cn = f * c[j] + i * gg;
+    float hn = o * fast_tanh(cn);
+    c[j] = cn;
+    h[j] = hn;
+    y[j] = hn;
+  }
+}
+
+// GRU, linear_before_reset: n = tanh(x_n + r * (Rn h + bhn)).
+EDGE_CLONES void gru_lbr_row(
+    const float* __restrict g,
+    const float* __restrict x,
+    const float* __restrict bhn,
+    float* __restrict h,
+    float* __restrict y,
+    int H) {
+  for (int j = 0; j < H; ++j) {
+    float r = sigmoid(x[j] + g[j]);
+    float z = sigmoid(x[H + j] + g[H + j]);
+    float n = fast_tanh(x[2 * H + j] + r * (g[2 * H + j] + bhn[j]));
+    float hn = (1.0f - z) * n + z * h[j];
+    h[j] = hn;
+    y[j] = hn;
+  }
+}
+
+// GRU (ONNX default) phase 1: gates r, z; writes z and r * h.
+EDGE_CLONES void gru_rz_row(
+    const float* __restrict g,
+    const float* __restrict x,
+    const float* __restrict h,
+    float* __restrict z_out,
+    float* __restrict rh,
+    int H) {
+  for (int j = 0; j < H; ++j) {
+    float r = sigmoid(x[j] + g[j]);
+    z_out[j] = sigmoid(x[H + j] + g[H + j]);
+    rh[j] = r * h[j];
+  }
+}
+
+// GRU (ONNX default) phase 2: n = tanh(x_n + (Rn (r*h) + bhn)).
+EDGE_CLONES void gru_n_row(
+    const float* __restrict gn,
+    const float* __restrict xn,
+    const float* __restrict bhn,
+    const float* __restrict z,
+    float* __restrict h,
+    float* __restrict y,
+    int H) {
+  for (int j = 0; j < H; ++j) {
+    float n = fast_tanh(xn[j] + (gn[j] + bhn[j]));
+    float hn = (1.0f - z[j]) * n + z[j] * h[j];
+    h[j] = hn;
+    y[j] = hn;
+  }
+}
+
+EDGE_CLONES void rnn_row(
+    const float* __restrict g,
+    const float* __restrict x,
+    float* __restrict h,
+    float* __restrict y,
+    int H,
+    bool relu) {
+  if (relu) {
+    for (int j = 0; j < H; ++j) {
+      float v = x[j] + g[j];
+      float hn = v > 0.0f ? v : 0.0f;
+      h[j] = hn;
+      y[j] = hn;
+    }
+  } else {
+    for (int j = 0; j < H; ++j) {
+      float hn = fast_tanh(x[j] + g[j]);
+      h[j] = hn;
+      y[j] = hn;
+    }
+  }
+}
+
+// out (M, N) with row stride ldc = a (M, K) @ w[:N]^T, w row-major (N, K).
+void matmul_nt(
+    const float* a, const float* w, float* out, int M, int N, int K, int ldc) {
+  if (M == 0 || N == 0) {
+    return;
+  }
+  if (K == 0) {
+    for (int m = 0; m < M; ++m) {
+      std::memset(out + size_t(m) * ldc, 0, sizeof(float) * N);
+    }
+    return;
+  }
+  if (M == 1) {
+    cblas_sgemv(kRowMajor, kNoTrans, N, K, 1.0f, w, K, a, 1, 0.0f, out, 1);
+  } else {
+    cblas_sgemm(
+        kRowMajor, kNoTrans, kTrans, M, N, K, 1.0f, a, K, w, K, 0.0f, out,
+        ldc);
+  }
+}
+
+// Row-major pointer to `a`'s elements, copying through `buf` when `a` is
+// strided (transposed, sliced, broadcast).
+template <typename T>
+const T* row_major(const mx::array& a, std::vector<T>& buf) {
+  if (a.flags().row_contiguous) {
+    return a.data<T>();
+  }
+  buf.resize(a.size());
+  const T* src = a.data<T>();
+  const auto& shape = a.shape();
+  const auto& strides = a.strides();
+  int nd = a.ndim();
+  std::vector<int> idx(nd, 0);
+  for (size_t n = 0; n < a.size(); ++n) {
+    int64_t off = 0;
+    for (int d = 0; d < nd; ++d) {
+      off += int64_t(idx[d]) * strides[d];
+    }
+    buf[n] = src[off];
+    for (int d = nd - 1; d >= 0; --d) {
+      if (++idx[d] < shape[d]) {
+        break;
+      }
+      idx[d] = 0;
+    }
+  }
+  return buf.data();
+}
+
+void run_sequence(
+    const SeqConfig& cfg,
+    const std::vector<mx::array>& in,
+    std::vector<mx::array>& out) {
+  const int gates = cfg.cell == Cell::LSTM ? 4 : (cfg.cell == Cell::GRU ? 3 : 1);
+  const auto& xp_a = in[0];
+  const auto& wh_a = in[1];
+  const int T = cfg.batch_first ? xp_a.shape(1) : xp_a.shape(0);
+  const int B = cfg.batch_first ? xp_a.shape(0) : xp_a.shape(1);
+  const int H = wh_a.shape(1);
+  const int G = gates * H;
+
+  std::vector<float> xp_buf, wh_buf, h0_buf, c0_buf, bhn_buf;
+  std::vector<int32_t> len_buf;
+  const float* xp = row_major(xp_a, xp_buf);
+  const float* wh = row_major(wh_a, wh_buf);
+  size_t k = 2;
+  const float* h0 = cfg.has_h0 ? row_major(in[k++], h0_buf) : nullptr;
+  const float* c0 = cfg.has_c0 ? row_major(in[k++], c0_buf) : nullptr;
+  const float* bhn = cfg.has_bhn ? row_major(in[k++], bhn_buf) : nullptr;
+  const int32_t* len = cfg.has_lengths ? row_major(in[k++], len_buf) : nullptr;
+
+  float* y = out[0].data<float>();
+  // The state lives in the h_n / c_n outputs for the whole run.
+  float* h = out[1].data<float>();
+  float* c = cfg.cell == Cell::LSTM ? out[2].data<float>() : nullptr;
+  size_t state = size_t(B) * H;
+  if (h0) {
+    std::memcpy(h, h0, state * sizeof(float));
+  } else {
+    std::memset(h, 0, state * sizeof(float));
+  }
+  if (c) {
+    if (c0) {
+      std::memcpy(c, c0, state * sizeof(float));
+    } else {
+      std::memset(c, 0, state * sizeof(float));
+    }
+  }
+  std::vector<float> zero_bhn;
+  if (cfg.cell == Cell::GRU && !bhn) {
+    zero_bhn.assign(H, 0.0f);
+    bhn = zero_bhn.data();
+  }
+
+  std::vector<float> g(size_t(B) * G);
+  std::vector<float> z_buf, rh_buf;
+  if (cfg.cell == Cell::GRU && !cfg.linear_before_reset) {
+    z_buf.resize(state);
+    rh_buf.resize(state);
+  }
+
+  // Element offsets of row (t, b) in xp and y for either layout.
+  auto xrow = [&](int t, int b) {
+    return cfg.batch_first ? (size_t(b) * T + t) * G : (size_t(t) * B + b) * G;
+  };
+  auto yrow = [&](int t, int b) {
+    return cfg.batch_first ? (size_t(b) * T + t) * H : (size_t(t) * B + b) * H;
+  };
+  auto valid = [&](int t, int b) { return !len || t < len[b]; };
+
+  for (int s = 0; s < T; ++s) {
+    const int t = cfg.reverse ? T - 1 - s : s;
+    switch (cfg.cell) {
+      case Cell::LSTM:
+        matmul_nt(h, wh, g.data(), B, G, H, G);
+        for (int b = 0; b < B; ++b) {
+          float* yb = y + yrow(t, b);
+          if (!valid(t, b)) {
+            std::memset(yb, 0, sizeof(float) * H);
+            continue;
+          }
+          lstm_row(
+              g.data() + size_t(b) * G, xp + xrow(t, b), h + size_t(b) * H,
+              c + size_t(b) * H, yb, H);
+        }
+        break;
+      case Cell::GRU:
+        if (cfg.linear_before_reset) {
+          matmul_nt(h, wh, g.data(), B, G, H, G);
+          for (int b = 0; b < B; ++b) {
+            float* yb = y + yrow(t, b);
+            if (!valid(t, b)) {
+              std::memset(yb, 0, sizeof(float) * H);
+              continue;
+            }
+            gru_lbr_row(
+                g.data() + size_t(b) * G, xp + xrow(t, b), bhn,
+                h + size_t(b) * H, yb, H);
+          }
+        } else {
+          matmul_nt(h, wh, g.data(), B, 2 * H, H, G);
+          for (int b = 0; b < B; ++b) {
+            gru_rz_row(
+                g.data() + size_t(b) * G, xp + xrow(t, b), h + size_t(b) * H,
+                z_buf.data() + size_t(b) * H, rh_buf.data() + size_t(b) * H,
+                H);
+          }
+          matmul_nt(
+              rh_buf.data(), wh + size_t(2) * H * H, g.data() + 2 * H, B, H, H,
+              G);
+          for (int b = 0; b < B; ++b) {
+            float* yb = y + yrow(t, b);
+            if (!valid(t, b)) {
+              std::memset(yb, 0, sizeof(float) * H);
+              continue;
+            }
+            gru_n_row(
+                g.data() + size_t(b) * G + 2 * H, xp + xrow(t, b) + 2 * H, bhn,
+                z_buf.data() + size_t(b) * H, h + size_t(b) * H, yb, H);
+          }
+        }
+        break;
+      case Cell::RNN:
+        matmul_nt(h, wh, g.data(), B, G, H, G);
+        for (int b = 0; b < B; ++b) {
+          float* yb = y + yrow(t, b);
+          if (!valid(t, b)) {
+            std::memset(yb, 0, sizeof(float) * H);
+            continue;
+          }
+          rnn_row(
+              g.data() + size_t(b) * G, xp + xrow(t, b), h + size_t(b) * H, yb,
+              H, cfg.relu);
+        }
+        break;
+    }
+  }
+}
+
+void check(bool ok, const std::string& msg) {
+  if (!ok) {
+    throw std::invalid_argument("[edgelstm_kernels] " + msg);
+  }
+}
+
+std::string shape_str(const mx::array& a) {
+  std::ostringstream os;
+  os << "(";
+  for (int d = 0; d < a.ndim(); ++d) {
+    os << (d ? ", " : "") << a.shape(d);
+  }
+  os << (a.ndim() == 1 ? ",)" : ")");
+  return os.str();
+}
+
+// Validates shapes/dtypes and builds the primitive's output arrays.
+std::vector<mx::array> build(
+    SeqConfig cfg,
+    const mx::array& xp,
+    const mx::array& Wh,
+    const std::optional<mx::array>& h0,
+    const std::optional<mx::array>& c0,
+    const std::optional<mx::array>& bhn,
+    const std::optional<mx::array>& lengths) {
+  const int gates =
+      cfg.cell == Cell::LSTM ? 4 : (cfg.cell == Cell::GRU ? 3 : 1);
+  check(xp.ndim() == 3, "xp must be 3-D, got " + shape_str(xp));
+  check(Wh.ndim() == 2, "Wh must be 2-D, got " + shape_str(Wh));
+  const int H = Wh.shape(1);
+  check(
+      Wh.shape(0) == gates * H,
+      "Wh must be (" + std::to_string(gates) + "H, H), got " + shape_str(Wh));
+  check(
+      xp.shape(2) == gates * H,
+      "xp last dimension must be " + std::to_string(gates * H) + ", got " +
+          shape_str(xp));
+  check(
+      xp.dtype() == mx::float32 && Wh.dtype() == mx::float32,
+      "xp and Wh must be float32");
+  const int T = cfg.batch_first ? xp.shape(1) : xp.shape(0);
+  const int B = cfg.batch_first ? xp.shape(0) : xp.shape(1);
+
+  std::vector<mx::array> inputs = {xp, Wh};
+  auto add_state = [&](const std::optional<mx::array>& s, const char* name) {
+    if (!s) {
+      return false;
+    }
+    check(
+        s->ndim() == 2 && s->shape(0) == B && s->shape(1) == H,
+        std::string(name) + " must be (" + std::to_string(B) + ", " +
+            std::to_string(H) + "), got " + shape_str(*s));
+    check(s->dtype() == mx::float32, std::string(name) + " must be float32");
+    inputs.push_back(*s);
+    return true;
+  };
+  cfg.has_h0 = add_state(h0, "h0");
+  cfg.has_c0 = add_state(c0, "c0");
+  if (bhn) {
+    check(
+        bhn->ndim() == 1 && bhn->shape(0) == H,
+        "bhn must be (" + std::to_string(H) + ",), got " + shape_str(*bhn));
+    check(bhn->dtype() == mx::float32, "bhn must be float32");
+    inputs.push_back(*bhn);
+    cfg.has_bhn = true;
+  }
+  if (lengths) {
+    check(
+        lengths->ndim() == 1 && lengths->shape(0) == B,
+        "lengths must be (" + std::to_string(B) + ",), got " +
+            shape_str(*lengths));
+    check(lengths->dtype() == mx::int32, "lengths must be int32");
+    inputs.push_back(*lengths);
+    cfg.has_lengths = true;
+  }
+
+  mx::Shape y_shape = cfg.batch_first ? mx::Shape{B, T, H} : mx::Shape{T, B, H};
+  std::vector<mx::Shape> shapes = {y_shape, {B, H}};
+  if (cfg.cell == Cell::LSTM) {
+    shapes.push_back({B, H});
+  }
+  std::vector<mx::Dtype> dtypes(shapes.size(), mx::float32);
+  auto stream = mx::to_stream(mx::StreamOrDevice{}, mx::Device::cpu);
+  return mx::array::make_arrays(
+      std::move(shapes),
+      dtypes,
+      std::make_shared<RecurrentSeq>(stream, cfg),
+      inputs);
+}
+
+} // namespace
+
+void RecurrentSeq::eval_cpu(
+    const std::vector<mx::array>& inputs,
+    std::vector<mx::array>& outputs) {
+  for (auto& o : outputs) {
+    o.set_data(mx::allocator::malloc(o.nbytes()));
+  }
+  auto& encoder = mx::cpu::get_command_encoder(stream());
+  std::vector<mx::array> in;
+  std::vector<mx::array> out;
+  for (const auto& a : inputs) {
+    encoder.set_input_array(a);
+    in.push_back(mx::array::unsafe_weak_copy(a));
+  }
+  for (auto& o : outputs) {
+    encoder.set_output_array(o);
+    out.push_back(mx::array::unsafe_weak_copy(o));
+  }
+  encoder.dispatch(
+      [cfg = cfg_, in = std::move(in), out = std::move(out)]() mutable {
+        run_sequence(cfg, in, out);
+      });
+}
+
+void RecurrentSeq::eval_gpu(
+    const std::vector<mx::array>&,
+    std::vector<mx::array>&) {
+  throw std::runtime_error(
+      "[edgelstm_kernels] no GPU implementation; run on the CPU stream");
+}
+
+std::vector<mx::array> RecurrentSeq::vjp(
+    const std::vector<mx::array>&,
+    const std::vector<mx::array>&,
+    const std::vector<int>&,
+    const std::vector<mx::array>&) {
+  throw std::runtime_error(
+      "[edgelstm_kernels] the fused recurrent kernel has no gradient; "
+      "call edgelstm.recurrent with fast=False when training");
+}
+
+std::vector<mx::array> RecurrentSeq::jvp(
+    const std::vector<mx::array>&,
+    const std::vector<mx::array>&,
+    const std::vector<int>&) {
+  throw std::runtime_error(
+      "[edgelstm_kernels] the fused recurrent kernel has no jvp; "
+      "call edgelstm.recurrent with fast=False");
+}
+
+bool RecurrentSeq::is_equivalent(const mx::Primitive& other) const {
+  const auto& o = static_cast<const RecurrentSeq&>(other);
+  return cfg_ == o.cfg_;
+}
+
+std::vector<mx::Shape> RecurrentSeq::output_shapes(
+    const std::vector<mx::array>& inputs) {
+  const auto& xp = inputs[0];
+  int H = inputs[1].shape(1);
+  int T = cfg_.batch_first ? xp.shape(1) : xp.shape(0);
+  int B = cfg_.batch_first ? xp.shape(0) : xp.shape(1);
+  std::vector<mx::Shape> shapes = {
+      cfg_.batch_first ? mx::Shape{B, T, H} : mx::Shape{T, B, H}, {B, H}};
+  if (cfg_.cell == Cell::LSTM) {
+    shapes.push_back({B, H});
+  }
+  return shapes;
+}
+
+std::vector<mx::array> lstm_seq(
+    const mx::array& xp,
+    const mx::array& Wh,
+    const std::optional<mx::array>& h0,
+    const std::optional<mx::array>& c0,
+    const std::optional<mx::array>& lengths,
+    bool reverse,
+    bool batch_first) {
+  SeqConfig cfg{Cell::LSTM};
+  cfg.reverse = reverse;
+  cfg.batch_first = batch_first;
+  return build(cfg, xp, Wh, h0, c0, std::nullopt, lengths);
+}
+
+std::vector<mx::array> gru_seq(
+    const mx::array& xp,
+    const mx::array& Wh,
+    const std::optional<mx::array>& bhn,
+    const std::optional<mx::array>& h0,
+    const std::optional<mx::array>& lengths,
+    bool reverse,
+    bool linear_before_reset,
+    bool batch_first) {
+  SeqConfig cfg{Cell::GRU};
+  cfg.reverse = reverse;
+  cfg.batch_first = batch_first;
+  cfg.linear_before_reset = linear_before_reset;
+  return build(cfg, xp, Wh, h0, std::nullopt, bhn, lengths);
+}
+
+std::vector<mx::array> rnn_seq(
+    const mx::array& xp,
+    const mx::array& Wh,
+    const std::optional<mx::array>& h0,
+    const std::optional<mx::array>& lengths,
+    bool reverse,
+    bool relu,
+    bool batch_first) {
+  SeqConfig cfg{Cell::RNN};
+  cfg.reverse = reverse;
+  cfg.batch_first = batch_first;
+  cfg.relu = relu;
+  return build(cfg, xp, Wh, h0, std::nullopt, std::nullopt, lengths);
+}
+
+} // namespace edgelstm

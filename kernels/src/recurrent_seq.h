@@ -1,0 +1,100 @@
+// Whole-sequence LSTM / GRU / RNN as single MLX primitives (CPU only).
+//
+// MLX's CPU backend spends ~25-30 us dispatching each primitive, so a
+// per-timestep graph is overhead-bound at small batch. These primitives run
+// the full recurrence inside one eval_cpu task: one BLAS call per step for
+// h @ Wh^T, then fused gate math.
+
+#pragma once
+
+#include <optional>
+
+#include "mlx/ops.h"
+#include "mlx/primitives.h"
+
+namespace edgelstm {
+
+namespace mx = mlx::core;
+
+enum class Cell { LSTM, GRU, RNN };
+
+struct SeqConfig {
+  Cell cell;
+  bool reverse = false;
+  bool batch_first = false; // xp (B,T,G) and y (B,T,H) instead of time-major
+  bool linear_before_reset = true; // GRU only
+  bool relu = false; // RNN only: relu instead of tanh
+  bool has_h0 = false;
+  bool has_c0 = false;
+  bool has_bhn = false;
+  bool has_lengths = false;
+
+  bool operator==(const SeqConfig&) const = default;
+};
+
+class RecurrentSeq : public mx::Primitive {
+ public:
+  RecurrentSeq(mx::Stream stream, SeqConfig cfg)
+      : mx::Primitive(stream), cfg_(cfg) {}
+
+  void eval_cpu(
+      const std::vector<mx::array>& inputs,
+      std::vector<mx::array>& outputs) override;
+  void eval_gpu(
+      const std::vector<mx::array>& inputs,
+      std::vector<mx::array>& outputs) override;
+
+  std::vector<mx::array> vjp(
+      const std::vector<mx::array>& primals,
+      const std::vector<mx::array>& cotangents,
+      const std::vector<int>& argnums,
+      const std::vector<mx::array>& outputs) override;
+  std::vector<mx::array> jvp(
+      const std::vector<mx::array>& primals,
+      const std::vector<mx::array>& tangents,
+      const std::vector<int>& argnums) override;
+
+  const char* name() const override {
+    return "EdgeLSTMRecurrentSeq";
+  }
+  bool is_equivalent(const mx::Primitive& other) const override;
+  std::vector<mx::Shape> output_shapes(
+      const std::vector<mx::array>& inputs) override;
+
+ private:
+  SeqConfig cfg_;
+};
+
+// xp: projected input incl. bias, (T,B,4H) or (B,T,4H) when batch_first,
+// gate order i,f,g,o. Wh: (4H,H). Returns {y, h_n, c_n}.
+std::vector<mx::array> lstm_seq(
+    const mx::array& xp,
+    const mx::array& Wh,
+    const std::optional<mx::array>& h0,
+    const std::optional<mx::array>& c0,
+    const std::optional<mx::array>& lengths,
+    bool reverse,
+    bool batch_first);
+
+// xp: (T,B,3H) gate order r,z,n; Wh (3H,H); bhn (H,). Returns {y, h_n}.
+std::vector<mx::array> gru_seq(
+    const mx::array& xp,
+    const mx::array& Wh,
+    const std::optional<mx::array>& bhn,
+    const std::optional<mx::array>& h0,
+    const std::optional<mx::array>& lengths,
+    bool reverse,
+    bool linear_before_reset,
+    bool batch_first);
+
+// xp: (T,B,H); Wh (H,H). Returns {y, h_n}.
+std::vector<mx::array> rnn_seq(
+    const mx::array& xp,
+    const mx::array& Wh,
+    const std::optional<mx::array>& h0,
+    const std::optional<mx::array>& lengths,
+    bool reverse,
+    bool relu,
+    bool batch_first);
+
+} // namespace edgelstm
