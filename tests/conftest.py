@@ -1,0 +1,27 @@
+"""Shared test fixtures. ``import edgelstm`` first so OpenBLAS loads before MLX."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import edgelstm  # noqa: F401  (loads the BLAS before mlx.core)
+import mlx.core as mx
+import numpy as np
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+SHARED_DATA = ROOT.parent / "shared" / "data"
+needs_shared_data = pytest.mark.skipif(
+    not SHARED_DATA.is_dir(), reason="../shared/data is not present on this machine"
+)
+
+
+@pytest.fixture(autouse=True)
+def _seed():
+    mx.random.seed(0)
+    np.random.seed(0)
+
+
+@pytest.fixture
+def rng():
+    return np.random.default_rng(0)
