@@ -4,10 +4,11 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import edgelstm  # noqa: F401  (loads the BLAS before mlx.core)
 import mlx.core as mx
 import numpy as np
 import pytest
+
+import edgelstm  # noqa: F401  (loads the BLAS before mlx.core)
 
 ROOT = Path(__file__).resolve().parents[1]
 SHARED_DATA = ROOT.parent / "shared" / "data"
