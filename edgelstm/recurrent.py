@@ -22,6 +22,8 @@ from typing import Sequence
 import mlx.core as mx
 
 from edgelstm import activations as A
+from edgelstm import kernels as _kernels
+from edgelstm.errors import UnsupportedError
 
 SIGMOID = A.spec("sigmoid")
 TANH = A.spec("tanh")
@@ -154,6 +156,7 @@ def lstm(
     clip: float | None = None,
     input_forget: bool = False,
     activations: Sequence[A.Activation] = LSTM_ACTIVATIONS,
+    fast: bool | None = None,
 ) -> tuple[mx.array, tuple[mx.array, mx.array]]:
     """Run one LSTM direction over a batch of sequences.
 
@@ -169,10 +172,21 @@ def lstm(
         clip: clip gate pre-activations to ``[-clip, clip]`` (ONNX ``clip``).
         input_forget: couple the gates, ``f = 1 - i`` (ONNX ``input_forget``).
         activations: ``(f, g, h)`` activation specs (see ``activations.spec``).
+        fast: fused C++ kernel (:mod:`edgelstm.kernels`): ``None`` uses it when
+            available and supported, ``False`` never (needed for gradients),
+            ``True`` requires it (raises ``UnsupportedError`` otherwise).
 
     Returns:
         ``y`` ``(B, T, H)`` and the final ``(h, c)``, each ``(B, H)``.
     """
+    if fast is not False:
+        why = _kernels.why_not_lstm(
+            x, Wx, Wh, bias, h0, c0, peephole, clip, input_forget, activations
+        )
+        if why is None:
+            return _kernels.lstm(x, Wx, Wh, bias, h0, c0, lengths, reverse)
+        if fast:
+            raise UnsupportedError(why)
     H = Wh.shape[-1]
     xp = _project(x, Wx, bias)
     h = _zeros_like_state(x, H) if h0 is None else h0
@@ -204,6 +218,7 @@ def gru(
     linear_before_reset: bool = True,
     clip: float | None = None,
     activations: Sequence[A.Activation] = GRU_ACTIVATIONS,
+    fast: bool | None = None,
 ) -> tuple[mx.array, mx.array]:
     """Run one GRU direction over a batch of sequences.
 
@@ -221,10 +236,17 @@ def gru(
         h0: initial state ``(B, H)``; ``None`` means zeros.
         lengths, reverse, clip: as for :func:`lstm`.
         activations: ``(f, g)`` activation specs.
+        fast: fused kernel choice, as for :func:`lstm`.
 
     Returns:
         ``y`` ``(B, T, H)`` and the final ``h`` ``(B, H)``.
     """
+    if fast is not False:
+        why = _kernels.why_not_gru(x, Wx, Wh, b, bhn, h0, clip, activations)
+        if why is None:
+            return _kernels.gru(x, Wx, Wh, b, bhn, h0, lengths, reverse, linear_before_reset)
+        if fast:
+            raise UnsupportedError(why)
     H = Wh.shape[-1]
     xp = _project(x, Wx, b)
     h = _zeros_like_state(x, H) if h0 is None else h0
@@ -251,6 +273,7 @@ def rnn(
     reverse: bool = False,
     clip: float | None = None,
     activations: Sequence[A.Activation] = RNN_ACTIVATIONS,
+    fast: bool | None = None,
 ) -> tuple[mx.array, mx.array]:
     """Run one Elman RNN direction: ``h = f(Wxh x + Whh h + bias)``.
 
@@ -260,10 +283,17 @@ def rnn(
         bias: summed bias ``(H,)`` or ``None``.
         h0, lengths, reverse, clip: as for :func:`lstm`.
         activations: ``(f,)``, e.g. ``(spec("relu"),)``.
+        fast: fused kernel choice, as for :func:`lstm`.
 
     Returns:
         ``y`` ``(B, T, H)`` and the final ``h`` ``(B, H)``.
     """
+    if fast is not False:
+        why = _kernels.why_not_rnn(x, Wxh, Whh, bias, h0, clip, activations)
+        if why is None:
+            return _kernels.rnn(x, Wxh, Whh, bias, h0, lengths, reverse, activations)
+        if fast:
+            raise UnsupportedError(why)
     H = Whh.shape[-1]
     xp = _project(x, Wxh, bias)
     h = _zeros_like_state(x, H) if h0 is None else h0

@@ -1,0 +1,253 @@
+"""Optional fused C++ fast path for the recurrent core (package ``edgelstm_kernels``).
+
+MLX's CPU backend spends ~25-30 µs dispatching each primitive, so the
+per-timestep loop in :mod:`edgelstm.recurrent` is overhead-bound at small
+batch. ``edgelstm_kernels`` (built from ``kernels/`` in this repository) adds
+one MLX primitive per direction that runs the whole sequence in a single CPU
+task: a BLAS call per step for ``h @ Wh.T`` plus fused gate math.
+
+The package is optional. When it is missing, built against another nanobind
+ABI or disabled with ``EDGELSTM_KERNELS=0``, :func:`available` is ``False``,
+:func:`reason` says why, and :mod:`edgelstm.recurrent` runs its pure-MLX path.
+The primitive has no gradient: training must call the core with ``fast=False``.
+
+Build: ``.venv/bin/pip install "cmake>=3.24" "nanobind>=3.0,<3.1"`` then
+``PATH="$PWD/.venv/bin:$PATH" .venv/bin/pip install --no-build-isolation ./kernels``.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+from typing import Any
+
+import mlx.core as mx
+
+from edgelstm import activations as A
+
+_SIGMOID, _TANH, _RELU = A.spec("sigmoid"), A.spec("tanh"), A.spec("relu")
+_LSTM_ACTS = (_SIGMOID, _TANH, _TANH)
+_GRU_ACTS = (_SIGMOID, _TANH)
+_RNN_ACTS = {(_TANH,): False, (_RELU,): True}  # activations -> relu flag
+
+_BUILD_HINT = (
+    'build it with: .venv/bin/pip install "cmake>=3.24" "nanobind>=3.0,<3.1" && '
+    'PATH="$PWD/.venv/bin:$PATH" .venv/bin/pip install --no-build-isolation ./kernels'
+)
+
+_ext: Any = None
+_state: tuple[bool, str] | None = None  # (available, reason), set on first use
+
+
+def _load() -> tuple[bool, str]:
+    """Import the extension and run one tiny call to prove its ABI matches mlx."""
+    global _ext
+    if os.environ.get("EDGELSTM_KERNELS", "1").lower() in ("0", "off", "false", "no"):
+        return False, "disabled by EDGELSTM_KERNELS=0"
+    try:
+        import edgelstm_kernels as ext
+    except ModuleNotFoundError as exc:
+        return False, f"edgelstm_kernels is not installed ({exc}); {_BUILD_HINT}"
+    except ImportError as exc:  # e.g. built against another libmlx
+        return False, f"edgelstm_kernels failed to load ({exc}); rebuild it: {_BUILD_HINT}"
+    except Exception as exc:  # a broken build can fail in odd ways at import
+        return False, f"edgelstm_kernels failed to import: {exc!r}"
+    try:
+        y, h = ext.rnn_seq(mx.ones((1, 1, 1)), mx.zeros((1, 1)))
+        mx.eval(y, h)
+        ok = abs(y.item() - 0.7615942) < 1e-4
+    except TypeError as exc:
+        # A nanobind ABI other than mlx's: every call rejects mx.array arguments.
+        return False, (
+            "edgelstm_kernels does not accept mlx arrays (nanobind ABI mismatch with "
+            f"mlx {mx.__version__}; rebuild with the pinned nanobind): {exc}"
+        )
+    except Exception as exc:
+        return False, f"edgelstm_kernels self-test failed: {exc!r}"
+    if not ok:
+        return False, "edgelstm_kernels self-test returned a wrong value"
+    _ext = ext
+    return True, f"edgelstm_kernels {getattr(ext, '__version__', '?')} loaded"
+
+
+def available() -> bool:
+    """Return whether the fused kernels can be used in this process."""
+    global _state
+    if _state is None:
+        _state = _load()
+    return _state[0]
+
+
+def reason() -> str:
+    """Return a one-line explanation of :func:`available`'s answer."""
+    available()
+    return _state[1]
+
+
+def _int32(lengths):
+    if lengths is None:
+        return None
+    if not isinstance(lengths, mx.array):
+        return mx.array(lengths, dtype=mx.int32)
+    return lengths if lengths.dtype == mx.int32 else lengths.astype(mx.int32)
+
+
+# -- low-level wrappers: projected input in, kernel out ----------------------------
+
+
+def lstm_seq(xp, Wh, h0=None, c0=None, lengths=None, *, reverse=False, batch_first=False):
+    """Run the fused LSTM on a projected input.
+
+    Args:
+        xp: ``W x + bias``, ``(T, B, 4H)`` (``(B, T, 4H)`` if ``batch_first``),
+            gate order ``i, f, g, o``; any strides.
+        Wh: recurrent weights ``(4H, H)``.
+        h0, c0: initial states ``(B, H)`` or ``None`` (zeros).
+        lengths: valid steps per sequence ``(B,)`` (ONNX ``sequence_lens``) or ``None``.
+        reverse: run from each sequence's last valid step to the first.
+        batch_first: layout of ``xp`` and ``y``.
+
+    Returns:
+        ``y`` ``(T, B, H)`` (or ``(B, T, H)``; zero past each length) and ``(h_n, c_n)``.
+    """
+    _require()
+    y, h, c = _ext.lstm_seq(
+        xp, Wh, h0, c0, _int32(lengths), reverse=bool(reverse), batch_first=bool(batch_first)
+    )
+    return y, (h, c)
+
+
+def gru_seq(
+    xp,
+    Wh,
+    bhn=None,
+    h0=None,
+    lengths=None,
+    *,
+    reverse=False,
+    linear_before_reset=True,
+    batch_first=False,
+):
+    """Run the fused GRU on a projected input ``xp`` ``(T, B, 3H)``, gates ``r, z, n``.
+
+    ``bhn`` ``(H,)`` is the n gate's recurrent bias, added inside the reset
+    product when ``linear_before_reset`` (PyTorch/MLX form) and after the
+    matmul otherwise (ONNX default). Other arguments as :func:`lstm_seq`.
+
+    Returns:
+        ``y`` and ``h_n`` ``(B, H)``.
+    """
+    _require()
+    y, h = _ext.gru_seq(
+        xp,
+        Wh,
+        bhn,
+        h0,
+        _int32(lengths),
+        reverse=bool(reverse),
+        linear_before_reset=bool(linear_before_reset),
+        batch_first=bool(batch_first),
+    )
+    return y, h
+
+
+def rnn_seq(xp, Wh, h0=None, lengths=None, *, reverse=False, relu=False, batch_first=False):
+    """Run the fused Elman RNN (``tanh``, or ``relu``) on ``xp`` ``(T, B, H)``.
+
+    Returns:
+        ``y`` and ``h_n`` ``(B, H)``.
+    """
+    _require()
+    y, h = _ext.rnn_seq(
+        xp,
+        Wh,
+        h0,
+        _int32(lengths),
+        reverse=bool(reverse),
+        relu=bool(relu),
+        batch_first=bool(batch_first),
+    )
+    return y, h
+
+
+def _require():
+    if not available():
+        from edgelstm.errors import UnsupportedError
+
+        raise UnsupportedError(f"fused kernels unavailable: {reason()}")
+
+
+# -- dispatch helpers for edgelstm.recurrent -------------------------------------
+
+
+def _why_not(x, Wh, arrays: Sequence) -> str | None:
+    """Common reasons the fused path cannot run; ``None`` when it can."""
+    if not available():
+        return f"fused kernels unavailable: {reason()}"
+    if mx.default_device() != mx.cpu:
+        return "fused kernels run on the CPU device only"
+    if x.ndim != 3 or Wh.ndim != 2 or x.size == 0 or Wh.size == 0:
+        return "fused kernels need a non-empty (B, T, I) input"
+    for a in (x, Wh, *arrays):
+        if a is not None and a.dtype != mx.float32:
+            return "fused kernels support float32 only"
+    return None
+
+
+def why_not_lstm(x, Wx, Wh, bias, h0, c0, peephole, clip, input_forget, activations):
+    """Return why :func:`lstm` cannot run these arguments, or ``None`` if it can."""
+    if peephole is not None or clip is not None or input_forget:
+        return "fused LSTM has no peephole, clip or input_forget"
+    if tuple(activations) != _LSTM_ACTS:
+        return "fused LSTM supports the default activations (sigmoid, tanh, tanh) only"
+    return _why_not(x, Wh, (Wx, bias, h0, c0))
+
+
+def why_not_gru(x, Wx, Wh, b, bhn, h0, clip, activations):
+    """Return why :func:`gru` cannot run these arguments, or ``None`` if it can."""
+    if clip is not None:
+        return "fused GRU has no clip"
+    if tuple(activations) != _GRU_ACTS:
+        return "fused GRU supports the default activations (sigmoid, tanh) only"
+    return _why_not(x, Wh, (Wx, b, bhn, h0))
+
+
+def why_not_rnn(x, Wxh, Whh, bias, h0, clip, activations):
+    """Return why :func:`rnn` cannot run these arguments, or ``None`` if it can."""
+    if clip is not None:
+        return "fused RNN has no clip"
+    if tuple(activations) not in _RNN_ACTS:
+        return "fused RNN supports tanh or relu only"
+    return _why_not(x, Whh, (Wxh, bias, h0))
+
+
+def _project(x, Wx, bias):
+    # Batch-first (B, T, G): one matmul, no transpose op; the kernel reads this layout.
+    return x @ Wx.T if bias is None else mx.addmm(bias, x, Wx.T)
+
+
+def lstm(x, Wx, Wh, bias, h0, c0, lengths, reverse):
+    """Fused equivalent of ``recurrent.lstm`` for the arguments it supports."""
+    return lstm_seq(_project(x, Wx, bias), Wh, h0, c0, lengths, reverse=reverse, batch_first=True)
+
+
+def gru(x, Wx, Wh, b, bhn, h0, lengths, reverse, linear_before_reset):
+    """Fused equivalent of ``recurrent.gru`` for the arguments it supports."""
+    return gru_seq(
+        _project(x, Wx, b),
+        Wh,
+        bhn,
+        h0,
+        lengths,
+        reverse=reverse,
+        linear_before_reset=bool(linear_before_reset),
+        batch_first=True,
+    )
+
+
+def rnn(x, Wxh, Whh, bias, h0, lengths, reverse, activations):
+    """Fused equivalent of ``recurrent.rnn`` for the arguments it supports."""
+    relu = _RNN_ACTS[tuple(activations)]
+    return rnn_seq(
+        _project(x, Wxh, bias), Whh, h0, lengths, reverse=reverse, relu=relu, batch_first=True
+    )
