@@ -169,6 +169,18 @@ def test_streaming_equals_offline(kind, chunks):
     assert stream.frames_out == offline.shape[0]
 
 
+def test_streaming_is_bit_identical_on_cpu():
+    import mlx.core as mx
+
+    if mx.default_device() != mx.cpu:
+        pytest.skip("bit-identity is checked on the CPU backend only")
+    cfg = FeatureConfig(lifter=22.0)
+    x = speechlike(4000, seed=3)
+    s = cfg.online()
+    streamed = np.concatenate([np.asarray(s.accept(x[i : i + 37])) for i in range(0, 4000, 37)])
+    np.testing.assert_array_equal(streamed, np.asarray(cfg.compute(x)))
+
+
 def test_online_reset_starts_fresh():
     cfg = FeatureConfig()
     x = speechlike(1000)
