@@ -87,6 +87,8 @@ def _compute(
     dtype = _out_dtype(xp)
     bank = bank.astype(dtype, copy=False)
     out = np.empty((m1 - m0,) + xp.shape[1:], dtype=dtype)
+    if m1 - m0 >= 8 * up:
+        return _compute_by_phase(xp, offset, m0, m1, up, down, bank, J, out)
     j = np.arange(-J, J + 1)
     for b0 in range(m0, m1, _BLOCK):
         m = np.arange(b0, min(b0 + _BLOCK, m1))
@@ -96,6 +98,26 @@ def _compute(
         gathered = xp[(k0[:, None] - j[None, :]) - offset]  # (M, 2J+1, ...)
         taps = bank[phase]  # (M, 2J+1)
         out[b0 - m0 : b0 - m0 + len(m)] = np.einsum("mj,mj...->m...", taps, gathered)
+    return out
+
+
+def _compute_by_phase(xp, offset, m0, m1, up, down, bank, J, out) -> np.ndarray:
+    """Same sums as the gather path, one strided matrix-vector product per phase.
+
+    Outputs ``m = q * up + r`` share the phase ``(r * down) % up`` and read input
+    windows that start ``down`` samples apart, so they form a strided sliding window.
+    """
+    windows = np.lib.stride_tricks.sliding_window_view(xp, 2 * J + 1, axis=0)  # (S, ..., 2J+1)
+    for r in range(up):
+        first = m0 + (r - m0) % up
+        if first >= m1:
+            continue
+        count = len(range(first, m1, up))
+        phase = (r * down) % up
+        start = (first // up) * down + (r * down) // up - J - offset
+        rows = windows[start : start + (count - 1) * down + 1 : down]
+        # Window element i holds x[k0 - J + i], i.e. tap j = J - i.
+        out[first - m0 :: up] = rows @ bank[phase, ::-1]
     return out
 
 
