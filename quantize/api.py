@@ -1,0 +1,196 @@
+"""``quantize_model``: file in, quantized file out, report back.
+
+What ``edgelstm quantize`` calls. The float model and the quantized output
+run on the same seeded random input (and on ``eval_data`` when given); the
+quantized side is read back from the written file, so the report also checks
+the round trip.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from pathlib import Path
+
+import numpy as np
+from edgelstm.quantize.config import Format, QuantConfig
+from edgelstm.quantize.report import (
+    QuantReport,
+    accuracy,
+    load_eval_data,
+    output_error,
+    random_input,
+    size_on_disk,
+)
+
+from edgelstm.errors import ConfigError, UnsupportedError
+
+
+def output_format(dst: str | os.PathLike, fmt: Format | str | None) -> Format:
+    """The output format: explicit, else from ``dst`` (``.onnx`` -> QDQ, else MLX)."""
+    is_onnx = Path(dst).suffix.lower() == ".onnx"
+    if fmt is None:
+        return Format.ONNX_QDQ if is_onnx else Format.MLX
+    fmt = Format.parse(fmt)
+    if (fmt is Format.MLX) == is_onnx:
+        want = "a checkpoint directory (no .onnx suffix)" if fmt is Format.MLX else "a .onnx file"
+        raise ConfigError(f"format {fmt} writes {want}; got {dst}")
+    return fmt
+
+
+def quantize_model(
+    src: str | os.PathLike,
+    dst: str | os.PathLike,
+    config: QuantConfig | None = None,
+    *,
+    format: Format | str | None = None,  # noqa: A002 - the CLI's option name
+    eval_data: str | os.PathLike | None = None,
+    force: bool = False,
+    seed: int = 0,
+) -> QuantReport:
+    """Quantize the model at ``src`` and write it to ``dst``.
+
+    Args:
+        src: any model edgelstm loads (checkpoint, ``.onnx``, PyTorch, Keras).
+        dst: checkpoint directory (``mlx``) or ``.onnx`` file.
+        config: :class:`QuantConfig`; default int8 ``Wx``/``Wh``.
+        format: ``mlx``, ``onnx-qdq`` or ``onnx-ort``; default from ``dst``.
+        eval_data: ``.npz`` with ``x (N, T, I)``, ``y (N,)|(N, T)``, optional
+            ``lengths (N,)``: accuracy before and after goes in the report.
+        force: overwrite ``dst``.
+        seed: seed of the random comparison input.
+
+    Returns:
+        :class:`QuantReport`.
+    """
+    from edgelstm.fileio import check_writable
+
+    config = config or QuantConfig()
+    fmt = config.check_format(output_format(dst, format))
+    check_writable(dst, force)
+    data = load_eval_data(eval_data) if eval_data is not None else None
+    if fmt is Format.MLX:
+        report = _to_mlx(src, dst, config, data, force, seed)
+    else:
+        report = _to_onnx(src, dst, config, fmt, data, force, seed)
+    if data is not None:
+        report.eval_data, report.eval_samples = str(eval_data), len(data["x"])
+    return report
+
+
+def mlx_predict(model):
+    """``predict(x, lengths)`` of a native model, numpy in and out."""
+    import mlx.core as mx
+
+    def predict(x, lengths=None):
+        lengths = None if lengths is None else mx.array(np.asarray(lengths, np.int32))
+        out = model(mx.array(x), lengths=lengths)
+        out = out[0] if isinstance(out, tuple) else out  # a bare LSTM returns (y, state)
+        return np.array(out)
+
+    return predict
+
+
+def _float_model(src):
+    from edgelstm.quantize.mlx_quant import is_quantized
+
+    from edgelstm.checkpoint import load
+
+    model = load(src)
+    if is_quantized(model):
+        raise UnsupportedError(f"{src} is already quantized")
+    return model
+
+
+def _to_mlx(src, dst, config, data, force, seed) -> QuantReport:
+    from edgelstm.quantize.mlx_quant import quantize_mlx
+
+    from edgelstm.checkpoint import load, save
+    from edgelstm.describe import describe_model
+
+    model = _float_model(src)
+    x = random_input(model.input_size, seed=seed)
+    ref = mlx_predict(model)(x)
+    acc_before = accuracy(mlx_predict(model), data) if data is not None else None
+    with tempfile.TemporaryDirectory() as tmp:
+        before = size_on_disk(save(model, Path(tmp) / "float"))
+    save(quantize_mlx(model, config), dst, force=force)
+    back = load(dst)
+    max_abs, cos = output_error(ref, mlx_predict(back)(x))
+    return QuantReport(
+        src=str(src), dst=str(dst), format=Format.MLX.value, scheme=config.label,
+        bytes_before=before, bytes_after=size_on_disk(dst), max_abs_error=max_abs, cosine=cos,
+        input_shape=x.shape, backend="mlx",
+        bits_per_weight=describe_model(back)["bits_per_weight"],
+        accuracy_before=acc_before,
+        accuracy_after=accuracy(mlx_predict(back), data) if data is not None else None,
+        notes=["4-bit is experimental: check the error and accuracy above"]
+        if config.bits == 4 else [])
+
+
+def ort_predict(path):
+    """``predict(x, lengths)`` of an ONNX file through ONNX Runtime.
+
+    Extra float inputs (streaming states) are fed zeros. With ``lengths`` the
+    batch runs in groups of equal length, each truncated, as the exported
+    graph has no ``sequence_lens`` input.
+    """
+    from edgelstm.converters import ort_session
+
+    sess = ort_session(path)
+    first, *rest = sess.get_inputs()
+
+    def run(x):
+        feeds = {first.name: x}
+        for i in rest:
+            shape = [len(x) if not isinstance(d, int) else d for d in i.shape]
+            feeds[i.name] = np.zeros(shape, np.float32)
+        return sess.run([sess.get_outputs()[0].name], feeds)[0]
+
+    def predict(x, lengths=None):
+        if lengths is None:
+            return run(x)
+        outs = [None] * len(x)
+        for L in np.unique(lengths):
+            idx = np.flatnonzero(lengths == L)
+            y = run(x[idx, :L])
+            for j, k in enumerate(idx):
+                outs[k] = y[j] if y.ndim == 2 else np.pad(y[j], ((0, x.shape[1] - L), (0, 0)))
+        return np.stack(outs)
+
+    return predict, first.shape[-1]
+
+
+def _to_onnx(src, dst, config, fmt, data, force, seed) -> QuantReport:
+    import onnx
+    from edgelstm.quantize.onnx_ort import ort_quantize
+    from edgelstm.quantize.onnx_qdq import qdq_quantize
+
+    from edgelstm.checkpoint import detect_format
+    from edgelstm.fileio import atomic_output
+
+    with tempfile.TemporaryDirectory() as tmp:
+        if detect_format(src) == "onnx":
+            float_path = Path(src)
+        else:
+            from edgelstm.converters import to_onnx
+
+            float_path = to_onnx(_float_model(src), Path(tmp) / "float.onnx")
+        with atomic_output(dst, force=force) as out:
+            if fmt is Format.ONNX_QDQ:
+                onnx.save(qdq_quantize(onnx.load(str(float_path)), config), str(out))
+            else:
+                ort_quantize(float_path, out, config)
+        ref_predict, input_size = ort_predict(float_path)
+        q_predict, _ = ort_predict(dst)
+        x = random_input(int(input_size), seed=seed)
+        max_abs, cos = output_error(ref_predict(x), q_predict(x))
+        before = size_on_disk(float_path)
+        acc_before = accuracy(ref_predict, data) if data is not None else None
+    notes = ["ONNX Runtime only: com.microsoft.DynamicQuantizeLSTM"] if (
+        fmt is Format.ONNX_ORT) else []
+    return QuantReport(
+        src=str(src), dst=str(dst), format=fmt.value, scheme=config.label,
+        bytes_before=before, bytes_after=size_on_disk(dst), max_abs_error=max_abs, cosine=cos,
+        input_shape=x.shape, backend="onnxruntime", accuracy_before=acc_before,
+        accuracy_after=accuracy(q_predict, data) if data is not None else None, notes=notes)
