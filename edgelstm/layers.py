@@ -39,6 +39,12 @@ class LSTMCell(nn.Module):
             self.peephole = _uniform(s, (3 * hidden_size,))
         self._opts = opts  # clip, input_forget, activations
 
+    def to_quantized(self, group_size=None, bits=None, mode="affine", **kw):
+        """MLX's ``nn.quantize`` protocol: a quantized copy (see edgelstm.quantize)."""
+        from edgelstm.quantize.mlx_quant import quantize_cell
+
+        return quantize_cell(self, group_size, bits, mode, **kw)
+
     def __call__(self, x, state=None, lengths=None, reverse=False, fast=None):
         """x ``(B, T, I)``; state ``(h0, c0)`` each ``(B, H)`` -> ``y, (h, c)``."""
         h0, c0 = state if state is not None else (None, None)
@@ -60,6 +66,12 @@ class GRUCell(nn.Module):
         self.bhn = _uniform(s, (hidden_size,)) if bias else None
         self._opts = opts  # linear_before_reset, clip, activations
 
+    def to_quantized(self, group_size=None, bits=None, mode="affine", **kw):
+        """MLX's ``nn.quantize`` protocol: a quantized copy (see edgelstm.quantize)."""
+        from edgelstm.quantize.mlx_quant import quantize_cell
+
+        return quantize_cell(self, group_size, bits, mode, **kw)
+
     def __call__(self, x, state=None, lengths=None, reverse=False, fast=None):
         """x ``(B, T, I)``; state ``h0 (B, H)`` -> ``y, h``."""
         return R.gru(
@@ -78,6 +90,12 @@ class RNNCell(nn.Module):
         self.Whh = _uniform(s, (hidden_size, hidden_size))
         self.bias = _uniform(s, (hidden_size,)) if bias else None
         self._opts = opts  # clip, activations
+
+    def to_quantized(self, group_size=None, bits=None, mode="affine", **kw):
+        """MLX's ``nn.quantize`` protocol: a quantized copy (see edgelstm.quantize)."""
+        from edgelstm.quantize.mlx_quant import quantize_cell
+
+        return quantize_cell(self, group_size, bits, mode, **kw)
 
     def __call__(self, x, state=None, lengths=None, reverse=False, fast=None):
         """x ``(B, T, I)``; state ``h0 (B, H)`` -> ``y, h``."""
