@@ -358,6 +358,9 @@ class Stream:
             x = x[:, None] if self._width_in() == 1 else x[None, :]
         if x.ndim != 2:
             raise DataError(f"frames must be (t, F), got shape {x.shape}")
+        if x.shape[1] != self._width_in():
+            raise DataError(f"frames have {x.shape[1]} features, the model takes "
+                            f"{self._width_in()}")
         if self._fe is not None and not self._session.is_speech:
             try:
                 x = np.array(self._fe.accept(x))
