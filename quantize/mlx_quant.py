@@ -228,8 +228,8 @@ def quantize_mlx(model: nn.Module, config: QuantConfig | None = None) -> nn.Modu
         config: :class:`QuantConfig`; default int8 ``Wx``/``Wh``.
 
     Returns:
-        ``model``, with quantized cells, ``model.quantization`` (the
-        ``config.json`` section) and ``model.logical_parameter_count()``.
+        ``model`` in eval mode, with quantized cells, ``model.quantization``
+        (the ``config.json`` section) and ``model.logical_parameter_count()``.
     """
     config = config or QuantConfig()
     if getattr(model, "quantization", None):
@@ -244,6 +244,7 @@ def quantize_mlx(model: nn.Module, config: QuantConfig | None = None) -> nn.Modu
         g = pick_group_size([head.weight.shape[-1]], None)
         model.head = head.to_quantized(group_size=g, bits=config.bits, mode="affine")
     model.quantization = config.to_dict()
+    model.eval()  # integer weights have no gradient; new cells must not stay in training mode
     # describe() counts weights through this; the model classes stay quantization-agnostic.
     object.__setattr__(model, "logical_parameter_count",
                        functools.partial(logical_parameter_count, model))

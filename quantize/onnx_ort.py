@@ -10,6 +10,11 @@ ORT #15465: older ``quantize_dynamic`` copied the LSTM's ``layout``
 attribute onto ``DynamicQuantizeLSTM``, which does not declare it, and the
 model would not load. ``layout=0`` (the default) is dropped before
 quantizing; ``layout=1`` is refused because ORT's kernels cannot run it.
+
+``reduce_range=True`` (7-bit weights): ORT's u8s8 kernels saturate on x86
+CPUs without VNNI. Measured here (H=128, random input): cosine 0.984 with
+full-range weights, 0.99998 with reduced range; the edgelstm MLX runner,
+which dequantizes, gets 0.99999 from either file.
 """
 
 from __future__ import annotations
@@ -89,7 +94,7 @@ def ort_quantize(src: str | os.PathLike, dst: str | os.PathLike,
         onnx.save(model, str(prepared))
         with _quiet_root_logger():
             quantize_dynamic(prepared, dst, op_types_to_quantize=ops, per_channel=True,
-                             weight_type=QuantType.QInt8)
+                             reduce_range=True, weight_type=QuantType.QInt8)
     out = onnx.load(str(dst))
     props = {p.key: p.value for p in out.metadata_props}
     props["edgelstm_quantization"] = json.dumps({**config.to_dict(), "format": "onnx-ort"},

@@ -85,12 +85,12 @@ class _Writer:
             deq_out, q_axis = name, axis
         self.graph.initializer.remove(init)
         del self.inits[name]
-        q_name, s_name, z_name = f"{name}_quantized", f"{name}_scale", f"{name}_zero_point"
-        self.graph.initializer.extend([
-            self.np.from_array(q, q_name), self.np.from_array(s, s_name),
-            self.np.from_array(np.zeros(s.shape, np.int8), z_name)])
+        q_name, s_name = f"{name}_quantized", f"{name}_scale"
+        # Symmetric: the zero point is omitted (0 by the spec), one byte per row saved.
+        self.graph.initializer.extend([self.np.from_array(q, q_name),
+                                       self.np.from_array(s, s_name)])
         self.new_nodes.append(helper.make_node(
-            "DequantizeLinear", [q_name, s_name, z_name], [deq_out], axis=q_axis,
+            "DequantizeLinear", [q_name, s_name], [deq_out], axis=q_axis,
             name=f"{name}_DequantizeLinear"))
         if deq_out != name:
             shape_name = f"{name}_shape"
