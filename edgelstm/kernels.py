@@ -95,7 +95,9 @@ def _int32(lengths):
 # -- low-level wrappers: projected input in, kernel out ----------------------------
 
 
-def lstm_seq(xp, Wh, h0=None, c0=None, lengths=None, *, reverse=False, batch_first=False):
+def lstm_seq(
+    xp, Wh, h0=None, c0=None, lengths=None, *, reverse=False, batch_first=False, Wx=None, bias=None
+):
     """Run the fused LSTM on a projected input.
 
     Args:
@@ -106,13 +108,23 @@ def lstm_seq(xp, Wh, h0=None, c0=None, lengths=None, *, reverse=False, batch_fir
         lengths: valid steps per sequence ``(B,)`` (ONNX ``sequence_lens``) or ``None``.
         reverse: run from each sequence's last valid step to the first.
         batch_first: layout of ``xp`` and ``y``.
+        Wx, bias: input weights ``(4H, I)`` and bias ``(4H,)``; when given, ``xp``
+            is the raw input ``(.., .., I)`` and the projection runs in the kernel.
 
     Returns:
         ``y`` ``(T, B, H)`` (or ``(B, T, H)``; zero past each length) and ``(h_n, c_n)``.
     """
     _require()
     y, h, c = _ext.lstm_seq(
-        xp, Wh, h0, c0, _int32(lengths), reverse=bool(reverse), batch_first=bool(batch_first)
+        xp,
+        Wh,
+        h0,
+        c0,
+        _int32(lengths),
+        reverse=bool(reverse),
+        batch_first=bool(batch_first),
+        Wx=Wx,
+        bias=bias,
     )
     return y, (h, c)
 
@@ -127,6 +139,8 @@ def gru_seq(
     reverse=False,
     linear_before_reset=True,
     batch_first=False,
+    Wx=None,
+    b=None,
 ):
     """Run the fused GRU on a projected input ``xp`` ``(T, B, 3H)``, gates ``r, z, n``.
 
@@ -147,12 +161,28 @@ def gru_seq(
         reverse=bool(reverse),
         linear_before_reset=bool(linear_before_reset),
         batch_first=bool(batch_first),
+        Wx=Wx,
+        bias=b,
     )
     return y, h
 
 
-def rnn_seq(xp, Wh, h0=None, lengths=None, *, reverse=False, relu=False, batch_first=False):
+def rnn_seq(
+    xp,
+    Wh,
+    h0=None,
+    lengths=None,
+    *,
+    reverse=False,
+    relu=False,
+    batch_first=False,
+    Wx=None,
+    bias=None,
+):
     """Run the fused Elman RNN (``tanh``, or ``relu``) on ``xp`` ``(T, B, H)``.
+
+    ``Wx`` ``(H, I)`` and ``bias`` ``(H,)`` move the input projection into the
+    kernel. Other arguments as :func:`lstm_seq`.
 
     Returns:
         ``y`` and ``h_n`` ``(B, H)``.
@@ -166,6 +196,8 @@ def rnn_seq(xp, Wh, h0=None, lengths=None, *, reverse=False, relu=False, batch_f
         reverse=bool(reverse),
         relu=bool(relu),
         batch_first=bool(batch_first),
+        Wx=Wx,
+        bias=bias,
     )
     return y, h
 
@@ -221,20 +253,16 @@ def why_not_rnn(x, Wxh, Whh, bias, h0, clip, activations):
     return _why_not(x, Whh, (Wxh, bias, h0))
 
 
-def _project(x, Wx, bias):
-    # Batch-first (B, T, G): one matmul, no transpose op; the kernel reads this layout.
-    return x @ Wx.T if bias is None else mx.addmm(bias, x, Wx.T)
-
-
 def lstm(x, Wx, Wh, bias, h0, c0, lengths, reverse):
     """Fused equivalent of ``recurrent.lstm`` for the arguments it supports."""
-    return lstm_seq(_project(x, Wx, bias), Wh, h0, c0, lengths, reverse=reverse, batch_first=True)
+    # Projection inside the kernel: one MLX dispatch per direction, not two.
+    return lstm_seq(x, Wh, h0, c0, lengths, reverse=reverse, batch_first=True, Wx=Wx, bias=bias)
 
 
 def gru(x, Wx, Wh, b, bhn, h0, lengths, reverse, linear_before_reset):
     """Fused equivalent of ``recurrent.gru`` for the arguments it supports."""
     return gru_seq(
-        _project(x, Wx, b),
+        x,
         Wh,
         bhn,
         h0,
@@ -242,6 +270,8 @@ def gru(x, Wx, Wh, b, bhn, h0, lengths, reverse, linear_before_reset):
         reverse=reverse,
         linear_before_reset=bool(linear_before_reset),
         batch_first=True,
+        Wx=Wx,
+        b=b,
     )
 
 
@@ -249,5 +279,5 @@ def rnn(x, Wxh, Whh, bias, h0, lengths, reverse, activations):
     """Fused equivalent of ``recurrent.rnn`` for the arguments it supports."""
     relu = _RNN_ACTS[tuple(activations)]
     return rnn_seq(
-        _project(x, Wxh, bias), Whh, h0, lengths, reverse=reverse, relu=relu, batch_first=True
+        x, Whh, h0, lengths, reverse=reverse, relu=relu, batch_first=True, Wx=Wxh, bias=bias
     )

@@ -121,6 +121,25 @@ def test_low_level_wrappers_accept_strided_projected_input(rng):
 
 
 @needs_kernels
+@pytest.mark.parametrize("cell", ["lstm", "gru_onnx", "rnn_tanh"])
+def test_in_kernel_projection_time_major(cell, rng):
+    w = _weights(cell, rng)
+    x = mx.array(rng.normal(0, 1, (2, T, I)).astype(np.float32))
+    want = _call(cell, x, w, fast=False, lengths=[T, 4])
+    xt = x.transpose(1, 0, 2)  # (T, B, I) view
+    kw = dict(lengths=[T, 4], Wx=w["Wx"])
+    if cell == "lstm":
+        y, (h, c) = kernels.lstm_seq(xt, w["Wh"], bias=w["b"], **kw)
+        got = [y, h, c]
+    elif cell == "gru_onnx":
+        y, h = kernels.gru_seq(xt, w["Wh"], w["bhn"], b=w["b"], linear_before_reset=False, **kw)
+        got = [y, h]
+    else:
+        got = list(kernels.rnn_seq(xt, w["Wh"], bias=w["b"], **kw))
+    _assert_close([got[0].transpose(1, 0, 2), *got[1:]], want)
+
+
+@needs_kernels
 def test_state_carried_across_chunks_matches_one_call(rng):
     w = _weights("lstm", rng)
     x = mx.array(rng.normal(0, 1, (1, 30, I)).astype(np.float32))
@@ -209,6 +228,10 @@ def test_bad_shapes_raise_value_error(rng):
         kernels.lstm_seq(mx.zeros((T, 2, 4 * H)), Wh, mx.zeros((3, H)))
     with pytest.raises(ValueError, match="lengths must be"):
         kernels.lstm_seq(mx.zeros((T, 2, 4 * H)), Wh, lengths=[1, 2, 3])
+    with pytest.raises(ValueError, match="Wx must be"):
+        kernels.lstm_seq(mx.zeros((T, 2, I)), Wh, Wx=mx.zeros((4 * H, I + 1)))
+    with pytest.raises(ValueError, match="bias is only used together with Wx"):
+        kernels.lstm_seq(mx.zeros((T, 2, 4 * H)), Wh, bias=mx.zeros((4 * H,)))
 
 
 @needs_kernels

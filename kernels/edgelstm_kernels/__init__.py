@@ -6,7 +6,7 @@ recurrent weights; use ``edgelstm.kernels`` for the checked wrappers.
 
 import mlx.core  # noqa: F401  (registers mx.array with nanobind first)
 
-from edgelstm_kernels._ext import gru_seq, lstm_seq, rnn_seq
+from edgelstm_kernels._ext import gru_seq, isa, lstm_seq, rnn_seq
 
-__all__ = ["gru_seq", "lstm_seq", "rnn_seq"]
+__all__ = ["gru_seq", "isa", "lstm_seq", "rnn_seq"]
 __version__ = "0.1.0"

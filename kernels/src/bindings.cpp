@@ -4,6 +4,7 @@
 #include <nanobind/stl/optional.h>
 #include <nanobind/stl/vector.h>
 
+#include "gates.h"
 #include "recurrent_seq.h"
 
 namespace nb = nanobind;
@@ -12,6 +13,10 @@ using namespace nb::literals;
 NB_MODULE(_ext, m) {
   m.doc() = "Whole-sequence LSTM/GRU/RNN primitives for MLX's CPU backend";
 
+  m.def(
+      "isa",
+      [] { return edgelstm::gate_fns().isa; },
+      "Instruction set of the gate loops in use: 'avx2' or 'baseline'.");
   m.def(
       "lstm_seq",
       &edgelstm::lstm_seq,
@@ -23,7 +28,11 @@ NB_MODULE(_ext, m) {
       nb::kw_only(),
       "reverse"_a = false,
       "batch_first"_a = false,
-      "LSTM over a sequence: returns [y, h_n, c_n]. Gate order i, f, g, o.");
+      "Wx"_a = nb::none(),
+      "bias"_a = nb::none(),
+      "LSTM over a sequence: returns [y, h_n, c_n]. Gate order i, f, g, o.\n"
+      "With Wx (and bias), the first argument is the raw input x and the\n"
+      "projection x @ Wx.T + bias runs inside the primitive.");
   m.def(
       "gru_seq",
       &edgelstm::gru_seq,
@@ -36,6 +45,8 @@ NB_MODULE(_ext, m) {
       "reverse"_a = false,
       "linear_before_reset"_a = true,
       "batch_first"_a = false,
+      "Wx"_a = nb::none(),
+      "bias"_a = nb::none(),
       "GRU over a sequence: returns [y, h_n]. Gate order r, z, n.");
   m.def(
       "rnn_seq",
@@ -48,5 +59,7 @@ NB_MODULE(_ext, m) {
       "reverse"_a = false,
       "relu"_a = false,
       "batch_first"_a = false,
+      "Wx"_a = nb::none(),
+      "bias"_a = nb::none(),
       "Elman RNN (tanh or relu) over a sequence: returns [y, h_n].");
 }

@@ -1,9 +1,11 @@
 // CPU implementation of the whole-sequence recurrent primitives.
 
 #include "recurrent_seq.h"
+#include "gates.h"
 
 #include <cmath>
 #include <cstring>
+#include <memory>
 #include <sstream>
 #include <stdexcept>
 #include <vector>
@@ -32,162 +34,33 @@ constexpr int kRowMajor = 101;
 constexpr int kNoTrans = 111;
 constexpr int kTrans = 112;
 
-// Gate loops get an AVX2/FMA clone picked at load time; the default clone
-// keeps the module importable on any x86-64.
-#if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__)
-#define EDGE_CLONES __attribute__((target_clones("arch=haswell", "default")))
-#else
-#define EDGE_CLONES
-#endif
-
-// MLX's CPU exp (Cephes polynomial on 2**x), written so loops vectorise:
-// floor via int truncation, and the [-88, 88] clamp applied up front.
-inline float fast_exp(float x) {
-  x = x < -88.0f ? -88.0f : (x > 88.0f ? 88.0f : x);
-  float y = x * 1.442695f;
-  float k = y + 0.5f;
-  int ki = static_cast<int>(k);
-  ki -= (static_cast<float>(ki) > k);
-  float f = y - static_cast<float>(ki);
-  float p = 1.535336188319500e-4f;
-  p = p * f + 1.339887440266574e-3f;
-  p = p * f + 9.618437357674640e-3f;
-  p = p * f + 5.550332471162809e-2f;
-  p = p * f + 2.402264791363012e-1f;
-  p = p * f + 6.931472028550421e-1f;
-  p = p * f + 1.0f;
-  int bits = (ki + 127) << 23;
-  float scale;
-  std::memcpy(&scale, &bits, sizeof(float));
-  return scale * p;
-}
-
-// Same form as MLX's Sigmoid: 1 / (1 + exp(|x|)), mirrored for x >= 0.
-inline float sigmoid(float x) {
-  float y = 1.0f / (1.0f + fast_exp(x < 0 ? -x : x));
-  float r = x < 0 ? y : 1.0f - y;
-  return x != x ? x : r;
-}
-
-// tanh from one exp of a non-positive argument; absolute error ~1e-7.
-inline float fast_tanh(float x) {
-  float a = x < 0 ? -x : x;
-  float t = fast_exp(-2.0f * a);
-  float r = (1.0f - t) / (1.0f + t);
-  r = x < 0 ? -r : r;
-  return x != x ? x : r;
-}
-
-EDGE_CLONES void lstm_row(
-    const float* __restrict g,
-    const float* __restrict x,
-    float* __restrict h,
-    float* __restrict c,
-    float* __restrict y,
-    int H) {
-  for (int j = 0; j < H; ++j) {
-    float i = sigmoid(g[j] + x[j]);
-    float f = sigmoid(g[H + j] + x[H + j]);
-    float gg = fast_tanh(g[2 * H + j] + x[2 * H + j]);
-    float o = sigmoid(g[3 * H + j] + x[3 * H + j]);
-    float cn = f * c[j] + i * gg;
-    float hn = o * fast_tanh(cn);
-    c[j] = cn;
-    h[j] = hn;
-    y[j] = hn;
-  }
-}
-
-// GRU, linear_before_reset: n = tanh(x_n + r * (Rn h + bhn)).
-EDGE_CLONES void gru_lbr_row(
-    const float* __restrict g,
-    const float* __restrict x,
-    const float* __restrict bhn,
-    float* __restrict h,
-    float* __restrict y,
-    int H) {
-  for (int j = 0; j < H; ++j) {
-    float r = sigmoid(x[j] + g[j]);
-    float z = sigmoid(x[H + j] + g[H + j]);
-    float n = fast_tanh(x[2 * H + j] + r * (g[2 * H + j] + bhn[j]));
-    float hn = (1.0f - z) * n + z * h[j];
-    h[j] = hn;
-    y[j] = hn;
-  }
-}
-
-// GRU (ONNX default) phase 1: gates r, z; writes z and r * h.
-EDGE_CLONES void gru_rz_row(
-    const float* __restrict g,
-    const float* __restrict x,
-    const float* __restrict h,
-    float* __restrict z_out,
-    float* __restrict rh,
-    int H) {
-  for (int j = 0; j < H; ++j) {
-    float r = sigmoid(x[j] + g[j]);
-    z_out[j] = sigmoid(x[H + j] + g[H + j]);
-    rh[j] = r * h[j];
-  }
-}
-
-// GRU (ONNX default) phase 2: n = tanh(x_n + (Rn (r*h) + bhn)).
-EDGE_CLONES void gru_n_row(
-    const float* __restrict gn,
-    const float* __restrict xn,
-    const float* __restrict bhn,
-    const float* __restrict z,
-    float* __restrict h,
-    float* __restrict y,
-    int H) {
-  for (int j = 0; j < H; ++j) {
-    float n = fast_tanh(xn[j] + (gn[j] + bhn[j]));
-    float hn = (1.0f - z[j]) * n + z[j] * h[j];
-    h[j] = hn;
-    y[j] = hn;
-  }
-}
-
-EDGE_CLONES void rnn_row(
-    const float* __restrict g,
-    const float* __restrict x,
-    float* __restrict h,
-    float* __restrict y,
-    int H,
-    bool relu) {
-  if (relu) {
-    for (int j = 0; j < H; ++j) {
-      float v = x[j] + g[j];
-      float hn = v > 0.0f ? v : 0.0f;
-      h[j] = hn;
-      y[j] = hn;
-    }
-  } else {
-    for (int j = 0; j < H; ++j) {
-      float hn = fast_tanh(x[j] + g[j]);
-      h[j] = hn;
-      y[j] = hn;
-    }
-  }
-}
-
 // out (M, N) with row stride ldc = a (M, K) @ w[:N]^T, w row-major (N, K).
 void matmul_nt(
-    const float* a, const float* w, float* out, int M, int N, int K, int ldc) {
+    const float* a,
+    const float* w,
+    float* out,
+    int M,
+    int N,
+    int K,
+    int ldc,
+    float beta = 0.0f) {
   if (M == 0 || N == 0) {
     return;
   }
   if (K == 0) {
     for (int m = 0; m < M; ++m) {
-      std::memset(out + size_t(m) * ldc, 0, sizeof(float) * N);
+      float* row = out + size_t(m) * ldc;
+      for (int n = 0; n < N; ++n) {
+        row[n] *= beta;
+      }
     }
     return;
   }
   if (M == 1) {
-    cblas_sgemv(kRowMajor, kNoTrans, N, K, 1.0f, w, K, a, 1, 0.0f, out, 1);
+    cblas_sgemv(kRowMajor, kNoTrans, N, K, 1.0f, w, K, a, 1, beta, out, 1);
   } else {
     cblas_sgemm(
-        kRowMajor, kNoTrans, kTrans, M, N, K, 1.0f, a, K, w, K, 0.0f, out,
+        kRowMajor, kNoTrans, kTrans, M, N, K, 1.0f, a, K, w, K, beta, out,
         ldc);
   }
 }
@@ -232,8 +105,9 @@ void run_sequence(
   const int B = cfg.batch_first ? xp_a.shape(0) : xp_a.shape(1);
   const int H = wh_a.shape(1);
   const int G = gates * H;
+  const GateFns& fns = gate_fns();
 
-  std::vector<float> xp_buf, wh_buf, h0_buf, c0_buf, bhn_buf;
+  std::vector<float> xp_buf, wh_buf, h0_buf, c0_buf, bhn_buf, wx_buf, b_buf;
   std::vector<int32_t> len_buf;
   const float* xp = row_major(xp_a, xp_buf);
   const float* wh = row_major(wh_a, wh_buf);
@@ -242,6 +116,21 @@ void run_sequence(
   const float* c0 = cfg.has_c0 ? row_major(in[k++], c0_buf) : nullptr;
   const float* bhn = cfg.has_bhn ? row_major(in[k++], bhn_buf) : nullptr;
   const int32_t* len = cfg.has_lengths ? row_major(in[k++], len_buf) : nullptr;
+
+  // Input projection for all steps at once; rows keep x's (t, b) order.
+  std::unique_ptr<float[]> proj;
+  if (cfg.project) {
+    const int I = xp_a.shape(2);
+    const size_t rows = size_t(T) * B;
+    const float* wx = row_major(in[k++], wx_buf);
+    const float* bias = cfg.has_bias ? row_major(in[k++], b_buf) : nullptr;
+    proj.reset(new float[rows * G]);
+    for (size_t r = 0; bias && r < rows; ++r) {
+      std::memcpy(proj.get() + r * G, bias, sizeof(float) * G);
+    }
+    matmul_nt(xp, wx, proj.get(), int(rows), G, I, G, bias ? 1.0f : 0.0f);
+    xp = proj.get();
+  }
 
   float* y = out[0].data<float>();
   // The state lives in the h_n / c_n outputs for the whole run.
@@ -293,7 +182,7 @@ void run_sequence(
             std::memset(yb, 0, sizeof(float) * H);
             continue;
           }
-          lstm_row(
+          fns.lstm_row(
               g.data() + size_t(b) * G, xp + xrow(t, b), h + size_t(b) * H,
               c + size_t(b) * H, yb, H);
         }
@@ -307,14 +196,14 @@ void run_sequence(
               std::memset(yb, 0, sizeof(float) * H);
               continue;
             }
-            gru_lbr_row(
+            fns.gru_lbr_row(
                 g.data() + size_t(b) * G, xp + xrow(t, b), bhn,
                 h + size_t(b) * H, yb, H);
           }
         } else {
           matmul_nt(h, wh, g.data(), B, 2 * H, H, G);
           for (int b = 0; b < B; ++b) {
-            gru_rz_row(
+            fns.gru_rz_row(
                 g.data() + size_t(b) * G, xp + xrow(t, b), h + size_t(b) * H,
                 z_buf.data() + size_t(b) * H, rh_buf.data() + size_t(b) * H,
                 H);
@@ -328,7 +217,7 @@ void run_sequence(
               std::memset(yb, 0, sizeof(float) * H);
               continue;
             }
-            gru_n_row(
+            fns.gru_n_row(
                 g.data() + size_t(b) * G + 2 * H, xp + xrow(t, b) + 2 * H, bhn,
                 z_buf.data() + size_t(b) * H, h + size_t(b) * H, yb, H);
           }
@@ -342,7 +231,7 @@ void run_sequence(
             std::memset(yb, 0, sizeof(float) * H);
             continue;
           }
-          rnn_row(
+          fns.rnn_row(
               g.data() + size_t(b) * G, xp + xrow(t, b), h + size_t(b) * H, yb,
               H, cfg.relu);
         }
@@ -375,19 +264,38 @@ std::vector<mx::array> build(
     const std::optional<mx::array>& h0,
     const std::optional<mx::array>& c0,
     const std::optional<mx::array>& bhn,
-    const std::optional<mx::array>& lengths) {
+    const std::optional<mx::array>& lengths,
+    const std::optional<mx::array>& Wx,
+    const std::optional<mx::array>& bias) {
   const int gates =
       cfg.cell == Cell::LSTM ? 4 : (cfg.cell == Cell::GRU ? 3 : 1);
   check(xp.ndim() == 3, "xp must be 3-D, got " + shape_str(xp));
+  check(Wx || !bias, "bias is only used together with Wx");
   check(Wh.ndim() == 2, "Wh must be 2-D, got " + shape_str(Wh));
   const int H = Wh.shape(1);
   check(
       Wh.shape(0) == gates * H,
       "Wh must be (" + std::to_string(gates) + "H, H), got " + shape_str(Wh));
-  check(
-      xp.shape(2) == gates * H,
-      "xp last dimension must be " + std::to_string(gates * H) + ", got " +
-          shape_str(xp));
+  if (Wx) {
+    check(
+        Wx->ndim() == 2 && Wx->shape(0) == gates * H &&
+            Wx->shape(1) == xp.shape(2),
+        "Wx must be (" + std::to_string(gates * H) + ", " +
+            std::to_string(xp.shape(2)) + "), got " + shape_str(*Wx));
+    check(Wx->dtype() == mx::float32, "Wx must be float32");
+    if (bias) {
+      check(
+          bias->ndim() == 1 && bias->shape(0) == gates * H,
+          "bias must be (" + std::to_string(gates * H) + ",), got " +
+              shape_str(*bias));
+      check(bias->dtype() == mx::float32, "bias must be float32");
+    }
+  } else {
+    check(
+        xp.shape(2) == gates * H,
+        "xp last dimension must be " + std::to_string(gates * H) + ", got " +
+            shape_str(xp));
+  }
   check(
       xp.dtype() == mx::float32 && Wh.dtype() == mx::float32,
       "xp and Wh must be float32");
@@ -425,6 +333,14 @@ std::vector<mx::array> build(
     check(lengths->dtype() == mx::int32, "lengths must be int32");
     inputs.push_back(*lengths);
     cfg.has_lengths = true;
+  }
+  if (Wx) {
+    inputs.push_back(*Wx);
+    cfg.project = true;
+    if (bias) {
+      inputs.push_back(*bias);
+      cfg.has_bias = true;
+    }
   }
 
   mx::Shape y_shape = cfg.batch_first ? mx::Shape{B, T, H} : mx::Shape{T, B, H};
@@ -518,11 +434,13 @@ std::vector<mx::array> lstm_seq(
     const std::optional<mx::array>& c0,
     const std::optional<mx::array>& lengths,
     bool reverse,
-    bool batch_first) {
+    bool batch_first,
+    const std::optional<mx::array>& Wx,
+    const std::optional<mx::array>& bias) {
   SeqConfig cfg{Cell::LSTM};
   cfg.reverse = reverse;
   cfg.batch_first = batch_first;
-  return build(cfg, xp, Wh, h0, c0, std::nullopt, lengths);
+  return build(cfg, xp, Wh, h0, c0, std::nullopt, lengths, Wx, bias);
 }
 
 std::vector<mx::array> gru_seq(
@@ -533,12 +451,14 @@ std::vector<mx::array> gru_seq(
     const std::optional<mx::array>& lengths,
     bool reverse,
     bool linear_before_reset,
-    bool batch_first) {
+    bool batch_first,
+    const std::optional<mx::array>& Wx,
+    const std::optional<mx::array>& bias) {
   SeqConfig cfg{Cell::GRU};
   cfg.reverse = reverse;
   cfg.batch_first = batch_first;
   cfg.linear_before_reset = linear_before_reset;
-  return build(cfg, xp, Wh, h0, std::nullopt, bhn, lengths);
+  return build(cfg, xp, Wh, h0, std::nullopt, bhn, lengths, Wx, bias);
 }
 
 std::vector<mx::array> rnn_seq(
@@ -548,12 +468,15 @@ std::vector<mx::array> rnn_seq(
     const std::optional<mx::array>& lengths,
     bool reverse,
     bool relu,
-    bool batch_first) {
+    bool batch_first,
+    const std::optional<mx::array>& Wx,
+    const std::optional<mx::array>& bias) {
   SeqConfig cfg{Cell::RNN};
   cfg.reverse = reverse;
   cfg.batch_first = batch_first;
   cfg.relu = relu;
-  return build(cfg, xp, Wh, h0, std::nullopt, std::nullopt, lengths);
+  return build(
+      cfg, xp, Wh, h0, std::nullopt, std::nullopt, lengths, Wx, bias);
 }
 
 } // namespace edgelstm

@@ -28,6 +28,8 @@ struct SeqConfig {
   bool has_c0 = false;
   bool has_bhn = false;
   bool has_lengths = false;
+  bool project = false; // input 0 is x (.., .., I); xp = x @ Wx^T (+ bias) inside
+  bool has_bias = false;
 
   bool operator==(const SeqConfig&) const = default;
 };
@@ -67,6 +69,8 @@ class RecurrentSeq : public mx::Primitive {
 
 // xp: projected input incl. bias, (T,B,4H) or (B,T,4H) when batch_first,
 // gate order i,f,g,o. Wh: (4H,H). Returns {y, h_n, c_n}.
+// With Wx (4H,I) given, xp is instead the raw input x (.., .., I) and the
+// projection x @ Wx^T + bias runs inside the same primitive (one dispatch).
 std::vector<mx::array> lstm_seq(
     const mx::array& xp,
     const mx::array& Wh,
@@ -74,7 +78,9 @@ std::vector<mx::array> lstm_seq(
     const std::optional<mx::array>& c0,
     const std::optional<mx::array>& lengths,
     bool reverse,
-    bool batch_first);
+    bool batch_first,
+    const std::optional<mx::array>& Wx,
+    const std::optional<mx::array>& bias);
 
 // xp: (T,B,3H) gate order r,z,n; Wh (3H,H); bhn (H,). Returns {y, h_n}.
 std::vector<mx::array> gru_seq(
@@ -85,7 +91,9 @@ std::vector<mx::array> gru_seq(
     const std::optional<mx::array>& lengths,
     bool reverse,
     bool linear_before_reset,
-    bool batch_first);
+    bool batch_first,
+    const std::optional<mx::array>& Wx,
+    const std::optional<mx::array>& bias);
 
 // xp: (T,B,H); Wh (H,H). Returns {y, h_n}.
 std::vector<mx::array> rnn_seq(
@@ -95,6 +103,8 @@ std::vector<mx::array> rnn_seq(
     const std::optional<mx::array>& lengths,
     bool reverse,
     bool relu,
-    bool batch_first);
+    bool batch_first,
+    const std::optional<mx::array>& Wx,
+    const std::optional<mx::array>& bias);
 
 } // namespace edgelstm

@@ -1,0 +1,41 @@
+// Fused gate loops for one batch row, picked once per process: an AVX2+FMA
+// build where the CPU has it (x86-64), else the baseline build.
+
+#pragma once
+
+namespace edgelstm {
+
+#define EDGELSTM_GATE_DECLS                                                  \
+  void lstm_row(const float* g, const float* x, float* h, float* c,          \
+                float* y, int H);                                            \
+  void gru_lbr_row(const float* g, const float* x, const float* bhn,         \
+                   float* h, float* y, int H);                               \
+  void gru_rz_row(const float* g, const float* x, const float* h,            \
+                  float* z_out, float* rh, int H);                           \
+  void gru_n_row(const float* gn, const float* xn, const float* bhn,         \
+                 const float* z, float* h, float* y, int H);                 \
+  void rnn_row(const float* g, const float* x, float* h, float* y, int H,    \
+               bool relu);
+
+namespace gates_base {
+EDGELSTM_GATE_DECLS
+}
+#ifdef EDGELSTM_HAVE_AVX2
+namespace gates_avx2 {
+EDGELSTM_GATE_DECLS
+}
+#endif
+
+struct GateFns {
+  decltype(&gates_base::lstm_row) lstm_row;
+  decltype(&gates_base::gru_lbr_row) gru_lbr_row;
+  decltype(&gates_base::gru_rz_row) gru_rz_row;
+  decltype(&gates_base::gru_n_row) gru_n_row;
+  decltype(&gates_base::rnn_row) rnn_row;
+  const char* isa;
+};
+
+// The table for this CPU (chosen on first call).
+const GateFns& gate_fns();
+
+} // namespace edgelstm
