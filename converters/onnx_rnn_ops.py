@@ -167,6 +167,8 @@ def _run(ctx: NodeCtx, fn, X, seq, states, per_dir, extra, n_states):
     outs = [Y]
     for k in range(n_states):
         s = mx.stack([f[k] for f in finals], axis=0)  # (dirs, B, H)
+        if lengths is not None:  # as ORT: a zero-length sequence ends in zero state, not h0
+            s = mx.where((lengths > 0)[None, :, None], s, mx.array(0, s.dtype))
         outs.append(s if layout == 0 else s.transpose(1, 0, 2))
     return outs[: max(1, len(ctx.node.output))]
 

@@ -306,6 +306,14 @@ def test_gru_rnn_clip_vs_ort(op, attrs):
 
 
 @pytest.mark.parametrize("op", ["LSTM", "GRU", "RNN"])
+def test_zero_length_sequence_vs_ort(op):
+    # ORT returns zero final states (not initial_h) for a sequence of length 0
+    model, feeds = recurrent_model(op, init=True, seq=True, direction="bidirectional")
+    feeds["seq"] = np.array([0, 5], np.int32)
+    _close(run_onnx(model, feeds), _ort(model, feeds))
+
+
+@pytest.mark.parametrize("op", ["LSTM", "GRU", "RNN"])
 @pytest.mark.parametrize("direction", ["forward", "bidirectional"])
 def test_layout_1_vs_reference(op, direction):
     # ORT refuses layout=1, so onnx.reference is the oracle here
@@ -596,7 +604,9 @@ def test_glue_graph_vs_ort():
         _close(runner.run(feeds), _ort(model, feeds))
 
 
-@pytest.mark.filterwarnings("ignore::UserWarning", "ignore::DeprecationWarning")
+@pytest.mark.filterwarnings(
+    "ignore::UserWarning", "ignore::DeprecationWarning", "ignore:Converting a tensor"
+)
 def test_torch_exported_lstm_vs_ort(tmp_path):
     torch = pytest.importorskip("torch")
 
