@@ -45,7 +45,8 @@ from edgelstm.stream_state import (
     write_safetensors,
 )
 
-__all__ = ["ChunkResult", "Stream", "StreamingSession", "softmax", "stream_chunks"]
+__all__ = ["ChunkResult", "Stream", "StreamingLSTM", "StreamingSession", "softmax",
+           "stream_chunks"]
 
 STATE_FORMAT = "edgelstm-stream-1"
 
@@ -303,6 +304,11 @@ class Stream:
         self._session = session
         self.reset()
 
+    @classmethod
+    def from_state(cls, session: StreamingSession, state: dict, meta_state: dict) -> Stream:
+        """Rebuild a stream of ``session`` from :attr:`state` and :attr:`meta_state`."""
+        return session.create_stream(state, meta_state)
+
     def reset(self) -> None:
         """Forget everything: front end, pending frames, recurrent state, counters."""
         ses = self._session
@@ -499,3 +505,6 @@ def stream_chunks(session: StreamingSession, chunks: Iterable,
             yield session.step(s)
     s.input_finished()
     yield from session.process(s)
+
+
+StreamingLSTM = StreamingSession  # the name used in the design notes; it serves GRU/RNN too
