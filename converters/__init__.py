@@ -185,7 +185,7 @@ def _run_ort(path, feeds: dict) -> dict[str, np.ndarray]:
         if shape is not None and len(shape) != arr.ndim:
             raise DataError(f"input {name!r} must have {len(shape)} dims "
                             f"{_fmt_shape(shape)}, got shape {arr.shape}")
-        for want_dim, got in zip(shape or [], arr.shape):
+        for want_dim, got in zip(shape or [], arr.shape, strict=False):
             if isinstance(want_dim, int) and want_dim != got:
                 raise DataError(f"input {name!r} must have shape {_fmt_shape(shape)}, "
                                 f"got {arr.shape}")
@@ -194,7 +194,7 @@ def _run_ort(path, feeds: dict) -> dict[str, np.ndarray]:
         values = sess.run(None, arrays)
     except Exception as exc:  # ORT's RuntimeException / InvalidArgument
         raise DataError(f"onnxruntime failed on {_label(path)}: {_ort_message(exc)}") from None
-    return {o.name: np.asarray(v) for o, v in zip(sess.get_outputs(), values)}
+    return {o.name: np.asarray(v) for o, v in zip(sess.get_outputs(), values, strict=True)}
 
 
 _ORT_TYPES = {
