@@ -7,7 +7,7 @@ RSS over a simulated one-hour stream (360,000 frames, run as fast as it goes)
 to show memory stays flat.
 
     .venv/bin/python benchmarks/bench_stream.py                # all, JSON to stdout
-    .venv/bin/python benchmarks/bench_stream.py --hour-backends mlx --chunks 2000
+    .venv/bin/python benchmarks/bench_stream.py --hour-backends mlx-compiled --chunks 2000
 """
 
 from __future__ import annotations  # noqa: I001
@@ -126,7 +126,7 @@ def hour_run(session, samples: int = 36) -> dict:
 def main():
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--backends", default="mlx,mlx-compiled,onnxruntime")
-    ap.add_argument("--hour-backends", default="mlx,onnxruntime",
+    ap.add_argument("--hour-backends", default="mlx-compiled,onnxruntime",
                     help="backends for the one-hour memory run ('' to skip)")
     ap.add_argument("--chunks", type=int, default=3000, help="chunks per latency run")
     ap.add_argument("--json", default=None, help="also write the results to this file")
