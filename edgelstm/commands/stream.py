@@ -64,7 +64,10 @@ def stream(model, input_path, chunk_ms, chunk_frames, as_json, backend, rate, st
     fms = frame_ms or session.frame_ms or DEFAULT_FRAME_MS
     n = chunk_frames or max(1, round((chunk_ms or 100.0) / fms))
     session = StreamingSession(session.backend, chunk_frames=n)
-    cols = [c.strip() for c in columns.split(",")] if columns else None
+    cols = None
+    if columns:  # indices as ints (CSV and .npy), names as strings (CSV headers)
+        cols = [int(c) if c.strip().lstrip("-").isdigit() else c.strip()
+                for c in columns.split(",")]
     chunks, name = open_input(session, input_path, chunk_frames=n, rate=rate,
                               stdin_format=stdin_format, columns=cols)
     detector = None
