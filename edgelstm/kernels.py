@@ -11,8 +11,10 @@ ABI or disabled with ``EDGELSTM_KERNELS=0``, :func:`available` is ``False``,
 :func:`reason` says why, and :mod:`edgelstm.recurrent` runs its pure-MLX path.
 The primitive has no gradient: training must call the core with ``fast=False``.
 
-Build: ``.venv/bin/pip install "cmake>=3.24" "nanobind>=3.0,<3.1"`` then
-``PATH="$PWD/.venv/bin:$PATH" .venv/bin/pip install --no-build-isolation ./kernels``.
+Build (from the repository root)::
+
+    .venv/bin/pip install "setuptools>=77" "cmake>=3.24" "nanobind>=3.0,<3.1"
+    PATH="$PWD/.venv/bin:$PATH" .venv/bin/pip install --no-build-isolation ./kernels
 """
 
 from __future__ import annotations
@@ -31,7 +33,7 @@ _GRU_ACTS = (_SIGMOID, _TANH)
 _RNN_ACTS = {(_TANH,): False, (_RELU,): True}  # activations -> relu flag
 
 _BUILD_HINT = (
-    'build it with: .venv/bin/pip install "cmake>=3.24" "nanobind>=3.0,<3.1" && '
+    'build it with: .venv/bin/pip install "setuptools>=77" "cmake>=3.24" "nanobind>=3.0,<3.1" && '
     'PATH="$PWD/.venv/bin:$PATH" .venv/bin/pip install --no-build-isolation ./kernels'
 )
 
@@ -60,14 +62,15 @@ def _load() -> tuple[bool, str]:
         # A nanobind ABI other than mlx's: every call rejects mx.array arguments.
         return False, (
             "edgelstm_kernels does not accept mlx arrays (nanobind ABI mismatch with "
-            f"mlx {mx.__version__}; rebuild with the pinned nanobind): {exc}"
+            f"mlx {mx.__version__}; rebuild with the pinned nanobind): " + str(exc).splitlines()[0]
         )
     except Exception as exc:
         return False, f"edgelstm_kernels self-test failed: {exc!r}"
     if not ok:
         return False, "edgelstm_kernels self-test returned a wrong value"
     _ext = ext
-    return True, f"edgelstm_kernels {getattr(ext, '__version__', '?')} loaded"
+    isa = ext.isa() if hasattr(ext, "isa") else "?"
+    return True, f"edgelstm_kernels {getattr(ext, '__version__', '?')} loaded ({isa} gate loops)"
 
 
 def available() -> bool:

@@ -1,0 +1,258 @@
+"""Benchmark the LSTM core: mlx.nn, edgelstm (pure MLX and fused kernel), PyTorch, ORT.
+
+Same process, same weights, OpenBLAS loaded (``import edgelstm`` first).
+Workloads (see shared/docs/platform-notes.md):
+
+* ``B=32 T=100 I=40 H=256`` forward, one layer;
+* ``B=1 T=100 I=40 H=128`` forward, one layer;
+* a 2-layer ``H=128`` LSTM fed 10-frame chunks with its state carried (p50 per chunk).
+
+Usage: ``.venv/bin/python benchmarks/bench_core.py [--repeat N] [--json PATH]``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import sys
+import time
+from collections.abc import Callable
+
+import edgelstm  # noqa: F401  (loads OpenBLAS before mlx.core)
+
+# isort: split
+import mlx.core as mx
+import mlx.nn as nn
+import numpy as np
+
+from edgelstm import _blas, kernels
+from edgelstm import recurrent as R
+
+I_SIZE = 40
+CHUNK, STREAM_FRAMES = 10, 200
+
+
+def _onnx_lstm(weights, B, T):
+    """An ONNX Runtime session for stacked one-node LSTMs (ONNX gate order i, o, f, c)."""
+    import onnx
+    import onnxruntime as ort
+    from onnx import TensorProto, helper, numpy_helper
+
+    def reorder(w):  # MLX/PyTorch i, f, g, o -> ONNX i, o, f, c
+        i, f, g, o = np.split(w, 4, axis=0)
+        return np.concatenate([i, o, f, g], axis=0)
+
+    H = weights[0]["Wh"].shape[1]
+    nodes, inits, inputs, outputs = [], [], [], []
+    inputs.append(helper.make_tensor_value_info("x", TensorProto.FLOAT, [T, B, I_SIZE]))
+    prev = "x"
+    for n, w in enumerate(weights):
+        bias = np.concatenate([reorder(w["bias"]), np.zeros(4 * H, np.float32)])
+        for name, arr in ((f"W{n}", reorder(w["Wx"])[None]), (f"R{n}", reorder(w["Wh"])[None])):
+            inits.append(numpy_helper.from_array(arr.astype(np.float32), name))
+        inits.append(numpy_helper.from_array(bias[None].astype(np.float32), f"B{n}"))
+        for s in ("h", "c"):
+            inputs.append(helper.make_tensor_value_info(f"{s}{n}", TensorProto.FLOAT, [1, B, H]))
+            outputs.append(
+                helper.make_tensor_value_info(f"{s}{n}_out", TensorProto.FLOAT, [1, B, H])
+            )
+        nodes.append(
+            helper.make_node(
+                "LSTM",
+                [prev, f"W{n}", f"R{n}", f"B{n}", "", f"h{n}", f"c{n}"],
+                [f"y{n}", f"h{n}_out", f"c{n}_out"],
+                hidden_size=H,
+            )
+        )
+        inits.append(numpy_helper.from_array(np.array([1], np.int64), f"ax{n}"))
+        nodes.append(helper.make_node("Squeeze", [f"y{n}", f"ax{n}"], [f"y{n}_sq"]))
+        prev = f"y{n}_sq"
+    outputs.insert(0, helper.make_tensor_value_info(prev, TensorProto.FLOAT, [T, B, H]))
+    graph = helper.make_graph(nodes, "lstm", inputs, outputs, inits)
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=8)
+    onnx.checker.check_model(model)
+    sess = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
+    return sess, prev
+
+
+class Workload:
+    """One benchmark case: weights, an input stream and per-framework runners."""
+
+    def __init__(self, name, B, T, H, layers, chunked):
+        self.name, self.B, self.T, self.H = name, B, T, H
+        self.layers, self.chunked = layers, chunked
+        mx.random.seed(0)
+        self.mlx_layers = [nn.LSTM(I_SIZE if n == 0 else H, H) for n in range(layers)]
+        mx.eval([m.parameters() for m in self.mlx_layers])
+        self.w = [
+            {k: np.array(getattr(m, k)) for k in ("Wx", "Wh", "bias")} for m in self.mlx_layers
+        ]
+        rng = np.random.default_rng(0)
+        steps = STREAM_FRAMES if chunked else T
+        self.x_np = rng.normal(0, 1, (B, steps, I_SIZE)).astype(np.float32)
+        self.x = mx.array(self.x_np)
+        self.chunks = [self.x[:, t : t + T] for t in range(0, steps, T)] if chunked else [self.x]
+        mx.eval(self.chunks)
+
+    # Each runner takes (chunk index, carried state) and returns (y as numpy-able, state).
+    def mlx_nn(self):
+        def run(k, state):
+            x, new = self.chunks[k], []
+            for n, m in enumerate(self.mlx_layers):
+                h0, c0 = state[n] if state else (None, None)
+                hs, cs = m(x, hidden=h0, cell=c0)
+                new.append((hs[:, -1], cs[:, -1]))
+                x = hs
+            mx.eval(x, new)
+            return x, new
+
+        return run
+
+    def edgelstm(self, fast):
+        w = [{k: getattr(m, k) for k in ("Wx", "Wh", "bias")} for m in self.mlx_layers]
+
+        def run(k, state):
+            x, new = self.chunks[k], []
+            for n, p in enumerate(w):
+                h0, c0 = state[n] if state else (None, None)
+                x, hc = R.lstm(x, p["Wx"], p["Wh"], p["bias"], h0=h0, c0=c0, fast=fast)
+                new.append(hc)
+            mx.eval(x, new)
+            return x, new
+
+        return run
+
+    def torch(self):
+        import torch
+
+        net = torch.nn.LSTM(I_SIZE, self.H, num_layers=self.layers, batch_first=True)
+        with torch.no_grad():
+            for n, w in enumerate(self.w):
+                getattr(net, f"weight_ih_l{n}").copy_(torch.from_numpy(w["Wx"]))
+                getattr(net, f"weight_hh_l{n}").copy_(torch.from_numpy(w["Wh"]))
+                getattr(net, f"bias_ih_l{n}").copy_(torch.from_numpy(w["bias"]))
+                getattr(net, f"bias_hh_l{n}").zero_()
+        net.eval()
+        xs = [torch.from_numpy(np.ascontiguousarray(np.array(c))) for c in self.chunks]
+
+        def run(k, state):
+            with torch.inference_mode():
+                y, (h, c) = net(xs[k], state)
+            return y, (h, c)
+
+        return run
+
+    def ort(self):
+        T = self.chunks[0].shape[1]
+        sess, y_name = _onnx_lstm(self.w, self.B, T)
+        xs = [np.ascontiguousarray(np.array(c).transpose(1, 0, 2)) for c in self.chunks]
+        zero = np.zeros((1, self.B, self.H), np.float32)
+        names = [y_name] + [f"{s}{n}_out" for n in range(self.layers) for s in "hc"]
+
+        def run(k, state):
+            feed = {"x": xs[k]}
+            for n in range(self.layers):
+                feed[f"h{n}"], feed[f"c{n}"] = state[2 * n : 2 * n + 2] if state else (zero, zero)
+            y, *st = sess.run(names, feed)
+            return y.transpose(1, 0, 2), st
+
+        return run
+
+
+def _pass(run: Callable, wl: Workload) -> tuple[list[float], np.ndarray]:
+    """One pass over the workload's chunks (state carried); ms per call and last y."""
+    times, state, y = [], None, None
+    for k in range(len(wl.chunks)):
+        t0 = time.perf_counter()
+        y, state = run(k, state)
+        times.append((time.perf_counter() - t0) * 1e3)
+    return times, np.asarray(y)
+
+
+def _bench(runners: dict[str, Callable], wl: Workload, repeat: int) -> dict[str, dict]:
+    """Interleave implementations pass by pass so background load hits all alike."""
+    times = {name: [] for name in runners}
+    ys = {}
+    for r in range(repeat + 2):  # two warm-up passes
+        for name, run in runners.items():
+            t, ys[name] = _pass(run, wl)
+            if r >= 2:
+                times[name].extend(t)
+    return {
+        name: {"ms": statistics.median(t), "min_ms": min(t), "y": ys[name]}
+        for name, t in times.items()
+    }
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--repeat", type=int, default=30, help="timed passes per workload")
+    ap.add_argument("--json", metavar="PATH", help="also write the results as JSON")
+    args = ap.parse_args(argv)
+
+    workloads = [
+        Workload("B=32 T=100 I=40 H=256 forward", 32, 100, 256, 1, False),
+        Workload("B=1 T=100 I=40 H=128 forward", 1, 100, 128, 1, False),
+        Workload("2x128 LSTM, 10-frame chunk, state carried (p50)", 1, CHUNK, 128, 2, True),
+    ]
+    impls = {
+        "mlx.nn.LSTM": lambda wl: wl.mlx_nn(),
+        "edgelstm pure MLX (fast=False)": lambda wl: wl.edgelstm(False),
+        "edgelstm kernel (fast=True)": lambda wl: wl.edgelstm(True),
+    }
+    try:
+        import torch
+
+        impls[f"torch.nn.LSTM {torch.__version__}"] = lambda wl: wl.torch()
+    except ImportError:
+        print("torch not importable: skipped", file=sys.stderr)
+    try:
+        import onnxruntime
+
+        impls[f"onnxruntime {onnxruntime.__version__}"] = lambda wl: wl.ort()
+    except ImportError:
+        print("onnxruntime not importable: skipped", file=sys.stderr)
+    if not kernels.available():
+        print(f"fused kernels unavailable: {kernels.reason()}", file=sys.stderr)
+        del impls["edgelstm kernel (fast=True)"]
+
+    print(f"BLAS: {_blas.BLAS}; mlx {mx.__version__}; kernels: {kernels.reason()}")
+    results = []
+    for wl in workloads:
+        out = _bench({name: make(wl) for name, make in impls.items()}, wl, args.repeat)
+        ref = next(iter(out.values()))["y"]
+        rows = [
+            {
+                "impl": n,
+                "ms": o["ms"],
+                "min_ms": o["min_ms"],
+                "max_abs_diff": float(np.abs(o["y"] - ref).max()),
+            }
+            for n, o in out.items()
+        ]
+        base = next((r["ms"] for r in rows if "kernel" in r["impl"]), None)
+        print(f"\n{wl.name}")
+        print(
+            f"| {'implementation':<34} | {'median ms':>9} | {'min ms':>8} | {'x kernel':>8} "
+            f"| {'max|dy|':>8} |"
+        )
+        print(f"|{'-' * 36}|{'-' * 11}:|{'-' * 9}:|{'-' * 9}:|{'-' * 9}:|")
+        for r in rows:
+            r["vs_kernel"] = r["ms"] / base if base else None
+            ratio = f"{r['vs_kernel']:.2f}" if base else "-"
+            print(
+                f"| {r['impl']:<34} | {r['ms']:>9.3f} | {r['min_ms']:>8.3f} | {ratio:>8} "
+                f"| {r['max_abs_diff']:>8.1e} |"
+            )
+        results.append({"workload": wl.name, "results": rows})
+    if args.json:
+        with open(args.json, "w") as fh:
+            json.dump(
+                {"blas": _blas.BLAS, "mlx": mx.__version__, "workloads": results}, fh, indent=2
+            )
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
