@@ -14,6 +14,7 @@ Gate orders of every framework live in :mod:`edgelstm.converters.gates`.
 from __future__ import annotations
 
 import os
+import re
 from pathlib import Path
 
 import numpy as np
@@ -217,4 +218,6 @@ def _ort_message(exc: BaseException) -> str:
     # ORT prefixes "[ONNXRuntimeError] : 2 : INVALID_ARGUMENT : "; keep the reason
     if "] : " in text:
         text = text.split(" : ")[-1]
+    # and drop a leading "/onnxruntime_src/<file>:<line> <C++ signature>(...)"
+    text = re.sub(r"^/onnxruntime_src/\S+\s+\S+?\(.*?\)\s+", "", text)
     return text[:300]

@@ -1,0 +1,145 @@
+"""``convert()``: any supported model -> ONNX or a native checkpoint, with verification.
+
+The module is not called ``convert.py`` so that ``edgelstm.converters.convert``
+stays the function (a submodule import would shadow a same-named attribute;
+style-anchors §6.3).
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+
+from edgelstm.errors import ConversionError, EdgeLSTMError
+
+VERIFY_BATCH, VERIFY_STEPS = 2, 8
+
+
+def _native_outputs(model, x: np.ndarray) -> dict[str, np.ndarray]:
+    from edgelstm.inference import model_io, run_native
+
+    return run_native(model, {model_io(model)[0][0]: x})
+
+
+def _onnx_outputs(path_or_proto, model, x: np.ndarray) -> dict[str, np.ndarray]:
+    """Run an ONNX graph on ``x`` plus zero states for any other graph input."""
+    from edgelstm.converters import onnx_io_names, run_onnx
+
+    rnn = getattr(model, "rnn", model)
+    ins, _ = onnx_io_names(path_or_proto)
+    feeds = {ins[0]: x}
+    batch = x.shape[0] if rnn.batch_first else x.shape[1]
+    for name in ins[1:]:
+        feeds[name] = np.zeros((rnn.num_layers * rnn.num_directions, batch, rnn.hidden_size),
+                               np.float32)
+    try:
+        return run_onnx(path_or_proto, feeds, backend="onnxruntime")
+    except EdgeLSTMError:
+        return run_onnx(path_or_proto, feeds, backend="mlx")
+
+
+def verify_outputs(src_out: dict, dst_out: dict, main: str) -> tuple[float, list[str]]:
+    """Max abs difference over the outputs both sides have (``main`` must be one)."""
+    common = [k for k in src_out if k in dst_out]
+    if main not in common:
+        raise ConversionError(f"cannot verify: output {main!r} is missing on one side "
+                              f"(source has {sorted(src_out)}, result {sorted(dst_out)})")
+    worst = 0.0
+    for k in common:
+        a, b = np.asarray(src_out[k]), np.asarray(dst_out[k])
+        if a.shape != b.shape:
+            raise ConversionError(f"verification failed: output {k!r} has shape {b.shape}, "
+                                  f"the source {a.shape}")
+        worst = max(worst, float(np.max(np.abs(a - b))) if a.size else 0.0)
+    return worst, common
+
+
+def convert(src: str | os.PathLike, dst: str | os.PathLike, opset: int = 17,
+            streaming: bool = False, verify: bool = False, force: bool = False,
+            atol: float = 1e-4, **options) -> dict:
+    """Convert a model between formats.
+
+    Args:
+        src: checkpoint directory, ``.onnx``, PyTorch (``.pt``/``.pth``/
+            ``.safetensors``) or Keras (``.keras``/``.h5``) file.
+        dst: ``*.onnx`` writes ONNX; any other path a checkpoint directory.
+        opset: ONNX opset (14 or newer). Default: ``17``.
+        streaming: ONNX with ``h0``/``c0`` inputs and ``h_n``/``c_n`` outputs.
+        verify: run source and result on the same random input
+            ``(2, 8, I)``; fail above ``atol`` (the output is then not written).
+        force: overwrite an existing ``dst``.
+        atol: verification tolerance (max abs difference). Default: ``1e-4``.
+        options: importer options for ``src`` (e.g. ``head="frame"``).
+
+    Returns:
+        A report dict: ``src``, ``dst``, ``src_format``, ``dst_format``,
+        ``architecture``, ``opset``, ``streaming``, ``max_abs_diff`` (``None``
+        without ``verify``), ``atol``, ``compared`` (output names).
+
+    Raises:
+        ConversionError: conversion or verification failed; ``dst`` is untouched.
+    """
+    from edgelstm.checkpoint import detect_format, load, load_checkpoint, save
+    from edgelstm.fileio import atomic_output, check_writable
+
+    src, dst = Path(src), Path(dst)
+    to_onnx = dst.suffix.lower() == ".onnx"
+    if streaming and not to_onnx:
+        raise ConversionError("--streaming applies to ONNX output only (DST must end in .onnx)")
+    if src.resolve() == dst.resolve():
+        raise ConversionError("source and destination are the same path")
+    check_writable(dst, force)
+    src_format = detect_format(src)
+    model = load(src, **options)
+    report = {"src": str(src), "dst": str(dst), "src_format": src_format,
+              "dst_format": "onnx" if to_onnx else "checkpoint",
+              "architecture": _describe(model), "opset": opset if to_onnx else None,
+              "streaming": bool(streaming), "max_abs_diff": None, "atol": atol, "compared": []}
+    with atomic_output(dst, force=force, directory=not to_onnx) as tmp:
+        if to_onnx:
+            import onnx
+
+            from edgelstm.converters.onnx_export import build_onnx
+
+            proto = build_onnx(model, opset=opset, streaming=streaming)
+            try:
+                onnx.checker.check_model(proto, full_check=True)
+            except (onnx.checker.ValidationError, onnx.shape_inference.InferenceError) as exc:
+                raise ConversionError(f"exported graph fails the ONNX checker: {exc}") from None
+            onnx.save(proto, str(tmp))
+        else:
+            save(model, tmp, force=True)
+        if verify:
+            rnn = getattr(model, "rnn", model)
+            rng = np.random.default_rng(0)
+            x = rng.standard_normal((VERIFY_BATCH, VERIFY_STEPS, rnn.input_size)
+                                    ).astype(np.float32)
+            if not rnn.batch_first:
+                x = np.ascontiguousarray(x.transpose(1, 0, 2))
+            src_out = (_onnx_outputs(src, model, x) if src_format == "onnx"
+                       else _native_outputs(model, x))
+            dst_out = (_onnx_outputs(tmp, model, x) if to_onnx
+                       else _native_outputs(load_checkpoint(tmp), x))
+            main = getattr(model, "output_names", ["output"])[0]
+            if main not in src_out or main not in dst_out:
+                main = _first_common(src_out, dst_out)
+            worst, common = verify_outputs(src_out, dst_out, main)
+            report.update(max_abs_diff=worst, compared=common)
+            if not worst <= atol:
+                raise ConversionError(f"verification failed: max abs diff {worst:.3g} exceeds "
+                                      f"the tolerance {atol:g}; {dst} was not written")
+    return report
+
+
+def _first_common(a: dict, b: dict) -> str:
+    return next((k for k in a if k in b), next(iter(a)))
+
+
+def _describe(model) -> str:
+    rnn = getattr(model, "rnn", model)
+    head = getattr(model, "head_type", None)
+    return (f"{rnn.cell_type.upper()} {rnn.num_layers}x{rnn.hidden_size}"
+            f"{' bidirectional' if rnn.bidirectional else ''}"
+            + (f", {head} head" if head else ""))
