@@ -169,9 +169,6 @@ def build_onnx(model, opset: int = DEFAULT_OPSET, streaming: bool = False):
     if streaming and rnn.bidirectional:
         raise UnsupportedError("a bidirectional model cannot stream: its reverse direction "
                                "needs the whole sequence; export it without --streaming")
-    if not rnn.batch_first:
-        raise UnsupportedError("export of a time-major (batch_first=False) model is not "
-                               "supported; rebuild it with batch_first=True")
     is_lstm = rnn.cell_type == "lstm"
     dirs, H, L = rnn.num_directions, rnn.hidden_size, rnn.num_layers
     in_name = seq.input_names[0] if seq is not None else "input"
@@ -186,7 +183,8 @@ def build_onnx(model, opset: int = DEFAULT_OPSET, streaming: bool = False):
     if seq is not None and "norm" in seq:
         x = g.node("Sub", [x, g.init("norm.mean", _np(seq.norm.mean))])
         x = g.node("Div", [x, g.init("norm.std", _np(seq.norm.std))])
-    x = g.node("Transpose", [x], perm=[1, 0, 2])  # (T, B, I)
+    if rnn.batch_first:
+        x = g.node("Transpose", [x], perm=[1, 0, 2])  # (T, B, I)
     merge = g.init("shape_T_B_merge", np.array([0, 0, -1], np.int64))
 
     attrs = {"hidden_size": H, "direction": "bidirectional" if dirs == 2 else "forward"}
@@ -223,7 +221,8 @@ def build_onnx(model, opset: int = DEFAULT_OPSET, streaming: bool = False):
         # Y (T, dirs, B, H) -> (T, B, dirs*H), directions concatenated [forward, reverse]
         y = g.node("Transpose", [outs[0]], perm=[0, 2, 1, 3])
         x = g.node("Reshape", [y, merge])
-    y = g.node("Transpose", [x], perm=[1, 0, 2])  # (B, T, dirs*H)
+    # (B, T, dirs*H); a time-major model keeps (T, B, dirs*H)
+    y = g.node("Transpose", [x], perm=[1, 0, 2]) if rnn.batch_first else x
 
     head = seq.head_type if seq is not None else None
     out_dim = seq.num_outputs if seq is not None else rnn.output_size
@@ -240,8 +239,9 @@ def build_onnx(model, opset: int = DEFAULT_OPSET, streaming: bool = False):
     else:
         y = g.node("Identity", [y], outputs=[out_name])
 
-    out_shape = ["batch", out_dim] if head == "sequence" else ["batch", "time", out_dim]
-    inputs = [helper.make_tensor_value_info(in_name, f32, ["batch", "time", rnn.input_size])]
+    bt = ["batch", "time"] if rnn.batch_first else ["time", "batch"]
+    out_shape = ["batch", out_dim] if head == "sequence" else [*bt, out_dim]
+    inputs = [helper.make_tensor_value_info(in_name, f32, [*bt, rnn.input_size])]
     outputs = [helper.make_tensor_value_info(out_name, f32, out_shape)]
     if streaming:
         state_shape = [L * dirs, "batch", H]

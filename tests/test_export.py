@@ -183,3 +183,17 @@ def test_round_trip_exact_weights(tmp_path, name, cls, opts, ref_ok, streaming):
             np.testing.assert_array_equal(np.array(dst[prefix + k]), np.array(v), err_msg=k)
         rnn_src = getattr(model, "rnn", model)
         assert back.rnn.config() == rnn_src.config()
+
+
+@pytest.mark.parametrize("head", ["frame", "sequence"])
+def test_time_major_model(head, tmp_path):
+    mx.random.seed(3)
+    model = SequenceModel(LSTM(I, H, num_layers=2, batch_first=False), C, head=head)
+    model.eval()
+    x = _x().transpose(1, 0, 2).copy()  # (T, B, I)
+    path = to_onnx(model, tmp_path / "tm.onnx")
+    got = run_onnx(path, {"input": x})["output"]
+    np.testing.assert_allclose(got, np.array(model(mx.array(x))), atol=ATOL, rtol=0)
+    back = from_onnx(path)
+    assert back.rnn.batch_first is False
+    np.testing.assert_allclose(np.array(back(mx.array(x))), got, atol=ATOL, rtol=0)
