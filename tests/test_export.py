@@ -197,3 +197,22 @@ def test_time_major_model(head, tmp_path):
     back = from_onnx(path)
     assert back.rnn.batch_first is False
     np.testing.assert_allclose(np.array(back(mx.array(x))), got, atol=ATOL, rtol=0)
+
+
+@pytest.mark.parametrize("name,cls,opts,ref_ok", CELLS, ids=[c[0] for c in CELLS])
+def test_mlx_runner_executes_exports(name, cls, opts, ref_ok):
+    """edgelstm run --backend mlx on exported graphs (plain and streaming)."""
+    x = _x()
+    for bidir, head, streaming in ((True, "sequence", False), (False, "frame", True)):
+        model = _make(cls, opts, 2, bidir, head, True)
+        proto = build_onnx(model, streaming=streaming)
+        feeds = {"input": x}
+        if streaming:
+            z = np.zeros((2, B, H), np.float32)
+            feeds.update({"h0": z, **({"c0": z} if cls is LSTM else {})})
+        got = run_onnx(proto, feeds, backend="mlx")
+        ort_out = run_onnx(proto, feeds)
+        assert list(got) == list(ort_out)
+        for k in got:
+            np.testing.assert_allclose(got[k], ort_out[k], atol=ATOL, rtol=0, err_msg=k)
+        np.testing.assert_allclose(got["output"], _native(model, x)[0], atol=ATOL, rtol=0)
