@@ -15,7 +15,8 @@ namespace edgelstm {
   void gru_n_row(const float* gn, const float* xn, const float* bhn,         \
                  const float* z, float* h, float* y, int H);                 \
   void rnn_row(const float* g, const float* x, float* h, float* y, int H,    \
-               bool relu);
+               bool relu);                                                   \
+  void gemv_nt(const float* w, const float* x, float* out, int N, int K);
 
 namespace gates_base {
 EDGELSTM_GATE_DECLS
@@ -32,6 +33,7 @@ struct GateFns {
   decltype(&gates_base::gru_rz_row) gru_rz_row;
   decltype(&gates_base::gru_n_row) gru_n_row;
   decltype(&gates_base::rnn_row) rnn_row;
+  decltype(&gates_base::gemv_nt) gemv_nt;
   const char* isa;
 };
 

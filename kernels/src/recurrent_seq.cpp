@@ -56,7 +56,9 @@ void matmul_nt(
     }
     return;
   }
-  if (M == 1) {
+  if (M == 1 && beta == 0.0f) {
+    gate_fns().gemv_nt(w, a, out, N, K);
+  } else if (M == 1) {
     cblas_sgemv(kRowMajor, kNoTrans, N, K, 1.0f, w, K, a, 1, beta, out, 1);
   } else {
     cblas_sgemm(
