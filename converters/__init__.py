@@ -80,6 +80,10 @@ def import_model(path: str | os.PathLike, fmt: str, **options):
         ``edgelstm.LSTM``/``GRU``/``RNN`` or ``SequenceModel``.
     """
     if fmt == "onnx":
+        extra = sorted(set(options) - {"check", "atol"})
+        if extra:
+            raise ConversionError(f"option {extra[0]!r} applies to weight files, not to ONNX "
+                                  "(the graph defines the model)")
         return from_onnx(path, **options)
     if fmt in ("torch", "safetensors"):
         from edgelstm.converters import mlx_import, torch_import

@@ -118,6 +118,10 @@ def test_bad_and_unmappable_sources(tmp_path):
     r = _invoke("convert", bad, tmp_path / "ck")
     assert r.exit_code == 1 and r.output.startswith(f"Error: {bad} is not a readable ONNX model")
     assert r.output.count("\n") == 1
+    r = _invoke("convert", FIX / "torch_gru_frame.onnx", tmp_path / "ck", "--head", "frame")
+    assert r.exit_code == 1
+    assert r.output == ("Error: option 'head' applies to weight files, not to ONNX (the graph "
+                        "defines the model)\n")
     r = _invoke("convert", tmp_path, tmp_path / "m.onnx")
     assert r.exit_code == 1
     assert r.output == f"Error: {tmp_path} is not an edgelstm checkpoint (no config.json)\n"
