@@ -101,14 +101,9 @@ def convert(src: str | os.PathLike, dst: str | os.PathLike, opset: int = 17,
         if to_onnx:
             import onnx
 
-            from edgelstm.converters.onnx_export import build_onnx
+            from edgelstm.converters.onnx_export import export_proto
 
-            proto = build_onnx(model, opset=opset, streaming=streaming)
-            try:
-                onnx.checker.check_model(proto, full_check=True)
-            except (onnx.checker.ValidationError, onnx.shape_inference.InferenceError) as exc:
-                raise ConversionError(f"exported graph fails the ONNX checker: {exc}") from None
-            onnx.save(proto, str(tmp))
+            onnx.save(export_proto(model, opset=opset, streaming=streaming), str(tmp))
         else:
             save(model, tmp, force=True)
         if verify:

@@ -107,7 +107,10 @@ def _layer_weights(rnn, k: int) -> dict[str, np.ndarray | None]:
     cells = rnn._cells(rnn.layers[k])
     per_dir = []
     for cell in cells:
-        p = {name: _np(v) for name, v in tree_flatten(cell.parameters())}
+        # Attribute access, not parameters(): a quantized cell's Wx/Wh properties
+        # expand its int8 storage to float; parameters() would hand back raw int8.
+        p = {name: _np(getattr(cell, name)) for name, _ in tree_flatten(cell.parameters())
+             if "." not in name and not name.endswith("_scales")}
         if rnn.cell_type == "lstm":
             W, R, B, P = gates.lstm_to_onnx(p["Wx"], p["Wh"], p.get("bias"), p.get("peephole"))
         elif rnn.cell_type == "gru":
@@ -122,6 +125,17 @@ def _layer_weights(rnn, k: int) -> dict[str, np.ndarray | None]:
         parts = [d[i] for d in per_dir]
         stacked[key] = None if parts[0] is None else np.stack(parts).astype(np.float32)
     return stacked
+
+
+def _head_weight(head) -> np.ndarray:
+    """Float head weights ``(C, F)``, expanding an MLX ``QuantizedLinear``."""
+    import mlx.core as mx
+    import mlx.nn as nn
+
+    if isinstance(head, nn.QuantizedLinear):
+        return _np(mx.dequantize(head.weight, head.scales, head.get("biases"),
+                                 group_size=head.group_size, bits=head.bits, mode=head.mode))
+    return _np(head.weight)
 
 
 def _metadata(model, seq, rnn, streaming: bool) -> dict[str, str]:
@@ -227,13 +241,13 @@ def build_onnx(model, opset: int = DEFAULT_OPSET, streaming: bool = False):
     head = seq.head_type if seq is not None else None
     out_dim = seq.num_outputs if seq is not None else rnn.output_size
     if head == "frame":
-        Wt = g.init("head.weight_t", _np(seq.head.weight).T)
+        Wt = g.init("head.weight_t", _head_weight(seq.head).T)
         y = g.node("MatMul", [y, Wt])
         y = g.node("Add", [y, g.init("head.bias", _np(seq.head.bias))], outputs=[out_name])
     elif head == "sequence":
         last = g.node("Transpose", [y_h[-1]], perm=[1, 0, 2])  # (B, dirs, H)
         last = g.node("Reshape", [last, g.init("shape_B_merge", np.array([0, -1], np.int64))])
-        y = g.node("Gemm", [last, g.init("head.weight", _np(seq.head.weight)),
+        y = g.node("Gemm", [last, g.init("head.weight", _head_weight(seq.head)),
                             g.init("head.bias", _np(seq.head.bias))],
                    outputs=[out_name], transB=1)
     else:
@@ -279,11 +293,50 @@ def to_onnx(model, path: str | os.PathLike, opset: int = DEFAULT_OPSET,
 
     from edgelstm.fileio import atomic_output
 
+    onnx_model = export_proto(model, opset=opset, streaming=streaming)
+    with atomic_output(path, force=force) as tmp:
+        onnx.save(onnx_model, str(tmp))
+    return Path(path)
+
+
+def _qdq_config(section: dict | None):
+    """The QDQ config that reproduces a quantized model's weights exactly, or None.
+
+    Re-quantizing int8 per-row weights after expanding them gives back the same
+    int8 values, so gate weights stay int8 in QDQ form. The head (MLX affine,
+    group-wise) and 4-bit weights have no exact QDQ twin: they export as their
+    expanded float values.
+    """
+    if not section:
+        return None
+    import dataclasses
+
+    from edgelstm.quantize import QuantConfig
+    from edgelstm.quantize.config import Target
+
+    config = QuantConfig.from_dict(section)
+    targets = tuple(t for t in config.targets if t is not Target.HEAD)
+    if config.bits != 8 or not targets:
+        return None
+    return dataclasses.replace(config, targets=targets)
+
+
+def export_proto(model, opset: int = DEFAULT_OPSET, streaming: bool = False):
+    """:func:`build_onnx`, in QDQ form for a quantized model, checked with ``full_check``.
+
+    Raises:
+        ConversionError: the graph fails the ONNX checker.
+    """
+    import onnx
+
     onnx_model = build_onnx(model, opset=opset, streaming=streaming)
+    qdq = _qdq_config(getattr(model, "quantization", None))
+    if qdq is not None:
+        from edgelstm.quantize.onnx_qdq import qdq_quantize
+
+        onnx_model = qdq_quantize(onnx_model, qdq)
     try:
         onnx.checker.check_model(onnx_model, full_check=True)
     except (onnx.checker.ValidationError, onnx.shape_inference.InferenceError) as exc:
         raise ConversionError(f"exported graph fails the ONNX checker: {exc}") from None
-    with atomic_output(path, force=force) as tmp:
-        onnx.save(onnx_model, str(tmp))
-    return Path(path)
+    return onnx_model

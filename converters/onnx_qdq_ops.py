@@ -7,8 +7,9 @@ quantization (``block_size``) and float8 types raise UnsupportedError.
 from __future__ import annotations
 
 import numpy as np
-from edgelstm.converters.onnx_ops import DTYPES, register, to_np, xp_of
 from onnx import TensorProto, helper
+
+from edgelstm.converters.onnx_ops import DTYPES, register, to_np, xp_of
 
 
 def _axis_param(p, x, axis):

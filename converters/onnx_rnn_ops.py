@@ -10,11 +10,11 @@ from __future__ import annotations
 
 import mlx.core as mx
 import numpy as np
-from edgelstm.converters import gates
-from edgelstm.converters.onnx_ops import NodeCtx, register, to_mx, to_np
 
 from edgelstm import activations as A
 from edgelstm import recurrent
+from edgelstm.converters import gates
+from edgelstm.converters.onnx_ops import NodeCtx, register, to_mx, to_np
 from edgelstm.errors import ConversionError
 
 _COMMON = ("activation_alpha", "activation_beta", "activations", "clip", "direction", "hidden_size")

@@ -18,10 +18,10 @@ from typing import Any
 import mlx.core as mx
 import numpy as np
 import onnx
-from edgelstm.converters import onnx_qdq_ops, onnx_rnn_ops  # noqa: F401  (register ops)
-from edgelstm.converters.onnx_ops import DTYPES, REGISTRY, NodeCtx, to_mx, to_np
 from onnx import helper, numpy_helper
 
+from edgelstm.converters import onnx_qdq_ops, onnx_rnn_ops  # noqa: F401  (register ops)
+from edgelstm.converters.onnx_ops import DTYPES, REGISTRY, NodeCtx, to_mx, to_np
 from edgelstm.errors import ConversionError, DataError, UnsupportedError
 
 __all__ = ["OnnxMLXRunner", "run_onnx", "supported_ops"]

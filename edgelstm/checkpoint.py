@@ -142,11 +142,11 @@ def detect_format(path: str | os.PathLike) -> str:
         return "checkpoint"
     suffix = p.suffix.lower()
     formats = {".onnx": "onnx", ".pt": "torch", ".pth": "torch", ".bin": "torch",
-               ".safetensors": "safetensors", ".keras": "keras", ".h5": "keras"}
+               ".safetensors": "safetensors", ".npz": "npz", ".keras": "keras", ".h5": "keras"}
     if suffix in formats:
         return formats[suffix]
     raise CheckpointError(f"cannot tell the format of {path}: expected a checkpoint directory, "
-                          ".onnx, .pt/.pth, .safetensors, .keras or .h5")
+                          ".onnx, .pt/.pth, .safetensors, .npz (mlx.nn weights), .keras or .h5")
 
 
 def load(path: str | os.PathLike, **options) -> nn.Module:

@@ -1,0 +1,38 @@
+"""Exporting an already-quantized checkpoint keeps its weights exactly."""
+
+from __future__ import annotations
+
+import numpy as np
+import onnx
+import pytest
+
+import edgelstm
+from edgelstm.converters import convert, run_onnx
+from edgelstm.inference import run_model
+from edgelstm.quantize import QuantConfig, quantize_model
+
+
+@pytest.mark.parametrize("targets", [("Wx", "Wh"), ("Wx", "Wh", "head")])
+def test_int8_checkpoint_exports_as_qdq_with_identical_outputs(tmp_path, targets):
+    model = edgelstm.SequenceModel(edgelstm.LSTM(6, 32, num_layers=2), head="frame",
+                                   num_outputs=3)
+    model.save(tmp_path / "f")
+    quantize_model(tmp_path / "f", tmp_path / "q", QuantConfig(targets=targets))
+    report = convert(tmp_path / "q", tmp_path / "q.onnx", verify=True, atol=1e-6)
+    assert report["max_abs_diff"] < 1e-6
+    proto = onnx.load(str(tmp_path / "q.onnx"))
+    int8 = [i.name for i in proto.graph.initializer if i.data_type == onnx.TensorProto.INT8]
+    assert len(int8) == 4  # W and R of both layers stay int8
+    x = np.random.randn(2, 9, 6).astype(np.float32)
+    want = run_model(tmp_path / "q", x)["output"]
+    for backend in ("onnxruntime", "mlx"):
+        got = run_onnx(tmp_path / "q.onnx", {"input": x}, backend=backend)["output"]
+        np.testing.assert_allclose(got, want, atol=1e-5)
+
+
+def test_4bit_checkpoint_exports_its_expanded_weights(tmp_path):
+    model = edgelstm.SequenceModel(edgelstm.GRU(32, 32), head="sequence", num_outputs=2)
+    model.save(tmp_path / "f")
+    quantize_model(tmp_path / "f", tmp_path / "q4", QuantConfig(bits=4))
+    report = convert(tmp_path / "q4", tmp_path / "q4.onnx", verify=True, atol=1e-6)
+    assert report["max_abs_diff"] < 1e-6
