@@ -72,7 +72,10 @@ def _onnx_lstm(weights, B, T):
     graph = helper.make_graph(nodes, "lstm", inputs, outputs, inits)
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=8)
     onnx.checker.check_model(model)
-    sess = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
+    opts = ort.SessionOptions()
+    if THREADS > 0:
+        opts.intra_op_num_threads = THREADS
+    sess = ort.InferenceSession(model.SerializeToString(), opts, providers=["CPUExecutionProvider"])
     return sess, prev
 
 
@@ -185,11 +188,39 @@ def _bench(runners: dict[str, Callable], wl: Workload, repeat: int) -> dict[str,
     }
 
 
+THREADS = 0
+
+
+def _set_threads(n: int) -> None:
+    """Cap every library's thread pool at ``n`` (steadier timings on a busy box)."""
+    global THREADS
+    THREADS = n
+    if n <= 0:
+        return
+    if _blas.BLAS.startswith("OpenBLAS ("):
+        import ctypes
+
+        ctypes.CDLL(_blas.BLAS[len("OpenBLAS (") : -1]).openblas_set_num_threads(n)
+    try:
+        import torch
+
+        torch.set_num_threads(n)
+    except ImportError:
+        pass
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--repeat", type=int, default=30, help="timed passes per workload")
     ap.add_argument("--json", metavar="PATH", help="also write the results as JSON")
+    ap.add_argument(
+        "--threads",
+        type=int,
+        default=0,
+        help="cap OpenBLAS, PyTorch and ORT intra-op threads (0: library defaults)",
+    )
     args = ap.parse_args(argv)
+    _set_threads(args.threads)
 
     workloads = [
         Workload("B=32 T=100 I=40 H=256 forward", 32, 100, 256, 1, False),
@@ -217,7 +248,9 @@ def main(argv=None) -> int:
         print(f"fused kernels unavailable: {kernels.reason()}", file=sys.stderr)
         del impls["edgelstm kernel (fast=True)"]
 
+    threads = args.threads if args.threads > 0 else "library defaults"
     print(f"BLAS: {_blas.BLAS}; mlx {mx.__version__}; kernels: {kernels.reason()}")
+    print(f"threads: {threads}")
     results = []
     for wl in workloads:
         out = _bench({name: make(wl) for name, make in impls.items()}, wl, args.repeat)
