@@ -28,8 +28,10 @@ def describe(path: str | os.PathLike) -> dict:
 
     path = Path(path)
     fmt = detect_format(path)
+    from edgelstm import kernels
+
     info = {"path": str(path), "format": fmt, "file_bytes": _size_on_disk(path),
-            "blas": _blas.BLAS}
+            "blas": _blas.BLAS, "kernels": kernels.reason()}
     if fmt == "onnx":
         info.update(_describe_onnx(path))
     else:

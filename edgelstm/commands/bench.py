@@ -39,7 +39,7 @@ def bench(model, backends, batches, seq_lens, runs, warmup, threads, json_path, 
         $ edgelstm bench examples/basicmotions/model --batch 1 --batch 32
         $ edgelstm bench model.onnx --backend onnxruntime --backend mlx --json b.json
     """
-    from edgelstm import _blas
+    from edgelstm import _blas, kernels
     from edgelstm.bench import format_table, run_bench, write_svg
     from edgelstm.fileio import atomic_output, check_writable
 
@@ -48,13 +48,13 @@ def bench(model, backends, batches, seq_lens, runs, warmup, threads, json_path, 
     for path in (json_path, plot_path):
         if path:
             check_writable(path, force)
-    log(f"blas: {_blas.BLAS}")
+    log(f"blas: {_blas.BLAS}; kernels: {kernels.reason()}")
     results = run_bench(model, backends or ("mlx", "onnxruntime"), batches, seq_lens,
                         warmup=warmup, runs=runs, threads=threads)
     click.echo(format_table(results))
     if json_path:
         with atomic_output(json_path, force=force) as tmp:
-            tmp.write_text(json.dumps({"blas": _blas.BLAS,
+            tmp.write_text(json.dumps({"blas": _blas.BLAS, "kernels": kernels.reason(),
                                        "results": [r.as_dict() for r in results]}, indent=2))
         log(f"wrote {json_path}")
     if plot_path:

@@ -55,7 +55,7 @@ def info(model, as_json):
         if d.get("metadata"):
             rows.append(("metadata", ", ".join(sorted(d["metadata"]))))
     rows += [("inputs", _fmt_io(d["inputs"])), ("outputs", _fmt_io(d["outputs"])),
-             ("blas", d["blas"])]
+             ("blas", d["blas"]), ("kernels", d["kernels"])]
     width = max(len(k) for k, _ in rows)
     for k, v in rows:
         click.echo(f"{k:<{width}}  {v}")
