@@ -50,6 +50,7 @@ def build_model(
     head: str | None = None,
     dropout: float = 0.0,
     normalize: bool = True,
+    features: dict | None = None,
     **cell_options: Any,
 ) -> SequenceModel:
     """An untrained classifier sized for ``dataset``.
@@ -65,6 +66,7 @@ def build_model(
             per-frame labels and ``"sequence"`` otherwise.
         dropout: dropout between stacked layers (training only).
         normalize: store and apply per-feature mean/std of the training data.
+        features: front-end settings to store (default: the dataset's).
         cell_options: extra recurrent options (``clip``, ``peephole``, ...).
 
     Returns:
@@ -79,7 +81,8 @@ def build_model(
     rnn = RECURRENT[cell](dataset.input_size, hidden, num_layers=layers,
                           bidirectional=bidirectional, dropout=dropout, **cell_options)
     return SequenceModel(rnn, num_outputs=dataset.num_classes, head=head,
-                         labels=dataset.labels, normalize=normalize, features=dataset.features)
+                         labels=dataset.labels, normalize=normalize,
+                         features=features if features is not None else dataset.features)
 
 
 def fit_normalization(model: SequenceModel, dataset: Dataset) -> None:

@@ -1,0 +1,96 @@
+"""Helpers shared by the example scripts (training, metrics, running the samples)."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+
+import edgelstm  # noqa: F401  (loads the BLAS before mlx)
+from edgelstm.train import count_parameters, evaluate, predict_scores
+
+
+def data_dir(description: str) -> Path:
+    """``--data`` (default: ``$EDGELSTM_DATA`` or ``../shared/data``)."""
+    from edgelstm.datasets import default_data_dir
+
+    parser = argparse.ArgumentParser(description=description)
+    parser.add_argument("--data", type=Path, default=None,
+                        help="the shared data folder (default: $EDGELSTM_DATA or ../shared/data)")
+    args = parser.parse_args()
+    root = args.data or default_data_dir()
+    if not root.is_dir():
+        raise SystemExit(f"data folder {root} not found; pass --data")
+    return root
+
+
+def finish(here: Path, model, test, settings: dict, history: dict, seconds: float) -> dict:
+    """Save ``model`` to ``here/model`` and its test metrics to ``here/metrics.json``."""
+    model.save(here / "model", force=True)
+    metrics = evaluate(model, test)
+    size = sum(f.stat().st_size for f in (here / "model").iterdir())
+    out = {
+        "dataset": test.name,
+        "split": "test",
+        "accuracy": round(metrics["accuracy"], 6),
+        "n": metrics["n"],
+        "labels": metrics["labels"],
+        "confusion": metrics["confusion"],
+        "settings": settings,
+        "epochs_run": len(history["loss"]),
+        "best_epoch": history["best_epoch"],
+        "train_seconds": round(seconds, 1),
+        "parameters": count_parameters(model),
+        "model_bytes": size,
+        "machine": f"{platform.system()} {platform.machine()}, mlx CPU",
+    }
+    (here / "metrics.json").write_text(json.dumps(out, indent=2) + "\n")
+    print(f"test accuracy {out['accuracy']:.4f} on {out['n']} ({test.name}); "
+          f"{out['parameters']} parameters, {size} bytes; {seconds:.0f} s")
+    return out
+
+
+def timed(fn: Callable, *args, **kwargs):
+    """``(result, seconds)``."""
+    t0 = time.perf_counter()
+    result = fn(*args, **kwargs)
+    return result, time.perf_counter() - t0
+
+
+def run_samples(here: Path, read: Callable[[object, Path], np.ndarray]) -> list[dict]:
+    """Classify every file in ``here/samples/labels.json`` with the shipped model.
+
+    Args:
+        here: the example folder (holding ``model/`` and ``samples/``).
+        read: ``read(model, path) -> (T, I)`` model input for one sample file.
+
+    Returns:
+        One dict per sample: ``file``, ``expected``, ``predicted``, ``confidence``.
+    """
+    model = edgelstm.load(here / "model")
+    samples = here / "samples"
+    expected = json.loads((samples / "labels.json").read_text())
+    results = []
+    for name, label in expected.items():
+        scores = predict_scores(model, read(model, samples / name))
+        probs = np.exp(scores - scores.max())
+        probs /= probs.sum()
+        k = int(np.argmax(probs))
+        results.append({"file": name, "expected": label, "predicted": model.labels[k],
+                        "confidence": float(probs[k])})
+    return results
+
+
+def report(results: list[dict]) -> None:
+    """Print one line per sample and a total."""
+    for r in results:
+        mark = "ok" if r["predicted"] == r["expected"] else "WRONG"
+        print(f"  {r['file']:<28} -> {r['predicted']:<10} p={r['confidence']:.2f}  "
+              f"(expected {r['expected']}, {mark})")
+    right = sum(r["predicted"] == r["expected"] for r in results)
+    print(f"  {right}/{len(results)} correct")

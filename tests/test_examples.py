@@ -1,0 +1,72 @@
+"""The shipped example models: samples classify correctly, sizes stay small, metrics reproduce."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+import edgelstm
+from edgelstm.data import load_dataset
+from edgelstm.train import evaluate
+
+ROOT = Path(__file__).resolve().parents[1]
+EXAMPLES = ROOT / "examples"
+DATA = ROOT.parent / "shared" / "data"
+NAMES = ["basicmotions", "japanesevowels", "fsdd"]
+TEST_DATA = {"basicmotions": "uea/BasicMotions", "japanesevowels": "uea/JapaneseVowels",
+             "fsdd": "fsdd"}
+needs_data = pytest.mark.skipif(not DATA.is_dir(), reason="../shared/data not present")
+
+
+def _run_module(name):
+    spec = importlib.util.spec_from_file_location(f"example_{name}_run",
+                                                  EXAMPLES / name / "run.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_shipped_samples_predict_their_labels(name):
+    results = _run_module(name).predictions()
+    assert len(results) >= 2
+    for r in results:
+        assert r["predicted"] == r["expected"], r
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_shipped_model_is_small_and_self_describing(name):
+    folder = EXAMPLES / name
+    size = sum(f.stat().st_size for f in (folder / "model").iterdir())
+    assert size < 200_000
+    model = edgelstm.load(folder / "model")
+    metrics = json.loads((folder / "metrics.json").read_text())
+    assert model.labels == metrics["labels"]
+    assert "norm" in model and float(abs(model.norm.std - 1).sum()) > 0  # fitted statistics
+    assert (folder / "README.md").is_file() and (folder / "train.py").is_file()
+    if name == "fsdd":
+        assert model.features["kind"] == "mfcc" and model.head_type == "frame"
+
+
+def test_demo_script_runs():
+    res = subprocess.run([sys.executable, str(EXAMPLES / "demo.py")], capture_output=True,
+                         text=True, timeout=120)
+    assert res.returncode == 0, res.stderr
+    assert "WRONG" not in res.stdout and res.stdout.count("correct") == 3
+
+
+@needs_data
+@pytest.mark.parametrize("name", NAMES)
+def test_shipped_accuracy_matches_metrics(name):
+    folder = EXAMPLES / name
+    model = edgelstm.load(folder / "model")
+    test = load_dataset(DATA / TEST_DATA[name], "test", features=model.features)
+    metrics = json.loads((folder / "metrics.json").read_text())
+    got = evaluate(model, test)
+    assert got["n"] == metrics["n"]
+    assert abs(got["accuracy"] - metrics["accuracy"]) <= 0.01
