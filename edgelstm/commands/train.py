@@ -54,16 +54,17 @@ def train(data, output, cell, hidden, layers, bidirectional, head, target, dropo
     from edgelstm.data import load_dataset
     from edgelstm.errors import EdgeLSTMError
     from edgelstm.fileio import check_writable
-    from edgelstm.train import build_model, evaluate
+    from edgelstm.train import evaluate
     from edgelstm.train import train as fit
 
     check_writable(output, force)
     dataset = load_dataset(data, "train")
     log(f"{dataset.name}: {dataset.n} sequences, {dataset.input_size} features, "
         f"{dataset.num_classes} classes")
-    model = build_model(dataset, cell=cell, hidden=hidden, layers=layers,
-                        bidirectional=bidirectional, head=head, dropout=dropout)
-    model, history = fit(model, dataset, epochs=epochs, lr=lr, batch_size=batch_size, seed=seed,
+    # a dict, so train() seeds before it builds the model: --seed fixes the init too
+    spec = {"cell": cell, "hidden": hidden, "layers": layers, "bidirectional": bidirectional,
+            "head": head, "dropout": dropout}
+    model, history = fit(spec, dataset, epochs=epochs, lr=lr, batch_size=batch_size, seed=seed,
                          validation=val_fraction or None, patience=patience, target=target,
                          crop=crop, log=log)
     model.save(output, force=force)
