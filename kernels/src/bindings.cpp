@@ -17,6 +17,8 @@ NB_MODULE(_ext, m) {
       "isa",
       [] { return edgelstm::gate_fns().isa; },
       "Instruction set of the gate loops in use: 'avx2' or 'baseline'.");
+  // Feature flag for edgelstm.kernels: Wh/Wx may be int8 with *_scales.
+  m.attr("int8_weights") = true;
   m.def(
       "lstm_seq",
       &edgelstm::lstm_seq,
@@ -30,9 +32,12 @@ NB_MODULE(_ext, m) {
       "batch_first"_a = false,
       "Wx"_a = nb::none(),
       "bias"_a = nb::none(),
+      "Wh_scales"_a = nb::none(),
+      "Wx_scales"_a = nb::none(),
       "LSTM over a sequence: returns [y, h_n, c_n]. Gate order i, f, g, o.\n"
       "With Wx (and bias), the first argument is the raw input x and the\n"
-      "projection x @ Wx.T + bias runs inside the primitive.");
+      "projection x @ Wx.T + bias runs inside the primitive. Wh / Wx may\n"
+      "be int8 with float32 per-row Wh_scales / Wx_scales (W = q * s[:, None]).");
   m.def(
       "gru_seq",
       &edgelstm::gru_seq,
@@ -47,6 +52,8 @@ NB_MODULE(_ext, m) {
       "batch_first"_a = false,
       "Wx"_a = nb::none(),
       "bias"_a = nb::none(),
+      "Wh_scales"_a = nb::none(),
+      "Wx_scales"_a = nb::none(),
       "GRU over a sequence: returns [y, h_n]. Gate order r, z, n.");
   m.def(
       "rnn_seq",
@@ -61,5 +68,7 @@ NB_MODULE(_ext, m) {
       "batch_first"_a = false,
       "Wx"_a = nb::none(),
       "bias"_a = nb::none(),
+      "Wh_scales"_a = nb::none(),
+      "Wx_scales"_a = nb::none(),
       "Elman RNN (tanh or relu) over a sequence: returns [y, h_n].");
 }

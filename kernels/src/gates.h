@@ -16,7 +16,9 @@ namespace edgelstm {
                  const float* z, float* h, float* y, int H);                 \
   void rnn_row(const float* g, const float* x, float* h, float* y, int H,    \
                bool relu);                                                   \
-  void gemv_nt(const float* w, const float* x, float* out, int N, int K);
+  void gemv_nt(const float* w, const float* x, float* out, int N, int K);    \
+  void gemv_nt_q8(const signed char* q, const float* s, const float* x,      \
+                  float* out, int N, int K, bool accumulate);
 
 namespace gates_base {
 EDGELSTM_GATE_DECLS
@@ -34,6 +36,7 @@ struct GateFns {
   decltype(&gates_base::gru_n_row) gru_n_row;
   decltype(&gates_base::rnn_row) rnn_row;
   decltype(&gates_base::gemv_nt) gemv_nt;
+  decltype(&gates_base::gemv_nt_q8) gemv_nt_q8;
   const char* isa;
 };
 

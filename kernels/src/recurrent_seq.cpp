@@ -67,6 +67,38 @@ void matmul_nt(
   }
 }
 
+// A row-major weight (N, K): float, or int8 rows q with scales s (W = q * s).
+struct Weight {
+  const float* f = nullptr;
+  const int8_t* q = nullptr;
+  const float* s = nullptr;
+
+  // The weight from row n on (GRU's n-gate block).
+  Weight from_row(size_t n, int K) const {
+    return f ? Weight{f + n * K} : Weight{nullptr, q + n * K, s + n};
+  }
+};
+
+// out (M, N) = a (M, K) @ w[:N]^T (+ out when beta is 1). int8 weights reach
+// here only for M == 1 (see load_weight); the scale multiplies the int8 dot.
+void matmul_w(
+    const float* a,
+    const Weight& w,
+    float* out,
+    int M,
+    int N,
+    int K,
+    int ldc,
+    float beta = 0.0f) {
+  if (w.f) {
+    matmul_nt(a, w.f, out, M, N, K, ldc, beta);
+  } else if (N > 0) {
+    gate_fns().gemv_nt_q8(
+        reinterpret_cast<const signed char*>(w.q), w.s, a, out, N, K,
+        beta != 0.0f);
+  }
+}
+
 // Row-major pointer to `a`'s elements, copying through `buf` when `a` is
 // strided (transposed, sliced, broadcast).
 template <typename T>
@@ -96,6 +128,35 @@ const T* row_major(const mx::array& a, std::vector<T>& buf) {
   return buf.data();
 }
 
+// `a` (N, K) as a Weight. An int8 `a` (scales `s`) is expanded to float in
+// `fbuf` when `expand` (several rows per matmul: one sgemm beats int8 dots);
+// q * s rounds exactly as the Python-side expansion does.
+Weight load_weight(
+    const mx::array& a,
+    const mx::array* s,
+    bool expand,
+    std::vector<float>& fbuf,
+    std::vector<int8_t>& qbuf,
+    std::vector<float>& sbuf) {
+  if (!s) {
+    return Weight{row_major(a, fbuf)};
+  }
+  const int8_t* q = row_major(a, qbuf);
+  const float* sc = row_major(*s, sbuf);
+  if (!expand) {
+    return Weight{nullptr, q, sc};
+  }
+  const size_t N = a.shape(0), K = a.shape(1);
+  std::vector<float> w(N * K);
+  for (size_t n = 0; n < N; ++n) {
+    for (size_t k = 0; k < K; ++k) {
+      w[n * K + k] = static_cast<float>(q[n * K + k]) * sc[n];
+    }
+  }
+  fbuf = std::move(w);
+  return Weight{fbuf.data()};
+}
+
 void run_sequence(
     const SeqConfig& cfg,
     const std::vector<mx::array>& in,
@@ -110,9 +171,16 @@ void run_sequence(
   const GateFns& fns = gate_fns();
 
   std::vector<float> xp_buf, wh_buf, h0_buf, c0_buf, bhn_buf, wx_buf, b_buf;
+  std::vector<float> whs_buf, wxs_buf;
+  std::vector<int8_t> whq_buf, wxq_buf;
   std::vector<int32_t> len_buf;
   const float* xp = row_major(xp_a, xp_buf);
-  const float* wh = row_major(wh_a, wh_buf);
+  // Scales come last in the inputs: Wh's, then Wx's.
+  size_t n_in = in.size();
+  const mx::array* wx_scales = cfg.wx_int8 ? &in[--n_in] : nullptr;
+  const mx::array* wh_scales = cfg.wh_int8 ? &in[--n_in] : nullptr;
+  const Weight wh =
+      load_weight(wh_a, wh_scales, B > 1, wh_buf, whq_buf, whs_buf);
   size_t k = 2;
   const float* h0 = cfg.has_h0 ? row_major(in[k++], h0_buf) : nullptr;
   const float* c0 = cfg.has_c0 ? row_major(in[k++], c0_buf) : nullptr;
@@ -124,13 +192,14 @@ void run_sequence(
   if (cfg.project) {
     const int I = xp_a.shape(2);
     const size_t rows = size_t(T) * B;
-    const float* wx = row_major(in[k++], wx_buf);
+    const Weight wx =
+        load_weight(in[k++], wx_scales, rows > 1, wx_buf, wxq_buf, wxs_buf);
     const float* bias = cfg.has_bias ? row_major(in[k++], b_buf) : nullptr;
     proj.reset(new float[rows * G]);
     for (size_t r = 0; bias && r < rows; ++r) {
       std::memcpy(proj.get() + r * G, bias, sizeof(float) * G);
     }
-    matmul_nt(xp, wx, proj.get(), int(rows), G, I, G, bias ? 1.0f : 0.0f);
+    matmul_w(xp, wx, proj.get(), int(rows), G, I, G, bias ? 1.0f : 0.0f);
     xp = proj.get();
   }
 
@@ -177,7 +246,7 @@ void run_sequence(
     const int t = cfg.reverse ? T - 1 - s : s;
     switch (cfg.cell) {
       case Cell::LSTM:
-        matmul_nt(h, wh, g.data(), B, G, H, G);
+        matmul_w(h, wh, g.data(), B, G, H, G);
         for (int b = 0; b < B; ++b) {
           float* yb = y + yrow(t, b);
           if (!valid(t, b)) {
@@ -191,7 +260,7 @@ void run_sequence(
         break;
       case Cell::GRU:
         if (cfg.linear_before_reset) {
-          matmul_nt(h, wh, g.data(), B, G, H, G);
+          matmul_w(h, wh, g.data(), B, G, H, G);
           for (int b = 0; b < B; ++b) {
             float* yb = y + yrow(t, b);
             if (!valid(t, b)) {
@@ -203,16 +272,16 @@ void run_sequence(
                 h + size_t(b) * H, yb, H);
           }
         } else {
-          matmul_nt(h, wh, g.data(), B, 2 * H, H, G);
+          matmul_w(h, wh, g.data(), B, 2 * H, H, G);
           for (int b = 0; b < B; ++b) {
             fns.gru_rz_row(
                 g.data() + size_t(b) * G, xp + xrow(t, b), h + size_t(b) * H,
                 z_buf.data() + size_t(b) * H, rh_buf.data() + size_t(b) * H,
                 H);
           }
-          matmul_nt(
-              rh_buf.data(), wh + size_t(2) * H * H, g.data() + 2 * H, B, H, H,
-              G);
+          matmul_w(
+              rh_buf.data(), wh.from_row(size_t(2) * H, H), g.data() + 2 * H,
+              B, H, H, G);
           for (int b = 0; b < B; ++b) {
             float* yb = y + yrow(t, b);
             if (!valid(t, b)) {
@@ -226,7 +295,7 @@ void run_sequence(
         }
         break;
       case Cell::RNN:
-        matmul_nt(h, wh, g.data(), B, G, H, G);
+        matmul_w(h, wh, g.data(), B, G, H, G);
         for (int b = 0; b < B; ++b) {
           float* yb = y + yrow(t, b);
           if (!valid(t, b)) {
@@ -268,7 +337,9 @@ std::vector<mx::array> build(
     const std::optional<mx::array>& bhn,
     const std::optional<mx::array>& lengths,
     const std::optional<mx::array>& Wx,
-    const std::optional<mx::array>& bias) {
+    const std::optional<mx::array>& bias,
+    const std::optional<mx::array>& Wh_scales,
+    const std::optional<mx::array>& Wx_scales) {
   const int gates =
       cfg.cell == Cell::LSTM ? 4 : (cfg.cell == Cell::GRU ? 3 : 1);
   check(xp.ndim() == 3, "xp must be 3-D, got " + shape_str(xp));
@@ -284,7 +355,10 @@ std::vector<mx::array> build(
             Wx->shape(1) == xp.shape(2),
         "Wx must be (" + std::to_string(gates * H) + ", " +
             std::to_string(xp.shape(2)) + "), got " + shape_str(*Wx));
-    check(Wx->dtype() == mx::float32, "Wx must be float32");
+    check(
+        Wx->dtype() == (Wx_scales ? mx::int8 : mx::float32),
+        Wx_scales ? "Wx must be int8 when Wx_scales is given"
+                  : "Wx must be float32 (or int8 with Wx_scales)");
     if (bias) {
       check(
           bias->ndim() == 1 && bias->shape(0) == gates * H,
@@ -298,9 +372,23 @@ std::vector<mx::array> build(
         "xp last dimension must be " + std::to_string(gates * H) + ", got " +
             shape_str(xp));
   }
+  check(xp.dtype() == mx::float32, "xp must be float32");
   check(
-      xp.dtype() == mx::float32 && Wh.dtype() == mx::float32,
-      "xp and Wh must be float32");
+      Wh.dtype() == (Wh_scales ? mx::int8 : mx::float32),
+      Wh_scales ? "Wh must be int8 when Wh_scales is given"
+                : "Wh must be float32 (or int8 with Wh_scales)");
+  check(Wx || !Wx_scales, "Wx_scales is only used together with Wx");
+  auto check_scales = [&](const std::optional<mx::array>& sc, const char* n) {
+    if (sc) {
+      check(
+          sc->ndim() == 1 && sc->shape(0) == gates * H,
+          std::string(n) + " must be (" + std::to_string(gates * H) +
+              ",), got " + shape_str(*sc));
+      check(sc->dtype() == mx::float32, std::string(n) + " must be float32");
+    }
+  };
+  check_scales(Wh_scales, "Wh_scales");
+  check_scales(Wx_scales, "Wx_scales");
   const int T = cfg.batch_first ? xp.shape(1) : xp.shape(0);
   const int B = cfg.batch_first ? xp.shape(0) : xp.shape(1);
 
@@ -343,6 +431,16 @@ std::vector<mx::array> build(
       inputs.push_back(*bias);
       cfg.has_bias = true;
     }
+  }
+
+  // Scales last, so the other inputs keep their positions.
+  if (Wh_scales) {
+    inputs.push_back(*Wh_scales);
+    cfg.wh_int8 = true;
+  }
+  if (Wx_scales) {
+    inputs.push_back(*Wx_scales);
+    cfg.wx_int8 = true;
   }
 
   mx::Shape y_shape = cfg.batch_first ? mx::Shape{B, T, H} : mx::Shape{T, B, H};
@@ -438,11 +536,15 @@ std::vector<mx::array> lstm_seq(
     bool reverse,
     bool batch_first,
     const std::optional<mx::array>& Wx,
-    const std::optional<mx::array>& bias) {
+    const std::optional<mx::array>& bias,
+    const std::optional<mx::array>& Wh_scales,
+    const std::optional<mx::array>& Wx_scales) {
   SeqConfig cfg{Cell::LSTM};
   cfg.reverse = reverse;
   cfg.batch_first = batch_first;
-  return build(cfg, xp, Wh, h0, c0, std::nullopt, lengths, Wx, bias);
+  return build(
+      cfg, xp, Wh, h0, c0, std::nullopt, lengths, Wx, bias, Wh_scales,
+      Wx_scales);
 }
 
 std::vector<mx::array> gru_seq(
@@ -455,12 +557,16 @@ std::vector<mx::array> gru_seq(
     bool linear_before_reset,
     bool batch_first,
     const std::optional<mx::array>& Wx,
-    const std::optional<mx::array>& bias) {
+    const std::optional<mx::array>& bias,
+    const std::optional<mx::array>& Wh_scales,
+    const std::optional<mx::array>& Wx_scales) {
   SeqConfig cfg{Cell::GRU};
   cfg.reverse = reverse;
   cfg.batch_first = batch_first;
   cfg.linear_before_reset = linear_before_reset;
-  return build(cfg, xp, Wh, h0, std::nullopt, bhn, lengths, Wx, bias);
+  return build(
+      cfg, xp, Wh, h0, std::nullopt, bhn, lengths, Wx, bias, Wh_scales,
+      Wx_scales);
 }
 
 std::vector<mx::array> rnn_seq(
@@ -472,13 +578,25 @@ std::vector<mx::array> rnn_seq(
     bool relu,
     bool batch_first,
     const std::optional<mx::array>& Wx,
-    const std::optional<mx::array>& bias) {
+    const std::optional<mx::array>& bias,
+    const std::optional<mx::array>& Wh_scales,
+    const std::optional<mx::array>& Wx_scales) {
   SeqConfig cfg{Cell::RNN};
   cfg.reverse = reverse;
   cfg.batch_first = batch_first;
   cfg.relu = relu;
   return build(
-      cfg, xp, Wh, h0, std::nullopt, std::nullopt, lengths, Wx, bias);
+      cfg,
+      xp,
+      Wh,
+      h0,
+      std::nullopt,
+      std::nullopt,
+      lengths,
+      Wx,
+      bias,
+      Wh_scales,
+      Wx_scales);
 }
 
 } // namespace edgelstm

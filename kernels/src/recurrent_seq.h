@@ -30,6 +30,8 @@ struct SeqConfig {
   bool has_lengths = false;
   bool project = false; // input 0 is x (.., .., I); xp = x @ Wx^T (+ bias) inside
   bool has_bias = false;
+  bool wh_int8 = false; // Wh int8 + Wh_scales input (after all others)
+  bool wx_int8 = false; // Wx int8 + Wx_scales input (last)
 
   bool operator==(const SeqConfig&) const = default;
 };
@@ -71,6 +73,8 @@ class RecurrentSeq : public mx::Primitive {
 // gate order i,f,g,o. Wh: (4H,H). Returns {y, h_n, c_n}.
 // With Wx (4H,I) given, xp is instead the raw input x (.., .., I) and the
 // projection x @ Wx^T + bias runs inside the same primitive (one dispatch).
+// Wh / Wx may be int8 (rows, cols) with float32 per-row scales Wh_scales /
+// Wx_scales (W = q * s[:, None]); every function below takes them alike.
 std::vector<mx::array> lstm_seq(
     const mx::array& xp,
     const mx::array& Wh,
@@ -80,7 +84,9 @@ std::vector<mx::array> lstm_seq(
     bool reverse,
     bool batch_first,
     const std::optional<mx::array>& Wx,
-    const std::optional<mx::array>& bias);
+    const std::optional<mx::array>& bias,
+    const std::optional<mx::array>& Wh_scales,
+    const std::optional<mx::array>& Wx_scales);
 
 // xp: (T,B,3H) gate order r,z,n; Wh (3H,H); bhn (H,). Returns {y, h_n}.
 std::vector<mx::array> gru_seq(
@@ -93,7 +99,9 @@ std::vector<mx::array> gru_seq(
     bool linear_before_reset,
     bool batch_first,
     const std::optional<mx::array>& Wx,
-    const std::optional<mx::array>& bias);
+    const std::optional<mx::array>& bias,
+    const std::optional<mx::array>& Wh_scales,
+    const std::optional<mx::array>& Wx_scales);
 
 // xp: (T,B,H); Wh (H,H). Returns {y, h_n}.
 std::vector<mx::array> rnn_seq(
@@ -105,6 +113,8 @@ std::vector<mx::array> rnn_seq(
     bool relu,
     bool batch_first,
     const std::optional<mx::array>& Wx,
-    const std::optional<mx::array>& bias);
+    const std::optional<mx::array>& bias,
+    const std::optional<mx::array>& Wh_scales,
+    const std::optional<mx::array>& Wx_scales);
 
 } // namespace edgelstm
