@@ -27,6 +27,7 @@ class Normalize(nn.Module):
         super().__init__()
         self.mean = mx.zeros((size,))
         self.std = mx.ones((size,))
+        self.freeze()  # statistics of the data, not something an optimiser should move
 
     def __call__(self, x):
         return (x - self.mean) / self.std
