@@ -6,7 +6,7 @@ ONNX lets LSTM/GRU/RNN choose their activations by name, some with
 
 from __future__ import annotations
 
-from typing import Callable
+from collections.abc import Callable
 
 import mlx.core as mx
 

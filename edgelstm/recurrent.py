@@ -16,8 +16,8 @@ at each sequence's own last valid step.
 
 from __future__ import annotations
 
-from functools import lru_cache
-from typing import Sequence
+from collections.abc import Sequence
+from functools import cache
 
 import mlx.core as mx
 
@@ -41,7 +41,7 @@ def _masked(mask, new, old):
     return mx.where(mask, new, old), mx.where(mask, new, 0.0)
 
 
-@lru_cache(maxsize=None)
+@cache
 def _lstm_step(acts, clip, peephole, input_forget, masked):
     fa, ga, ha = acts
 
@@ -69,7 +69,7 @@ def _lstm_step(acts, clip, peephole, input_forget, masked):
     return mx.compile(step)
 
 
-@lru_cache(maxsize=None)
+@cache
 def _gru_step(acts, clip, linear_before_reset, masked):
     fa, ga = acts
 
@@ -98,7 +98,7 @@ def _gru_step(acts, clip, linear_before_reset, masked):
     return mx.compile(step)
 
 
-@lru_cache(maxsize=None)
+@cache
 def _rnn_step(acts, clip, masked):
     (fa,) = acts
 

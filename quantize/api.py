@@ -13,6 +13,8 @@ import tempfile
 from pathlib import Path
 
 import numpy as np
+
+from edgelstm.errors import ConfigError, UnsupportedError
 from edgelstm.quantize.config import Format, QuantConfig
 from edgelstm.quantize.report import (
     QuantReport,
@@ -22,8 +24,6 @@ from edgelstm.quantize.report import (
     random_input,
     size_on_disk,
 )
-
-from edgelstm.errors import ConfigError, UnsupportedError
 
 
 def output_format(dst: str | os.PathLike, fmt: Format | str | None) -> Format:
@@ -92,9 +92,8 @@ def mlx_predict(model):
 
 
 def _float_model(src):
-    from edgelstm.quantize.mlx_quant import is_quantized
-
     from edgelstm.checkpoint import load
+    from edgelstm.quantize.mlx_quant import is_quantized
 
     model = load(src)
     if is_quantized(model):
@@ -103,10 +102,9 @@ def _float_model(src):
 
 
 def _to_mlx(src, dst, config, data, force, seed) -> QuantReport:
-    from edgelstm.quantize.mlx_quant import quantize_mlx
-
     from edgelstm.checkpoint import load, save
     from edgelstm.describe import describe_model
+    from edgelstm.quantize.mlx_quant import quantize_mlx
 
     model = _float_model(src)
     x = random_input(model.input_size, seed=seed)
@@ -163,11 +161,11 @@ def ort_predict(path):
 
 def _to_onnx(src, dst, config, fmt, data, force, seed) -> QuantReport:
     import onnx
-    from edgelstm.quantize.onnx_ort import ort_quantize
-    from edgelstm.quantize.onnx_qdq import qdq_quantize
 
     from edgelstm.checkpoint import detect_format
     from edgelstm.fileio import atomic_output
+    from edgelstm.quantize.onnx_ort import ort_quantize
+    from edgelstm.quantize.onnx_qdq import qdq_quantize
 
     with tempfile.TemporaryDirectory() as tmp:
         if detect_format(src) == "onnx":

@@ -26,9 +26,8 @@ import os
 import tempfile
 from pathlib import Path
 
-from edgelstm.quantize.config import QuantConfig, Target
-
 from edgelstm.errors import UnsupportedError
+from edgelstm.quantize.config import QuantConfig, Target
 
 
 @contextlib.contextmanager

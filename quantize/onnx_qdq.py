@@ -18,9 +18,9 @@ from __future__ import annotations
 import json
 
 import numpy as np
-from edgelstm.quantize.config import QuantConfig, Target
 
 from edgelstm.errors import UnsupportedError
+from edgelstm.quantize.config import QuantConfig, Target
 
 QDQ_MIN_OPSET = 19
 RECURRENT_OPS = ("LSTM", "GRU", "RNN")

@@ -6,9 +6,9 @@ import warnings
 
 import numpy as np
 import pytest
-from edgelstm.converters.onnx_runner import run_onnx
 
 import edgelstm  # noqa: F401  (loads BLAS before mlx)
+from edgelstm.converters.onnx_runner import run_onnx
 
 RTOL, ATOL = 1e-5, 1e-5
 

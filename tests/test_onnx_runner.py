@@ -8,14 +8,14 @@ import numpy as np
 import onnx
 import onnxruntime as ort
 import pytest
-from edgelstm.converters import gates
-from edgelstm.converters.onnx_runner import OnnxMLXRunner, run_onnx
 from onnx import TensorProto as TP
 from onnx import helper, numpy_helper
 from onnx.reference import ReferenceEvaluator
 
 import edgelstm  # noqa: F401  (loads BLAS before mlx)
 from edgelstm import recurrent
+from edgelstm.converters import gates
+from edgelstm.converters.onnx_runner import OnnxMLXRunner, run_onnx
 from edgelstm.errors import DataError, UnsupportedError
 
 RTOL, ATOL = 1e-5, 1e-5

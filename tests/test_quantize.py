@@ -8,6 +8,11 @@ import mlx.core as mx
 import mlx.nn as nn
 import numpy as np
 import pytest
+
+import edgelstm  # noqa: F401  (loads OpenBLAS before mlx.core)
+from edgelstm.errors import UnsupportedError
+from edgelstm.layers import RECURRENT
+from edgelstm.model import SequenceModel
 from edgelstm.quantize import (
     QuantConfig,
     QuantizedGRUCell,
@@ -18,11 +23,6 @@ from edgelstm.quantize import (
 )
 from edgelstm.quantize.mlx_quant import dequantize_rows, quantize_rows
 from edgelstm.quantize.report import output_error
-
-import edgelstm  # noqa: F401  (loads OpenBLAS before mlx.core)
-from edgelstm.errors import UnsupportedError
-from edgelstm.layers import RECURRENT
-from edgelstm.model import SequenceModel
 
 onnx = pytest.importorskip("onnx")
 
@@ -177,8 +177,9 @@ def test_report_mlx_meets_size_and_error_targets(lstm128, tmp_path):
 
 
 def _run_all_backends(path, x):
-    from edgelstm.converters import run_onnx
     from onnx.reference import ReferenceEvaluator
+
+    from edgelstm.converters import run_onnx
 
     ort = run_onnx(path, {"input": x})["output"]
     mlx_out = run_onnx(path, {"input": x}, backend="mlx")["output"]
