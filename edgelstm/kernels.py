@@ -99,7 +99,18 @@ def _int32(lengths):
 
 
 def lstm_seq(
-    xp, Wh, h0=None, c0=None, lengths=None, *, reverse=False, batch_first=False, Wx=None, bias=None
+    xp,
+    Wh,
+    h0=None,
+    c0=None,
+    lengths=None,
+    *,
+    reverse=False,
+    batch_first=False,
+    Wx=None,
+    bias=None,
+    Wh_scales=None,
+    Wx_scales=None,
 ):
     """Run the fused LSTM on a projected input.
 
@@ -113,6 +124,8 @@ def lstm_seq(
         batch_first: layout of ``xp`` and ``y``.
         Wx, bias: input weights ``(4H, I)`` and bias ``(4H,)``; when given, ``xp``
             is the raw input ``(.., .., I)`` and the projection runs in the kernel.
+        Wh_scales, Wx_scales: per-row float32 scales ``(4H,)``; when given, the
+            matching weight is int8 and stands for ``W * scales[:, None]``.
 
     Returns:
         ``y`` ``(T, B, H)`` (or ``(B, T, H)``; zero past each length) and ``(h_n, c_n)``.
@@ -128,6 +141,7 @@ def lstm_seq(
         batch_first=bool(batch_first),
         Wx=Wx,
         bias=bias,
+        **_scales(Wh_scales, Wx_scales),
     )
     return y, (h, c)
 
@@ -144,12 +158,15 @@ def gru_seq(
     batch_first=False,
     Wx=None,
     b=None,
+    Wh_scales=None,
+    Wx_scales=None,
 ):
     """Run the fused GRU on a projected input ``xp`` ``(T, B, 3H)``, gates ``r, z, n``.
 
     ``bhn`` ``(H,)`` is the n gate's recurrent bias, added inside the reset
     product when ``linear_before_reset`` (PyTorch/MLX form) and after the
-    matmul otherwise (ONNX default). Other arguments as :func:`lstm_seq`.
+    matmul otherwise (ONNX default). Other arguments (int8 weights with
+    ``Wh_scales`` / ``Wx_scales`` included) as :func:`lstm_seq`.
 
     Returns:
         ``y`` and ``h_n`` ``(B, H)``.
@@ -166,6 +183,7 @@ def gru_seq(
         batch_first=bool(batch_first),
         Wx=Wx,
         bias=b,
+        **_scales(Wh_scales, Wx_scales),
     )
     return y, h
 
@@ -181,6 +199,8 @@ def rnn_seq(
     batch_first=False,
     Wx=None,
     bias=None,
+    Wh_scales=None,
+    Wx_scales=None,
 ):
     """Run the fused Elman RNN (``tanh``, or ``relu``) on ``xp`` ``(T, B, H)``.
 
@@ -201,8 +221,16 @@ def rnn_seq(
         batch_first=bool(batch_first),
         Wx=Wx,
         bias=bias,
+        **_scales(Wh_scales, Wx_scales),
     )
     return y, h
+
+
+def _scales(Wh_scales, Wx_scales):
+    # Passed only when set, so an extension built before int8 support still
+    # serves float calls.
+    kw = {"Wh_scales": Wh_scales, "Wx_scales": Wx_scales}
+    return {k: v for k, v in kw.items() if v is not None}
 
 
 def _require():
@@ -215,54 +243,101 @@ def _require():
 # -- dispatch helpers for edgelstm.recurrent -------------------------------------
 
 
-def _why_not(x, Wh, arrays: Sequence) -> str | None:
-    """Common reasons the fused path cannot run; ``None`` when it can."""
+def _why_not(x, Wh, arrays: Sequence, int8: Sequence = ()) -> str | None:
+    """Common reasons the fused path cannot run; ``None`` when it can.
+
+    ``int8`` holds ``(weight, scales)`` pairs; a pair with scales must be an
+    int8 weight with float32 scales, one without a float32 weight.
+    """
     if not available():
         return f"fused kernels unavailable: {reason()}"
     if mx.default_device() != mx.cpu:
         return "fused kernels run on the CPU device only"
     if x.ndim != 3 or Wh.ndim != 2 or x.size == 0 or Wh.size == 0:
         return "fused kernels need a non-empty (B, T, I) input"
-    for a in (x, Wh, *arrays):
+    floats = [x, *arrays]
+    for w, s in int8:
+        if s is None:
+            floats.append(w)
+            continue
+        if not getattr(_ext, "int8_weights", False):
+            return f"installed edgelstm_kernels predates int8 weights; {_BUILD_HINT}"
+        if w.dtype != mx.int8 or s.dtype != mx.float32 or s.shape != (w.shape[0],):
+            return "fused kernels take int8 weights with float32 per-row scales only"
+    for a in floats:
         if a is not None and a.dtype != mx.float32:
             return "fused kernels support float32 only"
     return None
 
 
-def why_not_lstm(x, Wx, Wh, bias, h0, c0, peephole, clip, input_forget, activations):
-    """Return why :func:`lstm` cannot run these arguments, or ``None`` if it can."""
+def why_not_lstm(
+    x,
+    Wx,
+    Wh,
+    bias,
+    h0,
+    c0,
+    peephole,
+    clip,
+    input_forget,
+    activations,
+    Wx_scales=None,
+    Wh_scales=None,
+):
+    """Return why :func:`lstm` cannot run these arguments, or ``None`` if it can.
+
+    With ``Wx_scales`` / ``Wh_scales``, ``Wx`` / ``Wh`` are int8 (per-row scales).
+    """
     if peephole is not None or clip is not None or input_forget:
         return "fused LSTM has no peephole, clip or input_forget"
     if tuple(activations) != _LSTM_ACTS:
         return "fused LSTM supports the default activations (sigmoid, tanh, tanh) only"
-    return _why_not(x, Wh, (Wx, bias, h0, c0))
+    return _why_not(x, Wh, (bias, h0, c0), ((Wx, Wx_scales), (Wh, Wh_scales)))
 
 
-def why_not_gru(x, Wx, Wh, b, bhn, h0, clip, activations):
+def why_not_gru(x, Wx, Wh, b, bhn, h0, clip, activations, Wx_scales=None, Wh_scales=None):
     """Return why :func:`gru` cannot run these arguments, or ``None`` if it can."""
     if clip is not None:
         return "fused GRU has no clip"
     if tuple(activations) != _GRU_ACTS:
         return "fused GRU supports the default activations (sigmoid, tanh) only"
-    return _why_not(x, Wh, (Wx, b, bhn, h0))
+    return _why_not(x, Wh, (b, bhn, h0), ((Wx, Wx_scales), (Wh, Wh_scales)))
 
 
-def why_not_rnn(x, Wxh, Whh, bias, h0, clip, activations):
+def why_not_rnn(x, Wxh, Whh, bias, h0, clip, activations, Wx_scales=None, Wh_scales=None):
     """Return why :func:`rnn` cannot run these arguments, or ``None`` if it can."""
     if clip is not None:
         return "fused RNN has no clip"
     if tuple(activations) not in _RNN_ACTS:
         return "fused RNN supports tanh or relu only"
-    return _why_not(x, Whh, (Wxh, bias, h0))
+    return _why_not(x, Whh, (bias, h0), ((Wxh, Wx_scales), (Whh, Wh_scales)))
 
 
-def lstm(x, Wx, Wh, bias, h0, c0, lengths, reverse):
-    """Fused equivalent of ``recurrent.lstm`` for the arguments it supports."""
+def lstm(x, Wx, Wh, bias, h0, c0, lengths, reverse, Wx_scales=None, Wh_scales=None):
+    """Fused equivalent of ``recurrent.lstm`` for the arguments it supports.
+
+    With ``Wx_scales`` / ``Wh_scales`` the matching weight is int8 and the
+    kernel reads it as is (no float copy per call).
+    """
     # Projection inside the kernel: one MLX dispatch per direction, not two.
-    return lstm_seq(x, Wh, h0, c0, lengths, reverse=reverse, batch_first=True, Wx=Wx, bias=bias)
+    return lstm_seq(
+        x,
+        Wh,
+        h0,
+        c0,
+        lengths,
+        reverse=reverse,
+        batch_first=True,
+        Wx=Wx,
+        bias=bias,
+        Wh_scales=Wh_scales,
+        Wx_scales=Wx_scales,
+    )
 
 
-def gru(x, Wx, Wh, b, bhn, h0, lengths, reverse, linear_before_reset):
+def gru(
+    x, Wx, Wh, b, bhn, h0, lengths, reverse, linear_before_reset, Wx_scales=None, Wh_scales=None
+):
     """Fused equivalent of ``recurrent.gru`` for the arguments it supports."""
     return gru_seq(
         x,
@@ -275,12 +350,24 @@ def gru(x, Wx, Wh, b, bhn, h0, lengths, reverse, linear_before_reset):
         batch_first=True,
         Wx=Wx,
         b=b,
+        Wh_scales=Wh_scales,
+        Wx_scales=Wx_scales,
     )
 
 
-def rnn(x, Wxh, Whh, bias, h0, lengths, reverse, activations):
+def rnn(x, Wxh, Whh, bias, h0, lengths, reverse, activations, Wx_scales=None, Wh_scales=None):
     """Fused equivalent of ``recurrent.rnn`` for the arguments it supports."""
     relu = _RNN_ACTS[tuple(activations)]
     return rnn_seq(
-        x, Whh, h0, lengths, reverse=reverse, relu=relu, batch_first=True, Wx=Wxh, bias=bias
+        x,
+        Whh,
+        h0,
+        lengths,
+        reverse=reverse,
+        relu=relu,
+        batch_first=True,
+        Wx=Wxh,
+        bias=bias,
+        Wh_scales=Wh_scales,
+        Wx_scales=Wx_scales,
     )

@@ -8,10 +8,14 @@ checkpoint, under the float cell's parameter names:
 - 4-bit (affine, group-wise, experimental): ``Wx`` packed uint32 as written
   by ``mx.quantize`` plus ``Wx_scales`` and ``Wx_biases`` ``(G*H, I/group)``.
 
-Biases, peepholes and states stay float. Compute: each call expands the
-integer weights once (``q * s``, one fused op per matrix) and runs the float
-core of :mod:`edgelstm.recurrent`, so lengths, reverse, peepholes and the
-fused C++ path all apply unchanged. ``x @ (q*s).T == (x @ q.T) * s``; the
+Biases, peepholes and states stay float. Compute: int8 cells hand their
+integer weights and scales straight to the fused C++ kernel when it can run
+the call (CPU, default activations, no clip/peephole; see
+:mod:`edgelstm.kernels`): an int8 matvec per step at batch 1, no float copy.
+Otherwise (4-bit, GPU, ``fast=False``, unsupported options) each call expands
+the integer weights once (``q * s``, one fused op per matrix) and runs the
+float core of :mod:`edgelstm.recurrent`, so lengths, reverse and peepholes
+apply unchanged. ``x @ (q*s).T == (x @ q.T) * s``; the
 expansion is the cheaper side once ``B*T`` exceeds the input width. On MLX's
 CPU backend this beats ``mx.quantized_matmul``, which measured 2.7x slower
 per step and 14x slower for the input projection than OpenBLAS (see README).
@@ -28,10 +32,12 @@ import functools
 
 import mlx.core as mx
 import mlx.nn as nn
-from edgelstm.quantize.config import GROUP_SIZES, Mode, QuantConfig, Target
 
+from edgelstm import kernels as _kernels
+from edgelstm import recurrent as R
 from edgelstm.errors import UnsupportedError
 from edgelstm.layers import GRUCell, LSTMCell, RNNCell
+from edgelstm.quantize.config import GROUP_SIZES, Mode, QuantConfig, Target
 
 QMAX = 127  # symmetric int8 uses [-127, 127] (ONNX/ORT convention)
 
@@ -114,6 +120,20 @@ class _QuantizedCellMixin:
         return mx.dequantize(self[name], self[name + "_scales"], self[name + "_biases"],
                              group_size=spec["group_size"], bits=spec["bits"])
 
+    def _kernel_weights(self, fast) -> list | None:
+        """``[Wx, Wx_scales, Wh, Wh_scales]`` as stored, for the fused kernel.
+
+        A weight left float has scales ``None``. Returns ``None`` (use the
+        expanding path) for 4-bit cells, ``fast=False`` or no kernel.
+        """
+        spec = self["_qspec"]
+        if fast is False or spec["mode"] != Mode.SYMMETRIC.value or not _kernels.available():
+            return None
+        out = []
+        for name in WEIGHT_NAMES[self._float_cls]:
+            out += [self[name], self[name + "_scales"] if name in spec["names"] else None]
+        return out
+
     def logical_parameter_count(self) -> int:
         """Weights as the float model counts them (scales and offsets excluded)."""
         spec = self["_qspec"]
@@ -148,6 +168,22 @@ class QuantizedLSTMCell(_QuantizedCellMixin, LSTMCell):
     def __init__(self, cell: LSTMCell, config: QuantConfig, group_size: int | None = None):
         self._init_quantized(cell, config, group_size)
 
+    def __call__(self, x, state=None, lengths=None, reverse=False, fast=None):
+        """As :meth:`LSTMCell.__call__`; int8 weights go to the fused kernel as stored."""
+        h0, c0 = state if state is not None else (None, None)
+        q = self._kernel_weights(fast)
+        if q is not None:
+            Wx, sx, Wh, sh = q
+            o, bias = self._opts, self.get("bias")
+            why = _kernels.why_not_lstm(
+                x, Wx, Wh, bias, h0, c0, self.get("peephole"), o.get("clip"),
+                o.get("input_forget", False), o.get("activations") or R.LSTM_ACTIVATIONS,
+                Wx_scales=sx, Wh_scales=sh)
+            if why is None:
+                return _kernels.lstm(x, Wx, Wh, bias, h0, c0, lengths, reverse,
+                                     Wx_scales=sx, Wh_scales=sh)
+        return super().__call__(x, state, lengths, reverse, fast)
+
 
 class QuantizedGRUCell(_QuantizedCellMixin, GRUCell):
     """An :class:`edgelstm.layers.GRUCell` with integer ``Wx``/``Wh``."""
@@ -159,6 +195,21 @@ class QuantizedGRUCell(_QuantizedCellMixin, GRUCell):
     def __init__(self, cell: GRUCell, config: QuantConfig, group_size: int | None = None):
         self._init_quantized(cell, config, group_size)
 
+    def __call__(self, x, state=None, lengths=None, reverse=False, fast=None):
+        """As :meth:`GRUCell.__call__`; int8 weights go to the fused kernel as stored."""
+        q = self._kernel_weights(fast)
+        if q is not None:
+            Wx, sx, Wh, sh = q
+            o, b, bhn = self._opts, self.get("b"), self.get("bhn")
+            why = _kernels.why_not_gru(
+                x, Wx, Wh, b, bhn, state, o.get("clip"),
+                o.get("activations") or R.GRU_ACTIVATIONS, Wx_scales=sx, Wh_scales=sh)
+            if why is None:
+                return _kernels.gru(x, Wx, Wh, b, bhn, state, lengths, reverse,
+                                    o.get("linear_before_reset", True),
+                                    Wx_scales=sx, Wh_scales=sh)
+        return super().__call__(x, state, lengths, reverse, fast)
+
 
 class QuantizedRNNCell(_QuantizedCellMixin, RNNCell):
     """An :class:`edgelstm.layers.RNNCell` with integer ``Wxh``/``Whh``."""
@@ -169,6 +220,20 @@ class QuantizedRNNCell(_QuantizedCellMixin, RNNCell):
 
     def __init__(self, cell: RNNCell, config: QuantConfig, group_size: int | None = None):
         self._init_quantized(cell, config, group_size)
+
+    def __call__(self, x, state=None, lengths=None, reverse=False, fast=None):
+        """As :meth:`RNNCell.__call__`; int8 weights go to the fused kernel as stored."""
+        q = self._kernel_weights(fast)
+        if q is not None:
+            Wx, sx, Wh, sh = q
+            o, bias = self._opts, self.get("bias")
+            acts = o.get("activations") or R.RNN_ACTIVATIONS
+            why = _kernels.why_not_rnn(x, Wx, Wh, bias, state, o.get("clip"), acts,
+                                       Wx_scales=sx, Wh_scales=sh)
+            if why is None:
+                return _kernels.rnn(x, Wx, Wh, bias, state, lengths, reverse, acts,
+                                    Wx_scales=sx, Wh_scales=sh)
+        return super().__call__(x, state, lengths, reverse, fast)
 
 
 QUANTIZED = {LSTMCell: QuantizedLSTMCell, GRUCell: QuantizedGRUCell, RNNCell: QuantizedRNNCell}
