@@ -17,8 +17,21 @@ $(STAMP): pyproject.toml kernels/pyproject.toml $(wildcard kernels/src/*)
 		|| echo "warning: edgelstm_kernels did not build; using the pure-MLX path" >&2
 	touch $(STAMP)
 
+# The main job on shipped data: predict, convert to ONNX (verified), quantize to
+# int8 (report), export for streaming and stream a WAV on both backends.
+DEMO := .demo
 demo: $(STAMP)
 	$(BIN)/python examples/demo.py
+	rm -rf $(DEMO) && mkdir -p $(DEMO)
+	$(BIN)/edgelstm info examples/fsdd/model
+	$(BIN)/edgelstm convert examples/basicmotions/model $(DEMO)/basicmotions.onnx --verify
+	$(BIN)/edgelstm run examples/basicmotions/model \
+		-i examples/basicmotions/samples/walking_test20.npy -o $(DEMO)/walking.npz
+	$(BIN)/edgelstm quantize examples/basicmotions/model $(DEMO)/basicmotions-int8
+	$(BIN)/edgelstm quantize examples/basicmotions/model $(DEMO)/basicmotions.int8.onnx
+	$(BIN)/edgelstm convert examples/fsdd/model $(DEMO)/fsdd-stream.onnx --streaming --verify
+	$(BIN)/edgelstm stream examples/fsdd/model examples/fsdd/samples/8_jackson_2.wav
+	$(BIN)/edgelstm stream $(DEMO)/fsdd-stream.onnx examples/fsdd/samples/8_jackson_2.wav
 
 test: $(STAMP)
 	$(BIN)/python -m pytest -q
@@ -30,4 +43,4 @@ bench: $(STAMP)
 	$(BIN)/python benchmarks/bench_core.py
 
 clean:
-	rm -rf $(VENV) build *.egg-info .pytest_cache
+	rm -rf $(VENV) $(DEMO) build kernels/build *.egg-info .pytest_cache

@@ -147,7 +147,7 @@ def run_onnx(path, feeds: dict, backend: str = "onnxruntime") -> dict[str, np.nd
         from edgelstm.converters.onnx_runner import run_onnx as _run_mlx
 
         model = path if not isinstance(path, (str, os.PathLike)) else _load_onnx(path)
-        return _run_mlx(model, feeds)
+        return _run_mlx(model, _check_feeds(_proto_inputs(model), feeds))
     if backend != "onnxruntime":
         raise UnsupportedError(f"unknown backend {backend!r}; choose mlx or onnxruntime")
     return _run_ort(path, feeds)
@@ -170,23 +170,51 @@ def ort_session(path):
 
 def _run_ort(path, feeds: dict) -> dict[str, np.ndarray]:
     sess = ort_session(path)
-    inputs = {i.name: i for i in sess.get_inputs()}
+    inputs = {i.name: (_ORT_TYPES.get(i.type), i.shape, True) for i in sess.get_inputs()}
+    arrays = _check_feeds(inputs, feeds)
+    try:
+        values = sess.run(None, arrays)
+    except Exception as exc:  # ORT's RuntimeException / InvalidArgument
+        raise DataError(f"onnxruntime failed on {_label(path)}: {_ort_message(exc)}") from None
+    return {o.name: np.asarray(v) for o, v in zip(sess.get_outputs(), values, strict=True)}
+
+
+def _proto_inputs(model) -> dict:
+    """Graph inputs as ``name -> (numpy dtype, shape, required)``; initializers are optional."""
+    from onnx import helper
+
+    inits = {i.name for i in model.graph.initializer}
+    out = {}
+    for vi in model.graph.input:
+        t = vi.type.tensor_type
+        dtype = helper.tensor_dtype_to_np_dtype(t.elem_type) if t.elem_type else None
+        shape = ([d.dim_value if d.HasField("dim_value") else (d.dim_param or None)
+                  for d in t.shape.dim] if t.HasField("shape") else None)
+        out[vi.name] = (dtype, shape, vi.name not in inits)
+    return out
+
+
+def _check_feeds(inputs: dict, feeds: dict) -> dict[str, np.ndarray]:
+    """Check feeds against ``name -> (dtype, shape, required)``; cast numeric dtypes.
+
+    Raises:
+        DataError: unknown or missing input, unusable dtype, wrong rank or fixed dim.
+    """
     unknown = sorted(set(feeds) - set(inputs))
     if unknown:
         raise DataError(f"unknown input {unknown[0]!r}; the model takes "
                         f"{', '.join(inputs)}")
-    missing = [n for n in inputs if n not in feeds]
+    missing = [n for n, (_, _, required) in inputs.items() if required and n not in feeds]
     if missing:
         raise DataError(f"missing input {missing[0]!r}")
     arrays = {}
     for name, value in feeds.items():
         arr = np.asarray(value)
-        want = _ORT_TYPES.get(inputs[name].type)
+        want, shape, _ = inputs[name]
         if want is not None and arr.dtype != want:
             if not (np.issubdtype(arr.dtype, np.number) or arr.dtype == np.bool_):
                 raise DataError(f"input {name!r}: cannot use dtype {arr.dtype}")
             arr = arr.astype(want)
-        shape = inputs[name].shape
         if shape is not None and len(shape) != arr.ndim:
             raise DataError(f"input {name!r} must have {len(shape)} dims "
                             f"{_fmt_shape(shape)}, got shape {arr.shape}")
@@ -195,11 +223,7 @@ def _run_ort(path, feeds: dict) -> dict[str, np.ndarray]:
                 raise DataError(f"input {name!r} must have shape {_fmt_shape(shape)}, "
                                 f"got {arr.shape}")
         arrays[name] = arr
-    try:
-        values = sess.run(None, arrays)
-    except Exception as exc:  # ORT's RuntimeException / InvalidArgument
-        raise DataError(f"onnxruntime failed on {_label(path)}: {_ort_message(exc)}") from None
-    return {o.name: np.asarray(v) for o, v in zip(sess.get_outputs(), values, strict=True)}
+    return arrays
 
 
 _ORT_TYPES = {

@@ -106,3 +106,15 @@ def test_python_m_entry_point(model_dir):
     out = subprocess.run([sys.executable, "-m", "edgelstm", "info", model_dir],
                          capture_output=True, text=True, check=True)
     assert "architecture" in out.stdout
+
+
+@pytest.mark.parametrize("backend", ["mlx", "onnxruntime"])
+def test_run_onnx_checks_rank_on_both_backends(model_dir, tmp_path, backend):
+    from edgelstm.converters import to_onnx
+
+    to_onnx(edgelstm.load(model_dir), tmp_path / "m.onnx")
+    np.save(tmp_path / "x.npy", np.zeros((5, 3), np.float32))
+    r = invoke("run", tmp_path / "m.onnx", "-i", tmp_path / "x.npy", "-o", tmp_path / "o.npz",
+               "--backend", backend)
+    assert r.exit_code == 1
+    assert r.output == "Error: input 'input' must have 3 dims (batch, time, 3), got shape (5, 3)\n"
