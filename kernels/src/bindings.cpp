@@ -37,7 +37,7 @@ NB_MODULE(_ext, m) {
       "LSTM over a sequence: returns [y, h_n, c_n]. Gate order i, f, g, o.\n"
       "With Wx (and bias), the first argument is the raw input x and the\n"
       "projection x @ Wx.T + bias runs inside the primitive. Wh / Wx may\n"
-      "be int8 with float32 per-row Wh_scales / Wx_scales (W = q * s[:, None]).");
+      "be int8 with float32 per-row Wh_scales / Wx_scales (W = q * s).");
   m.def(
       "gru_seq",
       &edgelstm::gru_seq,

@@ -80,7 +80,7 @@ struct Weight {
 };
 
 // out (M, N) = a (M, K) @ w[:N]^T (+ out when beta is 1). int8 weights reach
-// here only for M == 1 (see load_weight); the scale multiplies the int8 dot.
+// here only for small M (see load_weight): one int8 matvec per row.
 void matmul_w(
     const float* a,
     const Weight& w,
@@ -92,10 +92,12 @@ void matmul_w(
     float beta = 0.0f) {
   if (w.f) {
     matmul_nt(a, w.f, out, M, N, K, ldc, beta);
-  } else if (N > 0) {
+    return;
+  }
+  for (int m = 0; m < M && N > 0; ++m) {
     gate_fns().gemv_nt_q8(
-        reinterpret_cast<const signed char*>(w.q), w.s, a, out, N, K,
-        beta != 0.0f);
+        reinterpret_cast<const signed char*>(w.q), w.s, a + size_t(m) * K,
+        out + size_t(m) * ldc, N, K, beta != 0.0f);
   }
 }
 
@@ -128,8 +130,14 @@ const T* row_major(const mx::array& a, std::vector<T>& buf) {
   return buf.data();
 }
 
+// Up to this many rows per matmul, int8 weights stay int8 (one int8 matvec
+// per row); past it they are expanded once and go to sgemm. Measured on AVX2
+// (EPYC): int8 rows win ~2x at B=2..4 (OpenBLAS sgemm is slow at tiny M) and
+// lose from B=8 and for 20+ projection rows.
+constexpr size_t kInt8MaxRows = 4;
+
 // `a` (N, K) as a Weight. An int8 `a` (scales `s`) is expanded to float in
-// `fbuf` when `expand` (several rows per matmul: one sgemm beats int8 dots);
+// `fbuf` when `expand` (many rows per matmul: one sgemm beats int8 dots);
 // q * s rounds exactly as the Python-side expansion does.
 Weight load_weight(
     const mx::array& a,
@@ -179,8 +187,8 @@ void run_sequence(
   size_t n_in = in.size();
   const mx::array* wx_scales = cfg.wx_int8 ? &in[--n_in] : nullptr;
   const mx::array* wh_scales = cfg.wh_int8 ? &in[--n_in] : nullptr;
-  const Weight wh =
-      load_weight(wh_a, wh_scales, B > 1, wh_buf, whq_buf, whs_buf);
+  const Weight wh = load_weight(
+      wh_a, wh_scales, size_t(B) > kInt8MaxRows, wh_buf, whq_buf, whs_buf);
   size_t k = 2;
   const float* h0 = cfg.has_h0 ? row_major(in[k++], h0_buf) : nullptr;
   const float* c0 = cfg.has_c0 ? row_major(in[k++], c0_buf) : nullptr;
@@ -192,8 +200,8 @@ void run_sequence(
   if (cfg.project) {
     const int I = xp_a.shape(2);
     const size_t rows = size_t(T) * B;
-    const Weight wx =
-        load_weight(in[k++], wx_scales, rows > 1, wx_buf, wxq_buf, wxs_buf);
+    const Weight wx = load_weight(
+        in[k++], wx_scales, rows > kInt8MaxRows, wx_buf, wxq_buf, wxs_buf);
     const float* bias = cfg.has_bias ? row_major(in[k++], b_buf) : nullptr;
     proj.reset(new float[rows * G]);
     for (size_t r = 0; bias && r < rows; ++r) {
