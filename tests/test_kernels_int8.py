@@ -101,14 +101,15 @@ def _case(cell, B, seed, steps=T):
 @pytest.mark.parametrize(
     "cell,B,reverse,use_lengths,use_state",
     [(c, b, r, ln, st) for c, b, r, ln, st in itertools.product(
-        CELLS, (1, 3), (False, True), (False, True), (False, True))
+        CELLS, (1, 3, 6), (False, True), (False, True), (False, True))
      if not (b == 1 and ln and st)],
 )
 def test_int8_kernel_matches_expand_path(cell, B, reverse, use_lengths, use_state):
+    # B <= 4: int8 matvec per batch row; B=6: int8 expanded once, then sgemm.
     x, w, rng = _case(cell, B, seed=B * 7 + reverse)
     kw = {"reverse": reverse}
     if use_lengths:
-        kw["lengths"] = mx.array(([T, 3, 5] if B == 3 else [4]), dtype=mx.int32)
+        kw["lengths"] = mx.array([4, T, 3, 5, 1, T][:B], dtype=mx.int32)
     if use_state:
         kw["h0"] = mx.array(rng.normal(0, 0.5, (B, H)).astype(np.float32))
         if cell == "lstm":
@@ -128,10 +129,11 @@ def test_one_int8_weight_the_other_float(cell, quantized, B):
 
 @pytest.mark.parametrize("cell", CELLS)
 @pytest.mark.parametrize("bias", [True, False])
-def test_single_frame_projects_with_int8_matvec(cell, bias):
-    # B=1, T=1: the input projection is one int8 matvec, bias accumulated.
+@pytest.mark.parametrize("steps", [1, 3])
+def test_few_frames_project_with_int8_matvec(cell, bias, steps):
+    # <= 4 rows: the input projection runs int8 matvecs, bias accumulated.
     rng = np.random.default_rng(5)
-    x = mx.array(rng.normal(0, 1, (1, 1, I)).astype(np.float32))
+    x = mx.array(rng.normal(0, 1, (1, steps, I)).astype(np.float32))
     w = _weights(cell, rng, bias=bias)
     _assert_close(_int8(cell, x, w), _expanded(cell, x, w))
 
