@@ -137,7 +137,7 @@ const T* row_major(const mx::array& a, std::vector<T>& buf) {
 constexpr size_t kInt8MaxRows = 4;
 
 // `a` (N, K) as a Weight. An int8 `a` (scales `s`) is expanded to float in
-// `fbuf` when `expand` (many rows per matmul: one sgemm beats int8 dots);
+// `expanded` when `expand` (many rows per matmul: one sgemm beats int8 dots);
 // q * s rounds exactly as the Python-side expansion does.
 Weight load_weight(
     const mx::array& a,
@@ -145,7 +145,8 @@ Weight load_weight(
     bool expand,
     std::vector<float>& fbuf,
     std::vector<int8_t>& qbuf,
-    std::vector<float>& sbuf) {
+    std::vector<float>& sbuf,
+    std::vector<float>& expanded) {
   if (!s) {
     return Weight{row_major(a, fbuf)};
   }
@@ -155,14 +156,16 @@ Weight load_weight(
     return Weight{nullptr, q, sc};
   }
   const size_t N = a.shape(0), K = a.shape(1);
-  std::vector<float> w(N * K);
+  if (expanded.size() < N * K) {
+    expanded.resize(N * K);
+  }
+  float* w = expanded.data();
   for (size_t n = 0; n < N; ++n) {
     for (size_t k = 0; k < K; ++k) {
       w[n * K + k] = static_cast<float>(q[n * K + k]) * sc[n];
     }
   }
-  fbuf = std::move(w);
-  return Weight{fbuf.data()};
+  return Weight{w};
 }
 
 void run_sequence(
@@ -187,8 +190,12 @@ void run_sequence(
   size_t n_in = in.size();
   const mx::array* wx_scales = cfg.wx_int8 ? &in[--n_in] : nullptr;
   const mx::array* wh_scales = cfg.wh_int8 ? &in[--n_in] : nullptr;
+  // Expansions reuse per-thread buffers: a fresh 100+ KB allocation per call
+  // costs page faults on the order of the matmul itself.
+  thread_local std::vector<float> wh_expanded, wx_expanded;
   const Weight wh = load_weight(
-      wh_a, wh_scales, size_t(B) > kInt8MaxRows, wh_buf, whq_buf, whs_buf);
+      wh_a, wh_scales, size_t(B) > kInt8MaxRows, wh_buf, whq_buf, whs_buf,
+      wh_expanded);
   size_t k = 2;
   const float* h0 = cfg.has_h0 ? row_major(in[k++], h0_buf) : nullptr;
   const float* c0 = cfg.has_c0 ? row_major(in[k++], c0_buf) : nullptr;
@@ -201,7 +208,8 @@ void run_sequence(
     const int I = xp_a.shape(2);
     const size_t rows = size_t(T) * B;
     const Weight wx = load_weight(
-        in[k++], wx_scales, rows > kInt8MaxRows, wx_buf, wxq_buf, wxs_buf);
+        in[k++], wx_scales, rows > kInt8MaxRows, wx_buf, wxq_buf, wxs_buf,
+        wx_expanded);
     const float* bias = cfg.has_bias ? row_major(in[k++], b_buf) : nullptr;
     proj.reset(new float[rows * G]);
     for (size_t r = 0; bias && r < rows; ++r) {
