@@ -122,7 +122,7 @@ def _check(model: SequenceModel, dataset: Dataset) -> None:
         raise ConfigError("per-frame labels need a model with head='frame'")
 
 
-def _targets(model: SequenceModel, dataset: Dataset) -> np.ndarray:
+def class_indices(model: SequenceModel, dataset: Dataset) -> np.ndarray:
     """Dataset labels as the model's class indices (mapped by name when both have names)."""
     y = dataset.y
     if model.labels is not None and dataset.labels is not None:
@@ -254,7 +254,7 @@ def evaluate(model: SequenceModel, dataset: Dataset, batch_size: int = 256) -> d
     was_training = model.training
     model.eval()
     try:
-        y = _targets(model, dataset)
+        y = class_indices(model, dataset)
         C = model.num_outputs
         confusion = np.zeros((C, C), dtype=np.int64)
         loss_sum, count = 0.0, 0
@@ -369,7 +369,7 @@ def train(
         fit_normalization(model, dataset)
     if "norm" in model:
         model.norm.freeze()  # statistics, not trainable weights
-    y_train = _targets(model, dataset)
+    y_train = class_indices(model, dataset)
     mx.eval(model.parameters())
     model.train()
 

@@ -56,7 +56,8 @@ def quantize_model(
         config: :class:`QuantConfig`; default int8 ``Wx``/``Wh``.
         format: ``mlx``, ``onnx-qdq`` or ``onnx-ort``; default from ``dst``.
         eval_data: ``.npz`` with ``x (N, T, I)``, ``y (N,)|(N, T)``, optional
-            ``lengths (N,)``: accuracy before and after goes in the report.
+            ``lengths (N,)``, or a dataset spec (UEA ``.ts`` file/folder, FSDD
+            folder; its test split): accuracy before and after goes in the report.
         force: overwrite ``dst``.
         seed: seed of the random comparison input.
 
@@ -68,7 +69,11 @@ def quantize_model(
     config = config or QuantConfig()
     fmt = config.check_format(output_format(dst, format))
     check_writable(dst, force)
-    data = load_eval_data(eval_data) if eval_data is not None else None
+    data = None
+    if eval_data is not None:
+        from edgelstm.checkpoint import load
+
+        data = load_eval_data(eval_data, model=load(src))
     if fmt is Format.MLX:
         report = _to_mlx(src, dst, config, data, force, seed)
     else:

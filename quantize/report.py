@@ -111,11 +111,19 @@ def random_input(input_size: int, batch: int = 4, steps: int = 50, seed: int = 0
                                                        ).astype(np.float32)
 
 
-def load_eval_data(path: str | os.PathLike) -> dict[str, np.ndarray]:
-    """Read ``.npz`` with ``x (N, T, I)``, ``y (N,)`` or ``(N, T)``, optional ``lengths (N,)``."""
+def load_eval_data(path: str | os.PathLike, model=None) -> dict[str, np.ndarray]:
+    """Evaluation data as ``{x (N, T, I), y (N,) or (N, T), lengths (N,)?}``.
+
+    Args:
+        path: ``.npz`` with ``x``, ``y`` and optional ``lengths``; or any
+            dataset spec :func:`edgelstm.data.load_dataset` reads (a UEA
+            ``.ts`` file or folder, the FSDD folder), whose test split is used.
+        model: the float model; its front end turns audio into features and
+            its labels map the data's class names to output indices.
+    """
     path = Path(path)
     if path.suffix != ".npz":
-        raise DataError(f"--eval data must be .npz with x, y (and lengths), got {path.name}")
+        return _dataset_eval_data(path, model)
     try:
         with np.load(path, allow_pickle=False) as f:
             data = {k: f[k] for k in f.files}
@@ -136,6 +144,19 @@ def load_eval_data(path: str | os.PathLike) -> dict[str, np.ndarray]:
         if lengths.shape != (x.shape[0],) or lengths.min() < 1 or lengths.max() > x.shape[1]:
             raise DataError(f"lengths must be (N,) in [1, {x.shape[1]}], got {lengths.shape}")
         out["lengths"] = lengths
+    return out
+
+
+def _dataset_eval_data(path: Path, model) -> dict[str, np.ndarray]:
+    from edgelstm.data import load_dataset
+    from edgelstm.train import class_indices
+
+    features = getattr(model, "features", None)
+    data = load_dataset(path, split="test", features=features)
+    y = class_indices(model, data) if model is not None and hasattr(model, "labels") else data.y
+    out = {"x": data.x, "y": y.astype(np.int64)}
+    if data.lengths is not None:
+        out["lengths"] = data.lengths.astype(np.int64)
     return out
 
 
@@ -161,7 +182,7 @@ def accuracy(predict: Predict, data: dict[str, np.ndarray], batch: int = 128) ->
         else:
             if out.ndim != 3:
                 raise DataError("per-frame labels y (N, T) need a per-frame model output")
-            valid = np.arange(x.shape[1])[None, :] < steps[:, None]
+            valid = (np.arange(x.shape[1])[None, :] < steps[:, None]) & (yb >= 0)
             correct += int(np.sum((out.argmax(-1) == yb) & valid))
             total += int(valid.sum())
     return correct / max(total, 1)

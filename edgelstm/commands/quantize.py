@@ -24,9 +24,10 @@ from edgelstm.commands._common import force_option, handle_errors
               help="Group size for --bits 4 (default: largest that divides the widths).")
 @click.option("--head/--no-head", default=False, show_default=True,
               help="Also quantize the linear head's weights.")
-@click.option("--eval", "eval_data", type=click.Path(exists=True, dir_okay=False),
-              help=".npz with x (N,T,I), y (N,) or (N,T), optional lengths: "
-                   "report accuracy before and after.")
+@click.option("--eval", "eval_data", type=click.Path(exists=True),
+              help="Report accuracy before and after on DATA: an .npz with x (N,T,I), "
+                   "y (N,) or (N,T), optional lengths, or a dataset (UEA .ts file or "
+                   "folder, FSDD folder; its test split).")
 @click.option("--json", "as_json", is_flag=True, help="Print the report as JSON.")
 @force_option
 @handle_errors
@@ -40,6 +41,7 @@ def quantize(src, dst, bits, fmt, group_size, head, eval_data, as_json, force):
     \b
         $ edgelstm quantize model ckpt-int8
         $ edgelstm quantize model model.int8.onnx --eval test.npz
+        $ edgelstm quantize jv-model jv-int8 --eval ../shared/data/uea/JapaneseVowels
         $ edgelstm quantize model model.ort.onnx --format onnx-ort
     """
     from edgelstm.errors import EdgeLSTMError
