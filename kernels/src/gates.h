@@ -18,7 +18,9 @@ namespace edgelstm {
                bool relu);                                                   \
   void gemv_nt(const float* w, const float* x, float* out, int N, int K);    \
   void gemv_nt_q8(const signed char* q, const float* s, const float* x,      \
-                  float* out, int N, int K, bool accumulate);
+                  float* out, int N, int K, bool accumulate);              \
+  void expand_q8(const signed char* q, const float* s, float* w, int N,      \
+                 int K);
 
 namespace gates_base {
 EDGELSTM_GATE_DECLS
@@ -37,6 +39,7 @@ struct GateFns {
   decltype(&gates_base::rnn_row) rnn_row;
   decltype(&gates_base::gemv_nt) gemv_nt;
   decltype(&gates_base::gemv_nt_q8) gemv_nt_q8;
+  decltype(&gates_base::expand_q8) expand_q8;
   const char* isa;
 };
 

@@ -159,13 +159,10 @@ Weight load_weight(
   if (expanded.size() < N * K) {
     expanded.resize(N * K);
   }
-  float* w = expanded.data();
-  for (size_t n = 0; n < N; ++n) {
-    for (size_t k = 0; k < K; ++k) {
-      w[n * K + k] = static_cast<float>(q[n * K + k]) * sc[n];
-    }
-  }
-  return Weight{w};
+  gate_fns().expand_q8(
+      reinterpret_cast<const signed char*>(q), sc, expanded.data(), int(N),
+      int(K));
+  return Weight{expanded.data()};
 }
 
 void run_sequence(
