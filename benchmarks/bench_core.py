@@ -126,6 +126,21 @@ class Workload:
 
         return run
 
+    def edgelstm_stack(self):
+        # The layer API: Recurrent.__call__ with whole (L, B, H) states carried.
+        net = edgelstm.LSTM(I_SIZE, self.H, num_layers=self.layers)
+        for n, m in enumerate(self.mlx_layers):
+            cell = net.layers[n].forward
+            cell.Wx, cell.Wh, cell.bias = m.Wx, m.Wh, m.bias
+        net.eval()
+
+        def run(k, state):
+            y, new = net(self.chunks[k], state)
+            mx.eval(y, new)
+            return y, new
+
+        return run
+
     def torch(self):
         import torch
 
@@ -219,6 +234,9 @@ def main(argv=None) -> int:
         default=0,
         help="cap OpenBLAS, PyTorch and ORT intra-op threads (0: library defaults)",
     )
+    ap.add_argument(
+        "--workload", default="", metavar="TEXT", help="run only workloads whose name has TEXT"
+    )
     args = ap.parse_args(argv)
     _set_threads(args.threads)
 
@@ -227,10 +245,12 @@ def main(argv=None) -> int:
         Workload("B=1 T=100 I=40 H=128 forward", 1, 100, 128, 1, False),
         Workload("2x128 LSTM, 10-frame chunk, state carried (p50)", 1, CHUNK, 128, 2, True),
     ]
+    workloads = [wl for wl in workloads if args.workload in wl.name]
     impls = {
         "mlx.nn.LSTM": lambda wl: wl.mlx_nn(),
         "edgelstm pure MLX (fast=False)": lambda wl: wl.edgelstm(False),
         "edgelstm kernel (fast=True)": lambda wl: wl.edgelstm(True),
+        "edgelstm.LSTM module (auto)": lambda wl: wl.edgelstm_stack(),
     }
     try:
         import torch

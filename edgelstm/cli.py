@@ -75,7 +75,7 @@ def cli():
     \b
         $ edgelstm info examples/basicmotions/model
         $ edgelstm convert examples/basicmotions/model model.onnx --verify
-        $ edgelstm stream examples/fsdd/model examples/fsdd/sample.wav --json
+        $ edgelstm stream examples/fsdd/model examples/fsdd/samples/8_jackson_2.wav --json
     """
 
 

@@ -49,7 +49,7 @@ def stream(model, input_path, chunk_ms, chunk_frames, as_json, backend, rate, st
     at the end or on Ctrl-C.
 
     \b
-        $ edgelstm stream examples/fsdd/model examples/fsdd/sample.wav --json
+        $ edgelstm stream examples/fsdd/model examples/fsdd/samples/8_jackson_2.wav --json
         $ arecord -f S16_LE -r 8000 | edgelstm stream examples/fsdd/model -
         $ some-sensor-tool | edgelstm stream sensor.onnx - --chunk-frames 5
         $ edgelstm stream kws/model mic.wav --threshold 0.8 --smooth-ms 300
