@@ -13,5 +13,7 @@ from edgelstm.checkpoint import load, save  # noqa: E402
 from edgelstm.errors import EdgeLSTMError  # noqa: E402
 from edgelstm.layers import GRU, LSTM, RNN  # noqa: E402
 from edgelstm.model import SequenceModel  # noqa: E402
+from edgelstm.streaming import StreamingSession, stream_chunks  # noqa: E402
 
-__all__ = ["GRU", "LSTM", "RNN", "EdgeLSTMError", "SequenceModel", "__version__", "load", "save"]
+__all__ = ["GRU", "LSTM", "RNN", "EdgeLSTMError", "SequenceModel", "StreamingSession",
+           "__version__", "load", "save", "stream_chunks"]
