@@ -2,12 +2,31 @@
 
 Low-level: inputs are the projected input ``xp`` (bias included) and the
 recurrent weights (float32, or int8 with per-row ``Wh_scales`` /
-``Wx_scales``); use ``edgelstm.kernels`` for the checked wrappers.
+``Wx_scales``); ``*_stack`` run a unidirectional multi-layer stack in one primitive. Use
+``edgelstm.kernels`` for the checked wrappers.
 """
 
 import mlx.core  # noqa: F401  (registers mx.array with nanobind first)
 
-from edgelstm_kernels._ext import gru_seq, int8_weights, isa, lstm_seq, rnn_seq
+from edgelstm_kernels._ext import (
+    gru_seq,
+    gru_stack,
+    int8_weights,
+    isa,
+    lstm_seq,
+    lstm_stack,
+    rnn_seq,
+    rnn_stack,
+)
 
-__all__ = ["gru_seq", "int8_weights", "isa", "lstm_seq", "rnn_seq"]
+__all__ = [
+    "gru_seq",
+    "gru_stack",
+    "int8_weights",
+    "isa",
+    "lstm_seq",
+    "lstm_stack",
+    "rnn_seq",
+    "rnn_stack",
+]
 __version__ = "0.1.0"

@@ -71,4 +71,56 @@ NB_MODULE(_ext, m) {
       "Wh_scales"_a = nb::none(),
       "Wx_scales"_a = nb::none(),
       "Elman RNN (tanh or relu) over a sequence: returns [y, h_n].");
+
+  // Unidirectional stacks: every layer in one primitive. Per-layer lists;
+  // None entries (or an empty list) for absent biases / float weights.
+  const auto none_list = edgelstm::OptArrayList{};
+  m.def(
+      "lstm_stack",
+      &edgelstm::lstm_stack,
+      "x"_a,
+      "Wx"_a,
+      "Wh"_a,
+      "bias"_a = none_list,
+      "h0"_a = nb::none(),
+      "c0"_a = nb::none(),
+      "lengths"_a = nb::none(),
+      nb::kw_only(),
+      "batch_first"_a = false,
+      "Wx_scales"_a = none_list,
+      "Wh_scales"_a = none_list,
+      "LSTM stack over a sequence: returns [y (last layer), h_n (L,B,H),\n"
+      "c_n (L,B,H)]. x is (T,B,I), or (B,T,I) when batch_first; h0 / c0\n"
+      "(L,B,H). Each layer runs exactly as lstm_seq with Wx and bias.");
+  m.def(
+      "gru_stack",
+      &edgelstm::gru_stack,
+      "x"_a,
+      "Wx"_a,
+      "Wh"_a,
+      "bias"_a = none_list,
+      "bhn"_a = none_list,
+      "h0"_a = nb::none(),
+      "lengths"_a = nb::none(),
+      nb::kw_only(),
+      "linear_before_reset"_a = true,
+      "batch_first"_a = false,
+      "Wx_scales"_a = none_list,
+      "Wh_scales"_a = none_list,
+      "GRU stack over a sequence: returns [y, h_n (L,B,H)].");
+  m.def(
+      "rnn_stack",
+      &edgelstm::rnn_stack,
+      "x"_a,
+      "Wx"_a,
+      "Wh"_a,
+      "bias"_a = none_list,
+      "h0"_a = nb::none(),
+      "lengths"_a = nb::none(),
+      nb::kw_only(),
+      "relu"_a = false,
+      "batch_first"_a = false,
+      "Wx_scales"_a = none_list,
+      "Wh_scales"_a = none_list,
+      "Elman RNN stack over a sequence: returns [y, h_n (L,B,H)].");
 }

@@ -2,6 +2,7 @@
 
 #include "recurrent_seq.h"
 #include "gates.h"
+#include "layer_core.h"
 
 #include <cmath>
 #include <cstring>
@@ -29,6 +30,8 @@ void cblas_sgemv(
 namespace edgelstm {
 
 namespace {
+
+using detail::row_major;
 
 constexpr int kRowMajor = 101;
 constexpr int kNoTrans = 111;
@@ -101,35 +104,6 @@ void matmul_w(
   }
 }
 
-// Row-major pointer to `a`'s elements, copying through `buf` when `a` is
-// strided (transposed, sliced, broadcast).
-template <typename T>
-const T* row_major(const mx::array& a, std::vector<T>& buf) {
-  if (a.flags().row_contiguous) {
-    return a.data<T>();
-  }
-  buf.resize(a.size());
-  const T* src = a.data<T>();
-  const auto& shape = a.shape();
-  const auto& strides = a.strides();
-  int nd = a.ndim();
-  std::vector<int> idx(nd, 0);
-  for (size_t n = 0; n < a.size(); ++n) {
-    int64_t off = 0;
-    for (int d = 0; d < nd; ++d) {
-      off += int64_t(idx[d]) * strides[d];
-    }
-    buf[n] = src[off];
-    for (int d = nd - 1; d >= 0; --d) {
-      if (++idx[d] < shape[d]) {
-        break;
-      }
-      idx[d] = 0;
-    }
-  }
-  return buf.data();
-}
-
 // Up to this many rows per matmul, int8 weights stay int8 (one int8 matvec
 // per row); past it they are expanded once and go to sgemm. Measured on AVX2
 // (EPYC): int8 rows win ~2x at B=2..4 (OpenBLAS sgemm is slow at tiny M) and
@@ -165,70 +139,56 @@ Weight load_weight(
   return Weight{expanded.data()};
 }
 
-void run_sequence(
-    const SeqConfig& cfg,
-    const std::vector<mx::array>& in,
-    std::vector<mx::array>& out) {
+} // namespace
+
+namespace detail {
+
+void run_layer(const SeqConfig& cfg, int T, int B, const LayerIO& io) {
   const int gates = cfg.cell == Cell::LSTM ? 4 : (cfg.cell == Cell::GRU ? 3 : 1);
-  const auto& xp_a = in[0];
-  const auto& wh_a = in[1];
-  const int T = cfg.batch_first ? xp_a.shape(1) : xp_a.shape(0);
-  const int B = cfg.batch_first ? xp_a.shape(0) : xp_a.shape(1);
-  const int H = wh_a.shape(1);
+  const int H = io.wh->shape(1);
   const int G = gates * H;
   const GateFns& fns = gate_fns();
 
-  std::vector<float> xp_buf, wh_buf, h0_buf, c0_buf, bhn_buf, wx_buf, b_buf;
-  std::vector<float> whs_buf, wxs_buf;
+  std::vector<float> wh_buf, bhn_buf, wx_buf, b_buf, whs_buf, wxs_buf;
   std::vector<int8_t> whq_buf, wxq_buf;
-  std::vector<int32_t> len_buf;
-  const float* xp = row_major(xp_a, xp_buf);
-  // Scales come last in the inputs: Wh's, then Wx's.
-  size_t n_in = in.size();
-  const mx::array* wx_scales = cfg.wx_int8 ? &in[--n_in] : nullptr;
-  const mx::array* wh_scales = cfg.wh_int8 ? &in[--n_in] : nullptr;
+  const float* xp = io.x;
   // Expansions reuse per-thread buffers: a fresh 100+ KB allocation per call
   // costs page faults on the order of the matmul itself.
   thread_local std::vector<float> wh_expanded, wx_expanded;
   const Weight wh = load_weight(
-      wh_a, wh_scales, size_t(B) > kInt8MaxRows, wh_buf, whq_buf, whs_buf,
-      wh_expanded);
-  size_t k = 2;
-  const float* h0 = cfg.has_h0 ? row_major(in[k++], h0_buf) : nullptr;
-  const float* c0 = cfg.has_c0 ? row_major(in[k++], c0_buf) : nullptr;
-  const float* bhn = cfg.has_bhn ? row_major(in[k++], bhn_buf) : nullptr;
-  const int32_t* len = cfg.has_lengths ? row_major(in[k++], len_buf) : nullptr;
+      *io.wh, io.wh_scales, size_t(B) > kInt8MaxRows, wh_buf, whq_buf,
+      whs_buf, wh_expanded);
+  const float* bhn = io.bhn ? row_major(*io.bhn, bhn_buf) : nullptr;
+  const int32_t* len = io.len;
 
   // Input projection for all steps at once; rows keep x's (t, b) order.
   std::unique_ptr<float[]> proj;
-  if (cfg.project) {
-    const int I = xp_a.shape(2);
+  if (io.wx) {
     const size_t rows = size_t(T) * B;
     const Weight wx = load_weight(
-        in[k++], wx_scales, rows > kInt8MaxRows, wx_buf, wxq_buf, wxs_buf,
+        *io.wx, io.wx_scales, rows > kInt8MaxRows, wx_buf, wxq_buf, wxs_buf,
         wx_expanded);
-    const float* bias = cfg.has_bias ? row_major(in[k++], b_buf) : nullptr;
+    const float* bias = io.bias ? row_major(*io.bias, b_buf) : nullptr;
     proj.reset(new float[rows * G]);
     for (size_t r = 0; bias && r < rows; ++r) {
       std::memcpy(proj.get() + r * G, bias, sizeof(float) * G);
     }
-    matmul_w(xp, wx, proj.get(), int(rows), G, I, G, bias ? 1.0f : 0.0f);
+    matmul_w(xp, wx, proj.get(), int(rows), G, io.I, G, bias ? 1.0f : 0.0f);
     xp = proj.get();
   }
 
-  float* y = out[0].data<float>();
-  // The state lives in the h_n / c_n outputs for the whole run.
-  float* h = out[1].data<float>();
-  float* c = cfg.cell == Cell::LSTM ? out[2].data<float>() : nullptr;
+  float* y = io.y;
+  float* h = io.h;
+  float* c = cfg.cell == Cell::LSTM ? io.c : nullptr;
   size_t state = size_t(B) * H;
-  if (h0) {
-    std::memcpy(h, h0, state * sizeof(float));
+  if (io.h0) {
+    std::memmove(h, io.h0, state * sizeof(float));
   } else {
     std::memset(h, 0, state * sizeof(float));
   }
   if (c) {
-    if (c0) {
-      std::memcpy(c, c0, state * sizeof(float));
+    if (io.c0) {
+      std::memmove(c, io.c0, state * sizeof(float));
     } else {
       std::memset(c, 0, state * sizeof(float));
     }
@@ -340,6 +300,97 @@ std::string shape_str(const mx::array& a) {
   return os.str();
 }
 
+
+void check_weights(
+    int gates,
+    int H,
+    int in_width,
+    const mx::array& Wh,
+    const std::optional<mx::array>& Wx,
+    const std::optional<mx::array>& bias,
+    const std::optional<mx::array>& Wh_scales,
+    const std::optional<mx::array>& Wx_scales,
+    const std::string& what) {
+  const std::string G = std::to_string(gates * H);
+  check(Wx || !bias, what + "bias is only used together with Wx");
+  check(
+      Wh.ndim() == 2 && Wh.shape(0) == gates * H && Wh.shape(1) == H,
+      what + "Wh must be (" + std::to_string(gates) + "H, H) = (" + G + ", " +
+          std::to_string(H) + "), got " + shape_str(Wh));
+  check(
+      Wh.dtype() == (Wh_scales ? mx::int8 : mx::float32),
+      what +
+          (Wh_scales ? "Wh must be int8 when Wh_scales is given"
+                     : "Wh must be float32 (or int8 with Wh_scales)"));
+  if (Wx) {
+    check(
+        Wx->ndim() == 2 && Wx->shape(0) == gates * H &&
+            Wx->shape(1) == in_width,
+        what + "Wx must be (" + G + ", " + std::to_string(in_width) +
+            "), got " + shape_str(*Wx));
+    check(
+        Wx->dtype() == (Wx_scales ? mx::int8 : mx::float32),
+        what +
+            (Wx_scales ? "Wx must be int8 when Wx_scales is given"
+                       : "Wx must be float32 (or int8 with Wx_scales)"));
+  }
+  if (bias) {
+    check(
+        bias->ndim() == 1 && bias->shape(0) == gates * H,
+        what + "bias must be (" + G + ",), got " + shape_str(*bias));
+    check(bias->dtype() == mx::float32, what + "bias must be float32");
+  }
+  check(Wx || !Wx_scales, what + "Wx_scales is only used together with Wx");
+  for (const auto* sc : {&Wh_scales, &Wx_scales}) {
+    if (*sc) {
+      const std::string n = sc == &Wh_scales ? "Wh_scales" : "Wx_scales";
+      check(
+          (*sc)->ndim() == 1 && (*sc)->shape(0) == gates * H,
+          what + n + " must be (" + G + ",), got " + shape_str(**sc));
+      check((*sc)->dtype() == mx::float32, what + n + " must be float32");
+    }
+  }
+}
+
+} // namespace detail
+
+namespace {
+
+using namespace detail;
+
+void run_sequence(
+    const SeqConfig& cfg,
+    const std::vector<mx::array>& in,
+    std::vector<mx::array>& out) {
+  const auto& xp_a = in[0];
+  const int T = cfg.batch_first ? xp_a.shape(1) : xp_a.shape(0);
+  const int B = cfg.batch_first ? xp_a.shape(0) : xp_a.shape(1);
+  std::vector<float> xp_buf, h0_buf, c0_buf;
+  std::vector<int32_t> len_buf;
+  LayerIO io;
+  io.x = row_major(xp_a, xp_buf);
+  io.I = xp_a.shape(2);
+  io.wh = &in[1];
+  // Scales come last in the inputs: Wh's, then Wx's.
+  size_t n_in = in.size();
+  io.wx_scales = cfg.wx_int8 ? &in[--n_in] : nullptr;
+  io.wh_scales = cfg.wh_int8 ? &in[--n_in] : nullptr;
+  size_t k = 2;
+  io.h0 = cfg.has_h0 ? row_major(in[k++], h0_buf) : nullptr;
+  io.c0 = cfg.has_c0 ? row_major(in[k++], c0_buf) : nullptr;
+  io.bhn = cfg.has_bhn ? &in[k++] : nullptr;
+  io.len = cfg.has_lengths ? row_major(in[k++], len_buf) : nullptr;
+  if (cfg.project) {
+    io.wx = &in[k++];
+    io.bias = cfg.has_bias ? &in[k++] : nullptr;
+  }
+  io.y = out[0].data<float>();
+  // The state lives in the h_n / c_n outputs for the whole run.
+  io.h = out[1].data<float>();
+  io.c = cfg.cell == Cell::LSTM ? out[2].data<float>() : nullptr;
+  run_layer(cfg, T, B, io);
+}
+
 // Validates shapes/dtypes and builds the primitive's output arrays.
 std::vector<mx::array> build(
     SeqConfig cfg,
@@ -356,52 +407,16 @@ std::vector<mx::array> build(
   const int gates =
       cfg.cell == Cell::LSTM ? 4 : (cfg.cell == Cell::GRU ? 3 : 1);
   check(xp.ndim() == 3, "xp must be 3-D, got " + shape_str(xp));
-  check(Wx || !bias, "bias is only used together with Wx");
   check(Wh.ndim() == 2, "Wh must be 2-D, got " + shape_str(Wh));
   const int H = Wh.shape(1);
-  check(
-      Wh.shape(0) == gates * H,
-      "Wh must be (" + std::to_string(gates) + "H, H), got " + shape_str(Wh));
-  if (Wx) {
-    check(
-        Wx->ndim() == 2 && Wx->shape(0) == gates * H &&
-            Wx->shape(1) == xp.shape(2),
-        "Wx must be (" + std::to_string(gates * H) + ", " +
-            std::to_string(xp.shape(2)) + "), got " + shape_str(*Wx));
-    check(
-        Wx->dtype() == (Wx_scales ? mx::int8 : mx::float32),
-        Wx_scales ? "Wx must be int8 when Wx_scales is given"
-                  : "Wx must be float32 (or int8 with Wx_scales)");
-    if (bias) {
-      check(
-          bias->ndim() == 1 && bias->shape(0) == gates * H,
-          "bias must be (" + std::to_string(gates * H) + ",), got " +
-              shape_str(*bias));
-      check(bias->dtype() == mx::float32, "bias must be float32");
-    }
-  } else {
+  check_weights(gates, H, xp.shape(2), Wh, Wx, bias, Wh_scales, Wx_scales);
+  if (!Wx) {
     check(
         xp.shape(2) == gates * H,
         "xp last dimension must be " + std::to_string(gates * H) + ", got " +
             shape_str(xp));
   }
   check(xp.dtype() == mx::float32, "xp must be float32");
-  check(
-      Wh.dtype() == (Wh_scales ? mx::int8 : mx::float32),
-      Wh_scales ? "Wh must be int8 when Wh_scales is given"
-                : "Wh must be float32 (or int8 with Wh_scales)");
-  check(Wx || !Wx_scales, "Wx_scales is only used together with Wx");
-  auto check_scales = [&](const std::optional<mx::array>& sc, const char* n) {
-    if (sc) {
-      check(
-          sc->ndim() == 1 && sc->shape(0) == gates * H,
-          std::string(n) + " must be (" + std::to_string(gates * H) +
-              ",), got " + shape_str(*sc));
-      check(sc->dtype() == mx::float32, std::string(n) + " must be float32");
-    }
-  };
-  check_scales(Wh_scales, "Wh_scales");
-  check_scales(Wx_scales, "Wx_scales");
   const int T = cfg.batch_first ? xp.shape(1) : xp.shape(0);
   const int B = cfg.batch_first ? xp.shape(0) : xp.shape(1);
 

@@ -7,7 +7,9 @@
 
 #pragma once
 
+#include <cstdint>
 #include <optional>
+#include <vector>
 
 #include "mlx/ops.h"
 #include "mlx/primitives.h"
@@ -69,6 +71,64 @@ class RecurrentSeq : public mx::Primitive {
   SeqConfig cfg_;
 };
 
+// Per-layer input flags of a RecurrentStack.
+enum LayerFlag : uint8_t {
+  kBias = 1,
+  kBhn = 2, // GRU only
+  kWxInt8 = 4, // Wx int8 + Wx_scales
+  kWhInt8 = 8, // Wh int8 + Wh_scales
+};
+
+struct StackConfig {
+  Cell cell;
+  bool batch_first = false;
+  bool linear_before_reset = true; // GRU only
+  bool relu = false; // RNN only
+  bool has_h0 = false;
+  bool has_c0 = false;
+  bool has_lengths = false;
+  std::vector<uint8_t> layers; // LayerFlag bits per layer, bottom first
+
+  bool operator==(const StackConfig&) const = default;
+};
+
+// A unidirectional stack of layers in one primitive: layer k's output feeds
+// layer k + 1 through scratch buffers inside the same CPU task. Inputs:
+// x, [h0 (L,B,H)], [c0 (L,B,H)], [lengths], then per layer Wx, Wh, [bias],
+// [bhn], [Wx_scales], [Wh_scales]. Outputs: y of the last layer, h_n, c_n.
+class RecurrentStack : public mx::Primitive {
+ public:
+  RecurrentStack(mx::Stream stream, StackConfig cfg)
+      : mx::Primitive(stream), cfg_(std::move(cfg)) {}
+
+  void eval_cpu(
+      const std::vector<mx::array>& inputs,
+      std::vector<mx::array>& outputs) override;
+  void eval_gpu(
+      const std::vector<mx::array>& inputs,
+      std::vector<mx::array>& outputs) override;
+
+  std::vector<mx::array> vjp(
+      const std::vector<mx::array>& primals,
+      const std::vector<mx::array>& cotangents,
+      const std::vector<int>& argnums,
+      const std::vector<mx::array>& outputs) override;
+  std::vector<mx::array> jvp(
+      const std::vector<mx::array>& primals,
+      const std::vector<mx::array>& tangents,
+      const std::vector<int>& argnums) override;
+
+  const char* name() const override {
+    return "EdgeLSTMRecurrentStack";
+  }
+  bool is_equivalent(const mx::Primitive& other) const override;
+  std::vector<mx::Shape> output_shapes(
+      const std::vector<mx::array>& inputs) override;
+
+ private:
+  StackConfig cfg_;
+};
+
 // xp: projected input incl. bias, (T,B,4H) or (B,T,4H) when batch_first,
 // gate order i,f,g,o. Wh: (4H,H). Returns {y, h_n, c_n}.
 // With Wx (4H,I) given, xp is instead the raw input x (.., .., I) and the
@@ -116,5 +176,51 @@ std::vector<mx::array> rnn_seq(
     const std::optional<mx::array>& bias,
     const std::optional<mx::array>& Wh_scales,
     const std::optional<mx::array>& Wx_scales);
+
+using ArrayList = std::vector<mx::array>;
+using OptArrayList = std::vector<std::optional<mx::array>>;
+
+// Unidirectional stacks (one primitive for all layers): x (B,T,I) when
+// batch_first else (T,B,I); per-layer Wx / Wh (float32, or int8 with the
+// matching *_scales entry set), bias (and GRU bhn) lists with None for
+// absent entries (an empty list: none at all); h0 / c0 (L,B,H). Each layer
+// computes exactly what the per-layer primitive does. Returns
+// {y, h_n (L,B,H), c_n (L,B,H)} (LSTM) or {y, h_n}.
+std::vector<mx::array> lstm_stack(
+    const mx::array& x,
+    const ArrayList& Wx,
+    const ArrayList& Wh,
+    const OptArrayList& bias,
+    const std::optional<mx::array>& h0,
+    const std::optional<mx::array>& c0,
+    const std::optional<mx::array>& lengths,
+    bool batch_first,
+    const OptArrayList& Wx_scales,
+    const OptArrayList& Wh_scales);
+
+std::vector<mx::array> gru_stack(
+    const mx::array& x,
+    const ArrayList& Wx,
+    const ArrayList& Wh,
+    const OptArrayList& bias,
+    const OptArrayList& bhn,
+    const std::optional<mx::array>& h0,
+    const std::optional<mx::array>& lengths,
+    bool linear_before_reset,
+    bool batch_first,
+    const OptArrayList& Wx_scales,
+    const OptArrayList& Wh_scales);
+
+std::vector<mx::array> rnn_stack(
+    const mx::array& x,
+    const ArrayList& Wx,
+    const ArrayList& Wh,
+    const OptArrayList& bias,
+    const std::optional<mx::array>& h0,
+    const std::optional<mx::array>& lengths,
+    bool relu,
+    bool batch_first,
+    const OptArrayList& Wx_scales,
+    const OptArrayList& Wh_scales);
 
 } // namespace edgelstm

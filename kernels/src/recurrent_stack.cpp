@@ -1,0 +1,338 @@
+// A unidirectional multi-layer stack as one MLX primitive (CPU only).
+//
+// Streaming small chunks, the per-layer path pays ~25 us per MLX primitive
+// for the kernels themselves plus the state slicing / stacking around them;
+// here all layers run back to back in one CPU task, each through the same
+// per-layer routine (run_layer) as RecurrentSeq, so results are identical.
+
+#include <cstring>
+#include <memory>
+#include <stdexcept>
+#include <string>
+#include <vector>
+
+#include "layer_core.h"
+#include "mlx/allocator.h"
+#include "mlx/backend/cpu/encoder.h"
+#include "recurrent_seq.h"
+
+namespace edgelstm {
+
+using namespace detail;
+
+namespace {
+
+int gate_count(Cell cell) {
+  return cell == Cell::LSTM ? 4 : (cell == Cell::GRU ? 3 : 1);
+}
+
+// Index of the first per-layer input (after x and the optional state / lengths).
+size_t first_layer_input(const StackConfig& cfg) {
+  return 1 + cfg.has_h0 + cfg.has_c0 + cfg.has_lengths;
+}
+
+size_t layer_inputs(uint8_t flags) {
+  return 2 + bool(flags & kBias) + bool(flags & kBhn) +
+      bool(flags & kWxInt8) + bool(flags & kWhInt8);
+}
+
+void run_stack(
+    const StackConfig& cfg,
+    const std::vector<mx::array>& in,
+    std::vector<mx::array>& out) {
+  const auto& x_a = in[0];
+  const int T = cfg.batch_first ? x_a.shape(1) : x_a.shape(0);
+  const int B = cfg.batch_first ? x_a.shape(0) : x_a.shape(1);
+  const size_t L = cfg.layers.size();
+  std::vector<float> x_buf, h0_buf, c0_buf;
+  std::vector<int32_t> len_buf;
+  size_t k = 1;
+  const float* h0 = cfg.has_h0 ? row_major(in[k++], h0_buf) : nullptr;
+  const float* c0 = cfg.has_c0 ? row_major(in[k++], c0_buf) : nullptr;
+  const int32_t* len = cfg.has_lengths ? row_major(in[k++], len_buf) : nullptr;
+  const int H = in[k + 1].shape(1);
+  const size_t state = size_t(B) * H;
+
+  SeqConfig layer_cfg{cfg.cell};
+  layer_cfg.batch_first = cfg.batch_first;
+  layer_cfg.linear_before_reset = cfg.linear_before_reset;
+  layer_cfg.relu = cfg.relu;
+
+  // Layer outputs below the top one ping-pong between two scratch buffers.
+  std::unique_ptr<float[]> scratch[2];
+  const float* x = row_major(x_a, x_buf);
+  int I = x_a.shape(2);
+  float* h = out[1].data<float>();
+  float* c = cfg.cell == Cell::LSTM ? out[2].data<float>() : nullptr;
+  for (size_t l = 0; l < L; ++l) {
+    const uint8_t f = cfg.layers[l];
+    LayerIO io;
+    io.x = x;
+    io.I = I;
+    io.wx = &in[k];
+    io.wh = &in[k + 1];
+    size_t j = k + 2;
+    io.bias = (f & kBias) ? &in[j++] : nullptr;
+    io.bhn = (f & kBhn) ? &in[j++] : nullptr;
+    io.wx_scales = (f & kWxInt8) ? &in[j++] : nullptr;
+    io.wh_scales = (f & kWhInt8) ? &in[j++] : nullptr;
+    k = j;
+    io.h0 = h0 ? h0 + l * state : nullptr;
+    io.c0 = c0 ? c0 + l * state : nullptr;
+    io.len = len;
+    io.h = h + l * state;
+    io.c = c ? c + l * state : nullptr;
+    if (l + 1 == L) {
+      io.y = out[0].data<float>();
+    } else {
+      auto& buf = scratch[l % 2];
+      if (!buf) {
+        buf.reset(new float[size_t(T) * state]);
+      }
+      io.y = buf.get();
+    }
+    run_layer(layer_cfg, T, B, io);
+    x = io.y;
+    I = H;
+  }
+}
+
+std::vector<mx::array> build_stack(
+    StackConfig cfg,
+    const mx::array& x,
+    const ArrayList& Wx,
+    const ArrayList& Wh,
+    const OptArrayList& bias,
+    const OptArrayList& bhn,
+    const std::optional<mx::array>& h0,
+    const std::optional<mx::array>& c0,
+    const std::optional<mx::array>& lengths,
+    const OptArrayList& Wx_scales,
+    const OptArrayList& Wh_scales) {
+  const int gates = gate_count(cfg.cell);
+  const size_t L = Wh.size();
+  check(L > 0, "a stack needs at least one layer");
+  check(x.ndim() == 3, "x must be 3-D, got " + shape_str(x));
+  check(x.dtype() == mx::float32, "x must be float32");
+  auto per_layer = [&](size_t n, const char* name) {
+    check(
+        n == L || (n == 0 && std::string(name) != "Wx"),
+        std::string(name) + " must have one entry per layer (" +
+            std::to_string(L) + "), got " + std::to_string(n));
+  };
+  per_layer(Wx.size(), "Wx");
+  per_layer(bias.size(), "bias");
+  per_layer(bhn.size(), "bhn");
+  per_layer(Wx_scales.size(), "Wx_scales");
+  per_layer(Wh_scales.size(), "Wh_scales");
+  auto entry = [](const OptArrayList& v, size_t l) {
+    return v.empty() ? std::nullopt : v[l];
+  };
+  check(Wh[0].ndim() == 2, "Wh[0] must be 2-D, got " + shape_str(Wh[0]));
+  const int H = Wh[0].shape(1);
+  const int T = cfg.batch_first ? x.shape(1) : x.shape(0);
+  const int B = cfg.batch_first ? x.shape(0) : x.shape(1);
+
+  std::vector<mx::array> inputs = {x};
+  auto add_state = [&](const std::optional<mx::array>& s, const char* name) {
+    if (!s) {
+      return false;
+    }
+    check(
+        s->ndim() == 3 && size_t(s->shape(0)) == L && s->shape(1) == B &&
+            s->shape(2) == H,
+        std::string(name) + " must be (" + std::to_string(L) + ", " +
+            std::to_string(B) + ", " + std::to_string(H) + "), got " +
+            shape_str(*s));
+    check(s->dtype() == mx::float32, std::string(name) + " must be float32");
+    inputs.push_back(*s);
+    return true;
+  };
+  cfg.has_h0 = add_state(h0, "h0");
+  cfg.has_c0 = add_state(c0, "c0");
+  if (lengths) {
+    check(
+        lengths->ndim() == 1 && lengths->shape(0) == B,
+        "lengths must be (" + std::to_string(B) + ",), got " +
+            shape_str(*lengths));
+    check(lengths->dtype() == mx::int32, "lengths must be int32");
+    inputs.push_back(*lengths);
+    cfg.has_lengths = true;
+  }
+  cfg.layers.clear();
+  for (size_t l = 0; l < L; ++l) {
+    const std::string what = "layer " + std::to_string(l) + ": ";
+    const auto b = entry(bias, l), n = entry(bhn, l);
+    const auto sx = entry(Wx_scales, l), sh = entry(Wh_scales, l);
+    check_weights(
+        gates, H, l == 0 ? x.shape(2) : H, Wh[l], Wx[l], b, sh, sx, what);
+    uint8_t f = 0;
+    inputs.push_back(Wx[l]);
+    inputs.push_back(Wh[l]);
+    if (b) {
+      inputs.push_back(*b);
+      f |= kBias;
+    }
+    if (n) {
+      check(cfg.cell == Cell::GRU, what + "bhn is a GRU input");
+      check(
+          n->ndim() == 1 && n->shape(0) == H && n->dtype() == mx::float32,
+          what + "bhn must be float32 (" + std::to_string(H) + ",), got " +
+              shape_str(*n));
+      inputs.push_back(*n);
+      f |= kBhn;
+    }
+    if (sx) {
+      inputs.push_back(*sx);
+      f |= kWxInt8;
+    }
+    if (sh) {
+      inputs.push_back(*sh);
+      f |= kWhInt8;
+    }
+    cfg.layers.push_back(f);
+  }
+
+  const int Li = int(L);
+  mx::Shape y_shape = cfg.batch_first ? mx::Shape{B, T, H} : mx::Shape{T, B, H};
+  std::vector<mx::Shape> shapes = {y_shape, {Li, B, H}};
+  if (cfg.cell == Cell::LSTM) {
+    shapes.push_back({Li, B, H});
+  }
+  std::vector<mx::Dtype> dtypes(shapes.size(), mx::float32);
+  auto stream = mx::to_stream(mx::StreamOrDevice{}, mx::Device::cpu);
+  return mx::array::make_arrays(
+      std::move(shapes),
+      dtypes,
+      std::make_shared<RecurrentStack>(stream, std::move(cfg)),
+      inputs);
+}
+
+} // namespace
+
+void RecurrentStack::eval_cpu(
+    const std::vector<mx::array>& inputs,
+    std::vector<mx::array>& outputs) {
+  for (auto& o : outputs) {
+    o.set_data(mx::allocator::malloc(o.nbytes()));
+  }
+  auto& encoder = mx::cpu::get_command_encoder(stream());
+  std::vector<mx::array> in;
+  std::vector<mx::array> out;
+  for (const auto& a : inputs) {
+    encoder.set_input_array(a);
+    in.push_back(mx::array::unsafe_weak_copy(a));
+  }
+  for (auto& o : outputs) {
+    encoder.set_output_array(o);
+    out.push_back(mx::array::unsafe_weak_copy(o));
+  }
+  encoder.dispatch(
+      [cfg = cfg_, in = std::move(in), out = std::move(out)]() mutable {
+        run_stack(cfg, in, out);
+      });
+}
+
+void RecurrentStack::eval_gpu(
+    const std::vector<mx::array>&,
+    std::vector<mx::array>&) {
+  throw std::runtime_error(
+      "[edgelstm_kernels] no GPU implementation; run on the CPU stream");
+}
+
+std::vector<mx::array> RecurrentStack::vjp(
+    const std::vector<mx::array>&,
+    const std::vector<mx::array>&,
+    const std::vector<int>&,
+    const std::vector<mx::array>&) {
+  throw std::runtime_error(
+      "[edgelstm_kernels] the fused recurrent stack has no gradient; "
+      "call the model with fast=False when training");
+}
+
+std::vector<mx::array> RecurrentStack::jvp(
+    const std::vector<mx::array>&,
+    const std::vector<mx::array>&,
+    const std::vector<int>&) {
+  throw std::runtime_error(
+      "[edgelstm_kernels] the fused recurrent stack has no jvp; "
+      "call the model with fast=False");
+}
+
+bool RecurrentStack::is_equivalent(const mx::Primitive& other) const {
+  const auto& o = static_cast<const RecurrentStack&>(other);
+  return cfg_ == o.cfg_;
+}
+
+std::vector<mx::Shape> RecurrentStack::output_shapes(
+    const std::vector<mx::array>& inputs) {
+  const auto& x = inputs[0];
+  const int H = inputs[first_layer_input(cfg_) + 1].shape(1);
+  const int L = int(cfg_.layers.size());
+  const int T = cfg_.batch_first ? x.shape(1) : x.shape(0);
+  const int B = cfg_.batch_first ? x.shape(0) : x.shape(1);
+  std::vector<mx::Shape> shapes = {
+      cfg_.batch_first ? mx::Shape{B, T, H} : mx::Shape{T, B, H}, {L, B, H}};
+  if (cfg_.cell == Cell::LSTM) {
+    shapes.push_back({L, B, H});
+  }
+  return shapes;
+}
+
+std::vector<mx::array> lstm_stack(
+    const mx::array& x,
+    const ArrayList& Wx,
+    const ArrayList& Wh,
+    const OptArrayList& bias,
+    const std::optional<mx::array>& h0,
+    const std::optional<mx::array>& c0,
+    const std::optional<mx::array>& lengths,
+    bool batch_first,
+    const OptArrayList& Wx_scales,
+    const OptArrayList& Wh_scales) {
+  StackConfig cfg{Cell::LSTM};
+  cfg.batch_first = batch_first;
+  return build_stack(
+      cfg, x, Wx, Wh, bias, {}, h0, c0, lengths, Wx_scales, Wh_scales);
+}
+
+std::vector<mx::array> gru_stack(
+    const mx::array& x,
+    const ArrayList& Wx,
+    const ArrayList& Wh,
+    const OptArrayList& bias,
+    const OptArrayList& bhn,
+    const std::optional<mx::array>& h0,
+    const std::optional<mx::array>& lengths,
+    bool linear_before_reset,
+    bool batch_first,
+    const OptArrayList& Wx_scales,
+    const OptArrayList& Wh_scales) {
+  StackConfig cfg{Cell::GRU};
+  cfg.batch_first = batch_first;
+  cfg.linear_before_reset = linear_before_reset;
+  return build_stack(
+      cfg, x, Wx, Wh, bias, bhn, h0, std::nullopt, lengths, Wx_scales,
+      Wh_scales);
+}
+
+std::vector<mx::array> rnn_stack(
+    const mx::array& x,
+    const ArrayList& Wx,
+    const ArrayList& Wh,
+    const OptArrayList& bias,
+    const std::optional<mx::array>& h0,
+    const std::optional<mx::array>& lengths,
+    bool relu,
+    bool batch_first,
+    const OptArrayList& Wx_scales,
+    const OptArrayList& Wh_scales) {
+  StackConfig cfg{Cell::RNN};
+  cfg.batch_first = batch_first;
+  cfg.relu = relu;
+  return build_stack(
+      cfg, x, Wx, Wh, bias, {}, h0, std::nullopt, lengths, Wx_scales,
+      Wh_scales);
+}
+
+} // namespace edgelstm
