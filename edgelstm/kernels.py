@@ -371,3 +371,137 @@ def rnn(x, Wxh, Whh, bias, h0, lengths, reverse, activations, Wx_scales=None, Wh
         Wh_scales=Wh_scales,
         Wx_scales=Wx_scales,
     )
+
+
+# -- whole stacks: every layer of a unidirectional model in one primitive ----------
+
+
+def plan_stack(model, x, state, fast) -> list[dict] | str:
+    """Decide whether a recurrent stack runs as one fused primitive (all layers).
+
+    The single place that decides it: :meth:`edgelstm.layers.Recurrent.__call__`
+    calls this and falls back to one kernel (or pure-MLX) call per layer when
+    given a reason.
+
+    Args:
+        model: an ``edgelstm.layers.Recurrent`` (``cell_type``, ``layers``,
+            ``bidirectional``, ``training``, ``_drop``).
+        x: the input, ``(B, T, I)`` or ``(T, B, I)`` (only its rank, size and
+            dtype matter here).
+        state: the model's initial state (``(h0, c0)`` for LSTM, ``h0``
+            otherwise, each ``(L, B, H)``) or ``None``.
+        fast: the call's ``fast`` (``False`` never fuses).
+
+    Returns:
+        The per-layer kernel arguments (each cell's ``kernel_args``) for
+        :func:`run_stack`, or a one-line reason the stack cannot be fused.
+    """
+    if fast is False:
+        return "fast=False"
+    if not available():
+        return f"fused kernels unavailable: {reason()}"
+    kind = model.cell_type
+    if not hasattr(_ext, f"{kind}_stack"):
+        return f"installed edgelstm_kernels predates fused stacks; {_BUILD_HINT}"
+    if model.bidirectional:
+        return "fused stacks are unidirectional"
+    if model.training and model._drop is not None:
+        return "dropout between layers is active (training)"
+    if (
+        kind == "lstm"
+        and state is not None
+        and not (isinstance(state, (tuple, list)) and len(state) == 2)
+    ):
+        return "LSTM state must be (h0, c0)"
+    h0, c0 = _split_state(kind, state)
+    for s in (h0, c0):
+        if s is not None and not (isinstance(s, mx.array) and s.ndim == 3):
+            return "fused stacks take whole (L, B, H) state arrays"
+    plan = []
+    for k, layer in enumerate(model.layers):
+        get = getattr(layer.forward, "kernel_args", None)
+        a = get(fast) if get is not None else None
+        if a is None:
+            return f"layer {k} has no fused-kernel weights"
+        why = _why_not_layer(kind, a, x, h0, c0)
+        if why is not None:
+            return f"layer {k}: {why}"
+        plan.append(a)
+    opt = {"gru": "linear_before_reset", "rnn": "activations"}.get(kind)
+    if opt and any(a[opt] != plan[0][opt] for a in plan):
+        return f"layers differ in {opt}"
+    return plan
+
+
+def run_stack(kind, plan, x, state, lengths=None, *, batch_first=True):
+    """Run a stack planned by :func:`plan_stack` in one primitive.
+
+    Args:
+        kind: ``"lstm"``, ``"gru"`` or ``"rnn"``.
+        plan: the per-layer arguments :func:`plan_stack` returned.
+        x: input ``(B, T, I)`` (``(T, B, I)`` when not ``batch_first``).
+        state: ``(h0, c0)`` for LSTM, ``h0`` otherwise, each ``(L, B, H)``, or ``None``.
+        lengths: valid steps per sequence ``(B,)`` or ``None``.
+
+    Returns:
+        ``y`` of the last layer (``x``'s layout) and the final state, as the
+        model returns it: ``(h_n, c_n)`` for LSTM, else ``h_n``, each ``(L, B, H)``.
+    """
+    _require()
+    h0, c0 = _split_state(kind, state)
+    lists = {k: [a[k] for a in plan] for k in ("Wx", "Wh", "bias", "Wx_scales", "Wh_scales")}
+    for k in ("bias", "Wx_scales", "Wh_scales"):
+        if all(v is None for v in lists[k]):
+            lists[k] = []
+    kw = {
+        "batch_first": bool(batch_first),
+        "Wx_scales": lists["Wx_scales"],
+        "Wh_scales": lists["Wh_scales"],
+    }
+    args = (x, lists["Wx"], lists["Wh"], lists["bias"])
+    if kind == "lstm":
+        y, h, c = _ext.lstm_stack(*args, h0, c0, _int32(lengths), **kw)
+        return y, (h, c)
+    if kind == "gru":
+        bhn = [a["bhn"] for a in plan]
+        y, h = _ext.gru_stack(
+            *args,
+            [] if all(b is None for b in bhn) else bhn,
+            h0,
+            _int32(lengths),
+            linear_before_reset=plan[0]["linear_before_reset"],
+            **kw,
+        )
+        return y, h
+    y, h = _ext.rnn_stack(*args, h0, _int32(lengths), relu=_RNN_ACTS[plan[0]["activations"]], **kw)
+    return y, h
+
+
+def _split_state(kind, state):
+    if state is None:
+        return None, None
+    return tuple(state) if kind == "lstm" else (state, None)
+
+
+def _why_not_layer(kind, a, x, h0, c0):
+    """The per-layer checks (:func:`why_not_lstm` etc.) on one layer's ``kernel_args``."""
+    q = {"Wx_scales": a["Wx_scales"], "Wh_scales": a["Wh_scales"]}
+    if kind == "lstm":
+        return why_not_lstm(
+            x,
+            a["Wx"],
+            a["Wh"],
+            a["bias"],
+            h0,
+            c0,
+            a["peephole"],
+            a["clip"],
+            a["input_forget"],
+            a["activations"],
+            **q,
+        )
+    if kind == "gru":
+        return why_not_gru(
+            x, a["Wx"], a["Wh"], a["bias"], a["bhn"], h0, a["clip"], a["activations"], **q
+        )
+    return why_not_rnn(x, a["Wx"], a["Wh"], a["bias"], h0, a["clip"], a["activations"], **q)

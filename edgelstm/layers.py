@@ -16,6 +16,7 @@ import mlx.core as mx
 import mlx.nn as nn
 
 from edgelstm import activations as A
+from edgelstm import kernels as _kernels
 from edgelstm import recurrent as R
 from edgelstm.errors import ConfigError
 
@@ -45,6 +46,21 @@ class LSTMCell(nn.Module):
 
         return quantize_cell(self, group_size, bits, mode, **kw)
 
+    def _kernel_weights(self, fast=None):
+        """``[Wx, Wx_scales, Wh, Wh_scales]`` for the fused kernels (float: no scales)."""
+        return [self["Wx"], None, self["Wh"], None]  # items: no Module.__getattr__
+
+    def kernel_args(self, fast=None) -> dict | None:
+        """Weights and options in :func:`edgelstm.kernels.plan_stack`'s terms, or ``None``."""
+        w = self._kernel_weights(fast)
+        if w is None:
+            return None
+        o = self["_opts"]
+        return {"Wx": w[0], "Wx_scales": w[1], "Wh": w[2], "Wh_scales": w[3],
+                "bias": self.get("bias"), "peephole": self.get("peephole"),
+                "clip": o.get("clip"), "input_forget": o.get("input_forget", False),
+                "activations": tuple(o.get("activations") or R.LSTM_ACTIVATIONS)}
+
     def __call__(self, x, state=None, lengths=None, reverse=False, fast=None):
         """x ``(B, T, I)``; state ``(h0, c0)`` each ``(B, H)`` -> ``y, (h, c)``."""
         h0, c0 = state if state is not None else (None, None)
@@ -72,6 +88,21 @@ class GRUCell(nn.Module):
 
         return quantize_cell(self, group_size, bits, mode, **kw)
 
+    def _kernel_weights(self, fast=None):
+        """``[Wx, Wx_scales, Wh, Wh_scales]`` for the fused kernels (float: no scales)."""
+        return [self["Wx"], None, self["Wh"], None]  # items: no Module.__getattr__
+
+    def kernel_args(self, fast=None) -> dict | None:
+        """Weights and options in :func:`edgelstm.kernels.plan_stack`'s terms, or ``None``."""
+        w = self._kernel_weights(fast)
+        if w is None:
+            return None
+        o = self["_opts"]
+        return {"Wx": w[0], "Wx_scales": w[1], "Wh": w[2], "Wh_scales": w[3],
+                "bias": self.get("b"), "bhn": self.get("bhn"), "clip": o.get("clip"),
+                "linear_before_reset": bool(o.get("linear_before_reset", True)),
+                "activations": tuple(o.get("activations") or R.GRU_ACTIVATIONS)}
+
     def __call__(self, x, state=None, lengths=None, reverse=False, fast=None):
         """x ``(B, T, I)``; state ``h0 (B, H)`` -> ``y, h``."""
         return R.gru(
@@ -96,6 +127,20 @@ class RNNCell(nn.Module):
         from edgelstm.quantize.mlx_quant import quantize_cell
 
         return quantize_cell(self, group_size, bits, mode, **kw)
+
+    def _kernel_weights(self, fast=None):
+        """``[Wx, Wx_scales, Wh, Wh_scales]`` for the fused kernels (float: no scales)."""
+        return [self["Wxh"], None, self["Whh"], None]
+
+    def kernel_args(self, fast=None) -> dict | None:
+        """Weights and options in :func:`edgelstm.kernels.plan_stack`'s terms, or ``None``."""
+        w = self._kernel_weights(fast)
+        if w is None:
+            return None
+        o = self["_opts"]
+        return {"Wx": w[0], "Wx_scales": w[1], "Wh": w[2], "Wh_scales": w[3],
+                "bias": self.get("bias"), "clip": o.get("clip"),
+                "activations": tuple(o.get("activations") or R.RNN_ACTIVATIONS)}
 
     def __call__(self, x, state=None, lengths=None, reverse=False, fast=None):
         """x ``(B, T, I)``; state ``h0 (B, H)`` -> ``y, h``."""
@@ -239,15 +284,32 @@ class Recurrent(SaveMixin, nn.Module):
         if x.ndim not in (2, 3):
             raise ValueError(f"expected input of 2 or 3 dims, got shape {tuple(x.shape)}")
         unbatched = x.ndim == 2
+        time_major = not unbatched and not self.batch_first
         if unbatched:
             x = x[None]
             state = _map_state(state, lambda s: s[:, None])
-        elif not self.batch_first:
-            x = x.transpose(1, 0, 2)
         if x.shape[-1] != self.input_size:
             raise ValueError(f"expected {self.input_size} input features, got {x.shape[-1]}")
         if fast is None and self.training:
             fast = False  # the fused kernel has no gradient
+        # Whole stack in one kernel primitive when every layer can take it.
+        plan = _kernels.plan_stack(self, x, state, fast)
+        if isinstance(plan, list):
+            x, out_state = _kernels.run_stack(
+                self.cell_type, plan, x, state, lengths, batch_first=not time_major)
+        else:
+            if time_major:
+                x = x.transpose(1, 0, 2)
+            x, out_state = self._layer_by_layer(x, state, lengths, fast)
+            if time_major:
+                x = x.transpose(1, 0, 2)
+        if unbatched:
+            x = x[0]
+            out_state = _map_state(out_state, lambda s: s[:, 0])
+        return x, out_state
+
+    def _layer_by_layer(self, x, state, lengths, fast):
+        """Each (layer, direction) cell in turn; x ``(B, T, I)`` -> ``y, state``."""
         is_lstm = self.cell_type == "lstm"
         finals = []
         for k, layer in enumerate(self.layers):
@@ -264,15 +326,8 @@ class Recurrent(SaveMixin, nn.Module):
                 finals.append(fin)
             x = outs[0] if len(outs) == 1 else mx.concatenate(outs, axis=-1)
         if is_lstm:
-            out_state = (mx.stack([f[0] for f in finals]), mx.stack([f[1] for f in finals]))
-        else:
-            out_state = mx.stack(finals)
-        if unbatched:
-            x = x[0]
-            out_state = _map_state(out_state, lambda s: s[:, 0])
-        elif not self.batch_first:
-            x = x.transpose(1, 0, 2)
-        return x, out_state
+            return x, (mx.stack([f[0] for f in finals]), mx.stack([f[1] for f in finals]))
+        return x, mx.stack(finals)
 
     def _cells(self, layer):
         return [layer.forward, layer.reverse] if self.bidirectional else [layer.forward]
