@@ -4,7 +4,9 @@ MLX's CPU backend spends ~25-30 µs dispatching each primitive, so the
 per-timestep loop in :mod:`edgelstm.recurrent` is overhead-bound at small
 batch. ``edgelstm_kernels`` (built from ``kernels/`` in this repository) adds
 one MLX primitive per direction that runs the whole sequence in a single CPU
-task: a BLAS call per step for ``h @ Wh.T`` plus fused gate math.
+task: a BLAS call per step for ``h @ Wh.T`` plus fused gate math. A
+unidirectional multi-layer model runs all its layers in one primitive
+(:func:`plan_stack` decides, :func:`run_stack` runs it).
 
 The package is optional. When it is missing, built against another nanobind
 ABI or disabled with ``EDGELSTM_KERNELS=0``, :func:`available` is ``False``,
