@@ -65,7 +65,15 @@ struct LayerIO {
 void run_layer(const SeqConfig& cfg, int T, int B, const LayerIO& io);
 
 // Throws std::invalid_argument (Python ValueError) with the message.
-void check(bool ok, const std::string& msg);
+[[noreturn]] void fail(const std::string& msg);
+
+// Fails with `msg` unless `ok`; `msg` is only evaluated on failure.
+#define EDGELSTM_CHECK(ok, msg)          \
+  do {                                   \
+    if (!(ok)) {                         \
+      ::edgelstm::detail::fail(msg);     \
+    }                                    \
+  } while (0)
 
 std::string shape_str(const mx::array& a);
 

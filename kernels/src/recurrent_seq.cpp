@@ -284,10 +284,8 @@ void run_layer(const SeqConfig& cfg, int T, int B, const LayerIO& io) {
   }
 }
 
-void check(bool ok, const std::string& msg) {
-  if (!ok) {
-    throw std::invalid_argument("[edgelstm_kernels] " + msg);
-  }
+void fail(const std::string& msg) {
+  throw std::invalid_argument("[edgelstm_kernels] " + msg);
 }
 
 std::string shape_str(const mx::array& a) {
@@ -311,43 +309,44 @@ void check_weights(
     const std::optional<mx::array>& Wh_scales,
     const std::optional<mx::array>& Wx_scales,
     const std::string& what) {
-  const std::string G = std::to_string(gates * H);
-  check(Wx || !bias, what + "bias is only used together with Wx");
-  check(
+  // Messages are built only on failure (EDGELSTM_CHECK): calls stay cheap.
+  auto G = [&] { return std::to_string(gates * H); };
+  EDGELSTM_CHECK(Wx || !bias, what + "bias is only used together with Wx");
+  EDGELSTM_CHECK(
       Wh.ndim() == 2 && Wh.shape(0) == gates * H && Wh.shape(1) == H,
-      what + "Wh must be (" + std::to_string(gates) + "H, H) = (" + G + ", " +
+      what + "Wh must be (" + std::to_string(gates) + "H, H) = (" + G() + ", " +
           std::to_string(H) + "), got " + shape_str(Wh));
-  check(
+  EDGELSTM_CHECK(
       Wh.dtype() == (Wh_scales ? mx::int8 : mx::float32),
       what +
           (Wh_scales ? "Wh must be int8 when Wh_scales is given"
                      : "Wh must be float32 (or int8 with Wh_scales)"));
   if (Wx) {
-    check(
+    EDGELSTM_CHECK(
         Wx->ndim() == 2 && Wx->shape(0) == gates * H &&
             Wx->shape(1) == in_width,
-        what + "Wx must be (" + G + ", " + std::to_string(in_width) +
+        what + "Wx must be (" + G() + ", " + std::to_string(in_width) +
             "), got " + shape_str(*Wx));
-    check(
+    EDGELSTM_CHECK(
         Wx->dtype() == (Wx_scales ? mx::int8 : mx::float32),
         what +
             (Wx_scales ? "Wx must be int8 when Wx_scales is given"
                        : "Wx must be float32 (or int8 with Wx_scales)"));
   }
   if (bias) {
-    check(
+    EDGELSTM_CHECK(
         bias->ndim() == 1 && bias->shape(0) == gates * H,
-        what + "bias must be (" + G + ",), got " + shape_str(*bias));
-    check(bias->dtype() == mx::float32, what + "bias must be float32");
+        what + "bias must be (" + G() + ",), got " + shape_str(*bias));
+    EDGELSTM_CHECK(bias->dtype() == mx::float32, what + "bias must be float32");
   }
-  check(Wx || !Wx_scales, what + "Wx_scales is only used together with Wx");
+  EDGELSTM_CHECK(Wx || !Wx_scales, what + "Wx_scales is only used together with Wx");
   for (const auto* sc : {&Wh_scales, &Wx_scales}) {
     if (*sc) {
-      const std::string n = sc == &Wh_scales ? "Wh_scales" : "Wx_scales";
-      check(
+      const char* n = sc == &Wh_scales ? "Wh_scales" : "Wx_scales";
+      EDGELSTM_CHECK(
           (*sc)->ndim() == 1 && (*sc)->shape(0) == gates * H,
-          what + n + " must be (" + G + ",), got " + shape_str(**sc));
-      check((*sc)->dtype() == mx::float32, what + n + " must be float32");
+          what + n + " must be (" + G() + ",), got " + shape_str(**sc));
+      EDGELSTM_CHECK((*sc)->dtype() == mx::float32, what + n + " must be float32");
     }
   }
 }
@@ -406,17 +405,17 @@ std::vector<mx::array> build(
     const std::optional<mx::array>& Wx_scales) {
   const int gates =
       cfg.cell == Cell::LSTM ? 4 : (cfg.cell == Cell::GRU ? 3 : 1);
-  check(xp.ndim() == 3, "xp must be 3-D, got " + shape_str(xp));
-  check(Wh.ndim() == 2, "Wh must be 2-D, got " + shape_str(Wh));
+  EDGELSTM_CHECK(xp.ndim() == 3, "xp must be 3-D, got " + shape_str(xp));
+  EDGELSTM_CHECK(Wh.ndim() == 2, "Wh must be 2-D, got " + shape_str(Wh));
   const int H = Wh.shape(1);
   check_weights(gates, H, xp.shape(2), Wh, Wx, bias, Wh_scales, Wx_scales);
   if (!Wx) {
-    check(
+    EDGELSTM_CHECK(
         xp.shape(2) == gates * H,
         "xp last dimension must be " + std::to_string(gates * H) + ", got " +
             shape_str(xp));
   }
-  check(xp.dtype() == mx::float32, "xp must be float32");
+  EDGELSTM_CHECK(xp.dtype() == mx::float32, "xp must be float32");
   const int T = cfg.batch_first ? xp.shape(1) : xp.shape(0);
   const int B = cfg.batch_first ? xp.shape(0) : xp.shape(1);
 
@@ -425,30 +424,30 @@ std::vector<mx::array> build(
     if (!s) {
       return false;
     }
-    check(
+    EDGELSTM_CHECK(
         s->ndim() == 2 && s->shape(0) == B && s->shape(1) == H,
         std::string(name) + " must be (" + std::to_string(B) + ", " +
             std::to_string(H) + "), got " + shape_str(*s));
-    check(s->dtype() == mx::float32, std::string(name) + " must be float32");
+    EDGELSTM_CHECK(s->dtype() == mx::float32, std::string(name) + " must be float32");
     inputs.push_back(*s);
     return true;
   };
   cfg.has_h0 = add_state(h0, "h0");
   cfg.has_c0 = add_state(c0, "c0");
   if (bhn) {
-    check(
+    EDGELSTM_CHECK(
         bhn->ndim() == 1 && bhn->shape(0) == H,
         "bhn must be (" + std::to_string(H) + ",), got " + shape_str(*bhn));
-    check(bhn->dtype() == mx::float32, "bhn must be float32");
+    EDGELSTM_CHECK(bhn->dtype() == mx::float32, "bhn must be float32");
     inputs.push_back(*bhn);
     cfg.has_bhn = true;
   }
   if (lengths) {
-    check(
+    EDGELSTM_CHECK(
         lengths->ndim() == 1 && lengths->shape(0) == B,
         "lengths must be (" + std::to_string(B) + ",), got " +
             shape_str(*lengths));
-    check(lengths->dtype() == mx::int32, "lengths must be int32");
+    EDGELSTM_CHECK(lengths->dtype() == mx::int32, "lengths must be int32");
     inputs.push_back(*lengths);
     cfg.has_lengths = true;
   }

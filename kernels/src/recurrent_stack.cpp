@@ -111,12 +111,12 @@ std::vector<mx::array> build_stack(
     const OptArrayList& Wh_scales) {
   const int gates = gate_count(cfg.cell);
   const size_t L = Wh.size();
-  check(L > 0, "a stack needs at least one layer");
-  check(x.ndim() == 3, "x must be 3-D, got " + shape_str(x));
-  check(x.dtype() == mx::float32, "x must be float32");
+  EDGELSTM_CHECK(L > 0, "a stack needs at least one layer");
+  EDGELSTM_CHECK(x.ndim() == 3, "x must be 3-D, got " + shape_str(x));
+  EDGELSTM_CHECK(x.dtype() == mx::float32, "x must be float32");
   auto per_layer = [&](size_t n, const char* name) {
-    check(
-        n == L || (n == 0 && std::string(name) != "Wx"),
+    EDGELSTM_CHECK(
+        n == L || (n == 0 && std::strcmp(name, "Wx") != 0),
         std::string(name) + " must have one entry per layer (" +
             std::to_string(L) + "), got " + std::to_string(n));
   };
@@ -128,7 +128,7 @@ std::vector<mx::array> build_stack(
   auto entry = [](const OptArrayList& v, size_t l) {
     return v.empty() ? std::nullopt : v[l];
   };
-  check(Wh[0].ndim() == 2, "Wh[0] must be 2-D, got " + shape_str(Wh[0]));
+  EDGELSTM_CHECK(Wh[0].ndim() == 2, "Wh[0] must be 2-D, got " + shape_str(Wh[0]));
   const int H = Wh[0].shape(1);
   const int T = cfg.batch_first ? x.shape(1) : x.shape(0);
   const int B = cfg.batch_first ? x.shape(0) : x.shape(1);
@@ -138,24 +138,24 @@ std::vector<mx::array> build_stack(
     if (!s) {
       return false;
     }
-    check(
+    EDGELSTM_CHECK(
         s->ndim() == 3 && size_t(s->shape(0)) == L && s->shape(1) == B &&
             s->shape(2) == H,
         std::string(name) + " must be (" + std::to_string(L) + ", " +
             std::to_string(B) + ", " + std::to_string(H) + "), got " +
             shape_str(*s));
-    check(s->dtype() == mx::float32, std::string(name) + " must be float32");
+    EDGELSTM_CHECK(s->dtype() == mx::float32, std::string(name) + " must be float32");
     inputs.push_back(*s);
     return true;
   };
   cfg.has_h0 = add_state(h0, "h0");
   cfg.has_c0 = add_state(c0, "c0");
   if (lengths) {
-    check(
+    EDGELSTM_CHECK(
         lengths->ndim() == 1 && lengths->shape(0) == B,
         "lengths must be (" + std::to_string(B) + ",), got " +
             shape_str(*lengths));
-    check(lengths->dtype() == mx::int32, "lengths must be int32");
+    EDGELSTM_CHECK(lengths->dtype() == mx::int32, "lengths must be int32");
     inputs.push_back(*lengths);
     cfg.has_lengths = true;
   }
@@ -174,8 +174,8 @@ std::vector<mx::array> build_stack(
       f |= kBias;
     }
     if (n) {
-      check(cfg.cell == Cell::GRU, what + "bhn is a GRU input");
-      check(
+      EDGELSTM_CHECK(cfg.cell == Cell::GRU, what + "bhn is a GRU input");
+      EDGELSTM_CHECK(
           n->ndim() == 1 && n->shape(0) == H && n->dtype() == mx::float32,
           what + "bhn must be float32 (" + std::to_string(H) + ",), got " +
               shape_str(*n));
