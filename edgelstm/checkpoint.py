@@ -67,6 +67,10 @@ def save(model: nn.Module, path: str | os.PathLike, force: bool = False) -> Path
     """
     config = model_config(model)
     weights = dict(tree_flatten(model.parameters()))
+    if config.get("quantization"):
+        from edgelstm.quantize.mlx_quant import storage_weights
+
+        weights = storage_weights(weights)
     with atomic_output(path, force=force, directory=True) as tmp:
         (tmp / CONFIG).write_text(json.dumps(config, indent=4, sort_keys=True) + "\n")
         mx.save_safetensors(str(tmp / WEIGHTS), weights, metadata={"format": "mlx"})
@@ -131,6 +135,9 @@ def load_weights(model: nn.Module, weights: dict, source: str = "weights") -> No
         ):
             raise CheckpointError(f"{source}: tensor {name!r} has dtype {got.dtype}, "
                                   f"expected {want.dtype}")
+    # A float tensor stored narrower (e.g. float16 int8 scales) loads as the model's dtype.
+    weights = {k: v.astype(expected[k].dtype) if v.dtype != expected[k].dtype else v
+               for k, v in weights.items()}
     model.update(tree_unflatten(list(weights.items())))
     mx.eval(model.parameters())
 

@@ -53,8 +53,30 @@ def quantize_rows(w: mx.array) -> tuple[mx.array, mx.array]:
     w = w.astype(mx.float32)
     amax = mx.max(mx.abs(w), axis=1)
     scales = mx.where(amax > 0, amax / QMAX, 1.0)
+    if bool(mx.all((scales >= F16_MIN_NORMAL) & (scales <= F16_MAX))):
+        # Scales on the float16 grid (rel. step 2^-11, far below int8's 2^-8) halve
+        # their storage; q is computed from the rounded scales, so nothing else moves.
+        scales = scales.astype(mx.float16).astype(mx.float32)
     q = mx.clip(mx.round(w / scales[:, None]), -QMAX, QMAX).astype(mx.int8)
     return q, scales
+
+
+F16_MIN_NORMAL, F16_MAX = 6.104e-05, 65504.0
+
+
+def storage_weights(weights: dict) -> dict:
+    """Checkpoint form of a quantized model's tensors: float16 where that is lossless.
+
+    Per-row int8 scales on the float16 grid (see :func:`quantize_rows`) are
+    stored as float16; loading casts them back to float32.
+    """
+    out = dict(weights)
+    for name, value in weights.items():
+        if name.endswith("_scales") and value.dtype == mx.float32:
+            half = value.astype(mx.float16)
+            if bool(mx.array_equal(half.astype(mx.float32), value)):
+                out[name] = half
+    return out
 
 
 @mx.compile

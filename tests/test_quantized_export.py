@@ -36,3 +36,24 @@ def test_4bit_checkpoint_exports_its_expanded_weights(tmp_path):
     quantize_model(tmp_path / "f", tmp_path / "q4", QuantConfig(bits=4))
     report = convert(tmp_path / "q4", tmp_path / "q4.onnx", verify=True, atol=1e-6)
     assert report["max_abs_diff"] < 1e-6
+
+
+def test_int8_scales_are_stored_as_float16_and_load_exactly(tmp_path):
+    import mlx.core as mx
+    from safetensors import safe_open
+
+    from edgelstm.quantize import quantize_mlx
+
+    model = edgelstm.SequenceModel(edgelstm.GRU(12, 64), head="frame", num_outputs=4).eval()
+    quantize_mlx(model, QuantConfig())
+    model.save(tmp_path / "q")
+    with safe_open(str(tmp_path / "q" / "model.safetensors"), "numpy") as f:
+        dtypes = {k: str(f.get_tensor(k).dtype) for k in f.keys()}
+    assert dtypes["rnn.layers.0.forward.Wh_scales"] == "float16"
+    assert dtypes["rnn.layers.0.forward.Wh"] == "int8"
+    assert dtypes["rnn.layers.0.forward.b"] == "float32"
+    loaded = edgelstm.load(tmp_path / "q")
+    cell = loaded.rnn.layers[0].forward
+    assert cell["Wh_scales"].dtype == mx.float32
+    x = mx.random.normal((2, 7, 12))
+    assert np.array_equal(np.array(model(x)), np.array(loaded(x)))
