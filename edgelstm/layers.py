@@ -27,8 +27,46 @@ def _uniform(scale: float, shape: tuple[int, ...]) -> mx.array:
     return mx.random.uniform(low=-scale, high=scale, shape=shape)
 
 
-class LSTMCell(nn.Module):
+class _Cell(nn.Module):
+    """What every cell shares: MLX's quantize protocol and the fused-kernel view.
+
+    Subclasses name their input and recurrent weights in ``weight_names`` and
+    add their own kernel options in :meth:`_kernel_options`.
+    """
+
+    weight_names = ("Wx", "Wh")
+    default_activations: tuple = ()
+
+    def to_quantized(self, group_size=None, bits=None, mode="affine", **kw):
+        """MLX's ``nn.quantize`` protocol: a quantized copy (see edgelstm.quantize)."""
+        from edgelstm.quantize.mlx_quant import quantize_cell
+
+        return quantize_cell(self, group_size, bits, mode, **kw)
+
+    def _kernel_weights(self, fast=None):
+        """``[Wx, Wx_scales, Wh, Wh_scales]`` for the fused kernels (float: no scales)."""
+        wx, wh = self.weight_names
+        return [self[wx], None, self[wh], None]  # items: no Module.__getattr__
+
+    def kernel_args(self, fast=None) -> dict | None:
+        """Weights and options in :func:`edgelstm.kernels.plan_stack`'s terms, or ``None``."""
+        w = self._kernel_weights(fast)
+        if w is None:
+            return None
+        o = self["_opts"]
+        return {"Wx": w[0], "Wx_scales": w[1], "Wh": w[2], "Wh_scales": w[3],
+                "clip": o.get("clip"),
+                "activations": tuple(o.get("activations") or self.default_activations),
+                **self._kernel_options(o)}
+
+    def _kernel_options(self, opts: dict) -> dict:
+        return {"bias": self.get("bias")}
+
+
+class LSTMCell(_Cell):
     """Weights of one LSTM direction of one layer; runs a whole sequence."""
+
+    default_activations = R.LSTM_ACTIVATIONS
 
     def __init__(self, input_size, hidden_size, bias=True, peephole=False, **opts):
         super().__init__()
@@ -40,38 +78,23 @@ class LSTMCell(nn.Module):
             self.peephole = _uniform(s, (3 * hidden_size,))
         self._opts = opts  # clip, input_forget, activations
 
-    def to_quantized(self, group_size=None, bits=None, mode="affine", **kw):
-        """MLX's ``nn.quantize`` protocol: a quantized copy (see edgelstm.quantize)."""
-        from edgelstm.quantize.mlx_quant import quantize_cell
-
-        return quantize_cell(self, group_size, bits, mode, **kw)
-
-    def _kernel_weights(self, fast=None):
-        """``[Wx, Wx_scales, Wh, Wh_scales]`` for the fused kernels (float: no scales)."""
-        return [self["Wx"], None, self["Wh"], None]  # items: no Module.__getattr__
-
-    def kernel_args(self, fast=None) -> dict | None:
-        """Weights and options in :func:`edgelstm.kernels.plan_stack`'s terms, or ``None``."""
-        w = self._kernel_weights(fast)
-        if w is None:
-            return None
-        o = self["_opts"]
-        return {"Wx": w[0], "Wx_scales": w[1], "Wh": w[2], "Wh_scales": w[3],
-                "bias": self.get("bias"), "peephole": self.get("peephole"),
-                "clip": o.get("clip"), "input_forget": o.get("input_forget", False),
-                "activations": tuple(o.get("activations") or R.LSTM_ACTIVATIONS)}
+    def _kernel_options(self, opts):
+        return {"bias": self.get("bias"), "peephole": self.get("peephole"),
+                "input_forget": opts.get("input_forget", False)}
 
     def __call__(self, x, state=None, lengths=None, reverse=False, fast=None):
         """x ``(B, T, I)``; state ``(h0, c0)`` each ``(B, H)`` -> ``y, (h, c)``."""
         h0, c0 = state if state is not None else (None, None)
         return R.lstm(
             x, self.Wx, self.Wh, self.get("bias"), h0=h0, c0=c0, lengths=lengths,
-            reverse=reverse, peephole=self.get("peephole"), **self._opts, **_fast(fast),
+            reverse=reverse, peephole=self.get("peephole"), fast=fast, **self._opts,
         )
 
 
-class GRUCell(nn.Module):
+class GRUCell(_Cell):
     """Weights of one GRU direction of one layer; runs a whole sequence."""
+
+    default_activations = R.GRU_ACTIVATIONS
 
     def __init__(self, input_size, hidden_size, bias=True, **opts):
         super().__init__()
@@ -82,37 +105,23 @@ class GRUCell(nn.Module):
         self.bhn = _uniform(s, (hidden_size,)) if bias else None
         self._opts = opts  # linear_before_reset, clip, activations
 
-    def to_quantized(self, group_size=None, bits=None, mode="affine", **kw):
-        """MLX's ``nn.quantize`` protocol: a quantized copy (see edgelstm.quantize)."""
-        from edgelstm.quantize.mlx_quant import quantize_cell
-
-        return quantize_cell(self, group_size, bits, mode, **kw)
-
-    def _kernel_weights(self, fast=None):
-        """``[Wx, Wx_scales, Wh, Wh_scales]`` for the fused kernels (float: no scales)."""
-        return [self["Wx"], None, self["Wh"], None]  # items: no Module.__getattr__
-
-    def kernel_args(self, fast=None) -> dict | None:
-        """Weights and options in :func:`edgelstm.kernels.plan_stack`'s terms, or ``None``."""
-        w = self._kernel_weights(fast)
-        if w is None:
-            return None
-        o = self["_opts"]
-        return {"Wx": w[0], "Wx_scales": w[1], "Wh": w[2], "Wh_scales": w[3],
-                "bias": self.get("b"), "bhn": self.get("bhn"), "clip": o.get("clip"),
-                "linear_before_reset": bool(o.get("linear_before_reset", True)),
-                "activations": tuple(o.get("activations") or R.GRU_ACTIVATIONS)}
+    def _kernel_options(self, opts):
+        return {"bias": self.get("b"), "bhn": self.get("bhn"),
+                "linear_before_reset": bool(opts.get("linear_before_reset", True))}
 
     def __call__(self, x, state=None, lengths=None, reverse=False, fast=None):
         """x ``(B, T, I)``; state ``h0 (B, H)`` -> ``y, h``."""
         return R.gru(
             x, self.Wx, self.Wh, self.get("b"), self.get("bhn"), h0=state, lengths=lengths,
-            reverse=reverse, **self._opts, **_fast(fast),
+            reverse=reverse, fast=fast, **self._opts,
         )
 
 
-class RNNCell(nn.Module):
+class RNNCell(_Cell):
     """Weights of one Elman RNN direction of one layer; runs a whole sequence."""
+
+    weight_names = ("Wxh", "Whh")
+    default_activations = R.RNN_ACTIVATIONS
 
     def __init__(self, input_size, hidden_size, bias=True, **opts):
         super().__init__()
@@ -122,39 +131,12 @@ class RNNCell(nn.Module):
         self.bias = _uniform(s, (hidden_size,)) if bias else None
         self._opts = opts  # clip, activations
 
-    def to_quantized(self, group_size=None, bits=None, mode="affine", **kw):
-        """MLX's ``nn.quantize`` protocol: a quantized copy (see edgelstm.quantize)."""
-        from edgelstm.quantize.mlx_quant import quantize_cell
-
-        return quantize_cell(self, group_size, bits, mode, **kw)
-
-    def _kernel_weights(self, fast=None):
-        """``[Wx, Wx_scales, Wh, Wh_scales]`` for the fused kernels (float: no scales)."""
-        return [self["Wxh"], None, self["Whh"], None]
-
-    def kernel_args(self, fast=None) -> dict | None:
-        """Weights and options in :func:`edgelstm.kernels.plan_stack`'s terms, or ``None``."""
-        w = self._kernel_weights(fast)
-        if w is None:
-            return None
-        o = self["_opts"]
-        return {"Wx": w[0], "Wx_scales": w[1], "Wh": w[2], "Wh_scales": w[3],
-                "bias": self.get("bias"), "clip": o.get("clip"),
-                "activations": tuple(o.get("activations") or R.RNN_ACTIVATIONS)}
-
     def __call__(self, x, state=None, lengths=None, reverse=False, fast=None):
         """x ``(B, T, I)``; state ``h0 (B, H)`` -> ``y, h``."""
         return R.rnn(
             x, self.Wxh, self.Whh, self.get("bias"), h0=state, lengths=lengths,
-            reverse=reverse, **self._opts, **_fast(fast),
+            reverse=reverse, fast=fast, **self._opts,
         )
-
-
-def _fast(fast):
-    # Only pass ``fast`` when set, so the core's default (auto) applies otherwise.
-    if fast is None or "fast" not in R.lstm.__code__.co_varnames:
-        return {}
-    return {"fast": fast}
 
 
 CELLS = {"lstm": LSTMCell, "gru": GRUCell, "rnn": RNNCell}

@@ -173,7 +173,7 @@ def test_streaming_is_bit_identical_on_cpu():
     import mlx.core as mx
 
     if mx.default_device() != mx.cpu:
-        pytest.skip("bit-identity is checked on the CPU backend only")
+        pytest.skip(reason="bit-identity is checked on the CPU backend only")
     cfg = FeatureConfig(lifter=22.0)
     x = speechlike(4000, seed=3)
     s = cfg.online()
