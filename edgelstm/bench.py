@@ -36,6 +36,7 @@ class BenchResult:
     frames_per_s: float
 
     def as_dict(self) -> dict:
+        """The result as a JSON-able dict."""
         return asdict(self)
 
 

@@ -154,6 +154,7 @@ class SaveMixin:
     """``model.save(path)``: write a native checkpoint (see :func:`edgelstm.save`)."""
 
     def save(self, path, force: bool = False):
+        """Write this model as a checkpoint directory; see :func:`edgelstm.save`."""
         from edgelstm.checkpoint import save
 
         return save(self, path, force=force)
@@ -212,6 +213,7 @@ class Recurrent(SaveMixin, nn.Module):
 
     @property
     def num_directions(self) -> int:
+        """2 for a bidirectional stack, else 1."""
         return 2 if self.bidirectional else 1
 
     @property

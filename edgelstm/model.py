@@ -30,6 +30,7 @@ class Normalize(nn.Module):
         self.freeze()  # statistics of the data, not something an optimiser should move
 
     def __call__(self, x):
+        """x ``(..., I)`` -> normalised ``(..., I)``."""
         return (x - self.mean) / self.std
 
 
@@ -81,6 +82,7 @@ class SequenceModel(SaveMixin, nn.Module):
 
     @property
     def input_size(self) -> int:
+        """Features per input step, ``I``."""
         return self.rnn.input_size
 
     def config(self) -> dict:
