@@ -37,11 +37,12 @@ DEFAULT_ATOL = 1e-4
 IMPORT_FORMATS = ("onnx", "torch", "safetensors", "keras")
 
 
-def to_onnx(model, path, opset: int = 17, streaming: bool = False, force: bool = False) -> Path:
+def to_onnx(model, path, opset: int = 17, streaming: bool = False, force: bool = False,
+            lengths: bool = False) -> Path:
     """Export an edgelstm model to ONNX; see :func:`edgelstm.converters.onnx_export.to_onnx`."""
     from edgelstm.converters.onnx_export import to_onnx as _to_onnx
 
-    return _to_onnx(model, path, opset=opset, streaming=streaming, force=force)
+    return _to_onnx(model, path, opset=opset, streaming=streaming, force=force, lengths=lengths)
 
 
 def from_onnx(path, **options):
@@ -55,7 +56,8 @@ def from_onnx(path, **options):
 
 
 def convert(src, dst, opset: int = 17, streaming: bool = False, verify: bool = False,
-            force: bool = False, atol: float = DEFAULT_ATOL, **options) -> dict:
+            force: bool = False, atol: float = DEFAULT_ATOL, lengths: bool = False,
+            **options) -> dict:
     """Convert ``src`` (any format) to ``dst`` (``.onnx`` or checkpoint directory).
 
     See :func:`edgelstm.converters.conversion.convert`.
@@ -63,7 +65,7 @@ def convert(src, dst, opset: int = 17, streaming: bool = False, verify: bool = F
     from edgelstm.converters.conversion import convert as _convert
 
     return _convert(src, dst, opset=opset, streaming=streaming, verify=verify, force=force,
-                    atol=atol, **options)
+                    atol=atol, lengths=lengths, **options)
 
 
 def import_model(path: str | os.PathLike, fmt: str, **options):

@@ -15,16 +15,39 @@ import numpy as np
 from edgelstm.errors import ConversionError, EdgeLSTMError
 
 VERIFY_BATCH, VERIFY_STEPS = 2, 8
+LENGTHS = "lengths"  # graph input of a --lengths export (onnx_export.LENGTHS_INPUT)
 
 
-def _native_outputs(model, x: np.ndarray) -> dict[str, np.ndarray]:
+def _native_outputs(model, x: np.ndarray, lengths: np.ndarray | None = None
+                    ) -> dict[str, np.ndarray]:
     from edgelstm.inference import model_io, run_native
 
-    return run_native(model, {model_io(model)[0][0]: x})
+    feeds = {model_io(model)[0][0]: x}
+    if lengths is not None:
+        feeds[LENGTHS] = lengths
+    return run_native(model, feeds)
 
 
-def _onnx_outputs(path_or_proto, model, x: np.ndarray) -> dict[str, np.ndarray]:
-    """Run an ONNX graph on ``x`` plus zero states for any other graph input."""
+def _takes_lengths(path_or_proto) -> bool:
+    from edgelstm.converters import onnx_io_names
+
+    return LENGTHS in onnx_io_names(path_or_proto)[0][1:]
+
+
+def _verify_lengths(rng, batch: int, steps: int, src_takes: bool, dst_takes: bool):
+    """Random lengths ``(B,)`` (one full, the rest shorter) when both sides take them.
+
+    Otherwise ``None``: a ``lengths`` graph input facing a side without one
+    gets full lengths (:func:`_onnx_outputs`), the same result as no lengths.
+    """
+    if not (src_takes and dst_takes):
+        return None
+    return np.concatenate([[steps], rng.integers(1, steps, batch - 1)]).astype(np.int32)
+
+
+def _onnx_outputs(path_or_proto, model, x: np.ndarray, lengths: np.ndarray | None = None
+                  ) -> dict[str, np.ndarray]:
+    """Run an ONNX graph on ``x`` plus zero states (and ``lengths``) for other graph inputs."""
     from edgelstm.converters import onnx_io_names, run_onnx
 
     rnn = getattr(model, "rnn", model)
@@ -32,6 +55,10 @@ def _onnx_outputs(path_or_proto, model, x: np.ndarray) -> dict[str, np.ndarray]:
     feeds = {ins[0]: x}
     batch = x.shape[0] if rnn.batch_first else x.shape[1]
     for name in ins[1:]:
+        if name == LENGTHS:
+            feeds[name] = lengths if lengths is not None else np.full(
+                batch, x.shape[1] if rnn.batch_first else x.shape[0], np.int32)
+            continue
         feeds[name] = np.zeros((rnn.num_layers * rnn.num_directions, batch, rnn.hidden_size),
                                np.float32)
     try:
@@ -58,7 +85,7 @@ def verify_outputs(src_out: dict, dst_out: dict, main: str) -> tuple[float, list
 
 def convert(src: str | os.PathLike, dst: str | os.PathLike, opset: int = 17,
             streaming: bool = False, verify: bool = False, force: bool = False,
-            atol: float = 1e-4, **options) -> dict:
+            atol: float = 1e-4, lengths: bool = False, **options) -> dict:
     """Convert a model between formats.
 
     Args:
@@ -68,14 +95,17 @@ def convert(src: str | os.PathLike, dst: str | os.PathLike, opset: int = 17,
         opset: ONNX opset (14 or newer). Default: ``17``.
         streaming: ONNX with ``h0``/``c0`` inputs and ``h_n``/``c_n`` outputs.
         verify: run source and result on the same random input
-            ``(2, 8, I)``; fail above ``atol`` (the output is then not written).
+            ``(2, 8, I)`` (with random ``lengths`` when both take them);
+            fail above ``atol`` (the output is then not written).
         force: overwrite an existing ``dst``.
         atol: verification tolerance (max abs difference). Default: ``1e-4``.
+        lengths: ONNX with an int32 ``lengths`` input ``(B,)`` feeding every
+            recurrent node's ``sequence_lens`` (padded batches).
         options: importer options for ``src`` (e.g. ``head="frame"``).
 
     Returns:
         A report dict: ``src``, ``dst``, ``src_format``, ``dst_format``,
-        ``architecture``, ``opset``, ``streaming``, ``max_abs_diff`` (``None``
+        ``architecture``, ``opset``, ``streaming``, ``lengths``, ``max_abs_diff`` (``None``
         without ``verify``), ``atol``, ``compared`` (output names).
 
     Raises:
@@ -88,6 +118,8 @@ def convert(src: str | os.PathLike, dst: str | os.PathLike, opset: int = 17,
     to_onnx = dst.suffix.lower() == ".onnx"
     if streaming and not to_onnx:
         raise ConversionError("--streaming applies to ONNX output only (DST must end in .onnx)")
+    if lengths and not to_onnx:
+        raise ConversionError("--lengths applies to ONNX output only (DST must end in .onnx)")
     if src.resolve() == dst.resolve():
         raise ConversionError("source and destination are the same path")
     check_writable(dst, force)
@@ -96,14 +128,15 @@ def convert(src: str | os.PathLike, dst: str | os.PathLike, opset: int = 17,
     report = {"src": str(src), "dst": str(dst), "src_format": src_format,
               "dst_format": "onnx" if to_onnx else "checkpoint",
               "architecture": _describe(model), "opset": opset if to_onnx else None,
-              "streaming": bool(streaming), "max_abs_diff": None, "atol": atol, "compared": []}
+              "streaming": bool(streaming), "lengths": bool(lengths), "max_abs_diff": None, "atol": atol, "compared": []}
     with atomic_output(dst, force=force, directory=not to_onnx) as tmp:
         if to_onnx:
             import onnx
 
             from edgelstm.converters.onnx_export import export_proto
 
-            onnx.save(export_proto(model, opset=opset, streaming=streaming), str(tmp))
+            onnx.save(export_proto(model, opset=opset, streaming=streaming, lengths=lengths),
+                      str(tmp))
         else:
             save(model, tmp, force=True)
         if verify:
@@ -113,10 +146,14 @@ def convert(src: str | os.PathLike, dst: str | os.PathLike, opset: int = 17,
                                     ).astype(np.float32)
             if not rnn.batch_first:
                 x = np.ascontiguousarray(x.transpose(1, 0, 2))
-            src_out = (_onnx_outputs(src, model, x) if src_format == "onnx"
-                       else _native_outputs(model, x))
-            dst_out = (_onnx_outputs(tmp, model, x) if to_onnx
-                       else _native_outputs(load_checkpoint(tmp), x))
+            # native models always take lengths; an ONNX graph only with the input
+            lens = _verify_lengths(rng, VERIFY_BATCH, VERIFY_STEPS,
+                                   src_format != "onnx" or _takes_lengths(src),
+                                   not to_onnx or _takes_lengths(tmp))
+            src_out = (_onnx_outputs(src, model, x, lens) if src_format == "onnx"
+                       else _native_outputs(model, x, lens))
+            dst_out = (_onnx_outputs(tmp, model, x, lens) if to_onnx
+                       else _native_outputs(load_checkpoint(tmp), x, lens))
             main = getattr(model, "output_names", ["output"])[0]
             if main not in src_out or main not in dst_out:
                 main = _first_common(src_out, dst_out)

@@ -224,7 +224,8 @@ def build_native(walker):
     norm = _normalisation(walker.affine, input_size)
     ins = [walker.input_name] + [i.name for i in walker.graph.input
                                  if i.name != walker.input_name and i.name in walker.env
-                                 and type(walker.env[i.name]).__name__ == "StateIn"]
+                                 and (type(walker.env[i.name]).__name__ == "StateIn"
+                                      or i.name == walker.lengths_input)]
     outs = [main] + [o.name for o in walker.graph.output if o.name != main]
     num_outputs = int(head["W"].shape[0]) if head is not None else None
     model = SequenceModel(rnn, num_outputs=num_outputs, head=head_kind, normalize=norm is not None,
@@ -263,7 +264,12 @@ def check_import(proto, model, walker, atol: float) -> float | None:
     feeds = {walker.input_name: x}
     zero = np.zeros((rnn.num_layers * rnn.num_directions, Bn, rnn.hidden_size), np.float32)
     for name in model.input_names[1:]:
-        feeds[name] = zero
+        if name != walker.lengths_input:
+            feeds[name] = zero
+    lengths = None
+    if walker.lengths_input is not None:  # padded batch: one full, one short sequence
+        lengths = np.array([T, 2], np.int32)
+        feeds[walker.lengths_input] = lengths
     got = None
     for backend in ("onnxruntime", "mlx"):
         try:
@@ -273,7 +279,8 @@ def check_import(proto, model, walker, atol: float) -> float | None:
             continue
     if got is None:
         return None
-    y, final = model(mx.array(x), return_state=True)
+    y, final = model(mx.array(x), lengths=None if lengths is None else mx.array(lengths),
+                     return_state=True)
     final = final if isinstance(final, tuple) else (final,)
     pairs = [(model.output_names[0], np.array(y))]
     for kind, i in (("h", 0), ("c", 1)):

@@ -10,6 +10,11 @@ final hidden state(s) ``Y_h`` (directions concatenated, as
 A streaming export adds ``h0``/``c0`` inputs and ``h_n``/``c_n`` outputs,
 each ``(layers*dirs, B, H)``, as icefall/sherpa-onnx do; the config is
 mirrored in ``metadata_props`` (``edgelstm_config`` plus sherpa-style keys).
+
+A ``lengths`` export adds an int32 input ``lengths`` ``(B,)`` fed to every
+recurrent node's ``sequence_lens``: past a sequence's length ``Y`` is zero
+and ``Y_h`` is the state at its last valid step, as ``SequenceModel`` with
+``lengths`` (a frame head there gives its bias, on either side).
 """
 
 from __future__ import annotations
@@ -28,6 +33,7 @@ DEFAULT_OPSET = 17
 MIN_OPSET = 14  # layout attribute and the Reshape/Squeeze forms used here
 STATE_INPUTS = ("h0", "c0")
 STATE_OUTPUTS = ("h_n", "c_n")
+LENGTHS_INPUT = "lengths"  # the name edgelstm.inference.run_native also takes
 
 # our activation spec name -> ONNX name (ONNX names are case-sensitive)
 _ONNX_ACT = {
@@ -138,7 +144,7 @@ def _head_weight(head) -> np.ndarray:
     return _np(head.weight)
 
 
-def _metadata(model, seq, rnn, streaming: bool) -> dict[str, str]:
+def _metadata(model, seq, rnn, streaming: bool, lengths: bool) -> dict[str, str]:
     from edgelstm import __version__
     from edgelstm.checkpoint import model_config
 
@@ -153,6 +159,7 @@ def _metadata(model, seq, rnn, streaming: bool) -> dict[str, str]:
         "num_directions": str(rnn.num_directions),
         "bidirectional": str(int(rnn.bidirectional)),
         "streaming": str(int(streaming)),
+        "lengths": str(int(lengths)),
         "head": str(seq.head_type if seq is not None else None),
     }
     if seq is not None and seq.labels:
@@ -160,13 +167,16 @@ def _metadata(model, seq, rnn, streaming: bool) -> dict[str, str]:
     return meta
 
 
-def build_onnx(model, opset: int = DEFAULT_OPSET, streaming: bool = False):
+def build_onnx(model, opset: int = DEFAULT_OPSET, streaming: bool = False,
+               lengths: bool = False):
     """Build the ONNX ``ModelProto`` of an edgelstm model (not yet checked or saved).
 
     Args:
         model: ``edgelstm.LSTM``/``GRU``/``RNN`` or ``SequenceModel``.
         opset: default-domain opset, 14 or newer.
         streaming: add state inputs ``h0``/``c0`` and outputs ``h_n``/``c_n``.
+        lengths: add the int32 input ``lengths`` ``(B,)``, every recurrent
+            node's ``sequence_lens``.
 
     Returns:
         An ``onnx.ModelProto`` with input ``(B, T, I)`` and outputs as described
@@ -187,9 +197,9 @@ def build_onnx(model, opset: int = DEFAULT_OPSET, streaming: bool = False):
     dirs, H, L = rnn.num_directions, rnn.hidden_size, rnn.num_layers
     in_name = seq.input_names[0] if seq is not None else "input"
     out_name = seq.output_names[0] if seq is not None else "output"
-    if in_name in STATE_INPUTS or out_name in STATE_OUTPUTS:
+    if in_name in (*STATE_INPUTS, LENGTHS_INPUT) or out_name in (*STATE_OUTPUTS, LENGTHS_INPUT):
         raise ConversionError(f"input/output names {in_name!r}/{out_name!r} clash with the "
-                              "state names h0, c0, h_n, c_n")
+                              "names h0, c0, h_n, c_n, lengths")
     g = _Graph()
     f32 = TensorProto.FLOAT
 
@@ -216,7 +226,8 @@ def build_onnx(model, opset: int = DEFAULT_OPSET, streaming: bool = False):
     for k in range(L):
         w = _layer_weights(rnn, k)
         ins = [x, g.init(f"layers.{k}.W", w["W"]), g.init(f"layers.{k}.R", w["R"]),
-               g.init(f"layers.{k}.B", w["B"]) if w["B"] is not None else "", ""]
+               g.init(f"layers.{k}.B", w["B"]) if w["B"] is not None else "",
+               LENGTHS_INPUT if lengths else ""]
         if streaming:
             starts = g.init(f"state_start_{k}", np.array([k * dirs], np.int64))
             ends = g.init(f"state_end_{k}", np.array([(k + 1) * dirs], np.int64))
@@ -256,6 +267,8 @@ def build_onnx(model, opset: int = DEFAULT_OPSET, streaming: bool = False):
     bt = ["batch", "time"] if rnn.batch_first else ["time", "batch"]
     out_shape = ["batch", out_dim] if head == "sequence" else [*bt, out_dim]
     inputs = [helper.make_tensor_value_info(in_name, f32, [*bt, rnn.input_size])]
+    if lengths:  # sequence_lens is int32 in every opset; no Cast needed
+        inputs.append(helper.make_tensor_value_info(LENGTHS_INPUT, TensorProto.INT32, ["batch"]))
     outputs = [helper.make_tensor_value_info(out_name, f32, out_shape)]
     if streaming:
         state_shape = [L * dirs, "batch", H]
@@ -267,12 +280,12 @@ def build_onnx(model, opset: int = DEFAULT_OPSET, streaming: bool = False):
     graph = helper.make_graph(g.nodes, f"edgelstm_{rnn.cell_type}", inputs, outputs, g.inits)
     onnx_model = helper.make_model_gen_version(
         graph, opset_imports=[helper.make_opsetid("", opset)], producer_name="edgelstm")
-    helper.set_model_props(onnx_model, _metadata(model, seq, rnn, streaming))
+    helper.set_model_props(onnx_model, _metadata(model, seq, rnn, streaming, lengths))
     return onnx_model
 
 
 def to_onnx(model, path: str | os.PathLike, opset: int = DEFAULT_OPSET,
-            streaming: bool = False, force: bool = False) -> Path:
+            streaming: bool = False, force: bool = False, lengths: bool = False) -> Path:
     """Export ``model`` to an ONNX file (checked with ``full_check=True``).
 
     Args:
@@ -282,6 +295,8 @@ def to_onnx(model, path: str | os.PathLike, opset: int = DEFAULT_OPSET,
         streaming: add ``h0``/``c0`` inputs and ``h_n``/``c_n`` outputs
             ``(layers*dirs, B, H)``. Refused for bidirectional models.
         force: replace an existing file.
+        lengths: add the int32 input ``lengths`` ``(B,)`` (valid steps per
+            sequence, ONNX ``sequence_lens``) for padded batches.
 
     Returns:
         The written path.
@@ -293,7 +308,7 @@ def to_onnx(model, path: str | os.PathLike, opset: int = DEFAULT_OPSET,
 
     from edgelstm.fileio import atomic_output
 
-    onnx_model = export_proto(model, opset=opset, streaming=streaming)
+    onnx_model = export_proto(model, opset=opset, streaming=streaming, lengths=lengths)
     with atomic_output(path, force=force) as tmp:
         onnx.save(onnx_model, str(tmp))
     return Path(path)
@@ -321,7 +336,8 @@ def _qdq_config(section: dict | None):
     return dataclasses.replace(config, targets=targets)
 
 
-def export_proto(model, opset: int = DEFAULT_OPSET, streaming: bool = False):
+def export_proto(model, opset: int = DEFAULT_OPSET, streaming: bool = False,
+                 lengths: bool = False):
     """:func:`build_onnx`, in QDQ form for a quantized model, checked with ``full_check``.
 
     Raises:
@@ -329,7 +345,7 @@ def export_proto(model, opset: int = DEFAULT_OPSET, streaming: bool = False):
     """
     import onnx
 
-    onnx_model = build_onnx(model, opset=opset, streaming=streaming)
+    onnx_model = build_onnx(model, opset=opset, streaming=streaming, lengths=lengths)
     qdq = _qdq_config(getattr(model, "quantization", None))
     if qdq is not None:
         from edgelstm.quantize.onnx_qdq import qdq_quantize

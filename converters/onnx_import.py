@@ -7,7 +7,10 @@ states and the head. That covers what PyTorch's TorchScript and dynamo
 exporters and edgelstm's own export write: Transpose/Squeeze/Reshape around
 ``LSTM``/``GRU``/``RNN`` nodes, zero initial states computed from the input
 shape, ``Sub``/``Div`` normalisation, ``MatMul``+``Add`` or ``Gemm`` heads
-on every frame or on the final hidden state(s).
+on every frame or on the final hidden state(s). Recurrent nodes may take
+``sequence_lens`` from an integer graph input named ``lengths`` (edgelstm's
+``--lengths`` export), the same one in every layer: the native model takes
+it as its ``lengths`` feed.
 
 Anything else raises :class:`ConversionError` naming the node it could not
 map; such graphs still run with ``edgelstm run --backend mlx``. Finally the
@@ -25,6 +28,7 @@ from edgelstm.converters.onnx_build import build_native, check_import
 from edgelstm.errors import ConversionError, UnsupportedError
 
 CHECK_ATOL = 1e-4
+LENGTHS_NAME = "lengths"  # the feed name edgelstm.inference.run_native takes
 _PASS = ("Identity", "Dropout", "Cast")
 _DEFAULT_ACTS = {"lstm": ["Sigmoid", "Tanh", "Tanh"], "gru": ["Sigmoid", "Tanh"],
                  "rnn": ["Tanh"]}
@@ -53,6 +57,11 @@ class StateIn:  # rows [lo, hi) of a state graph input
     name: str
     lo: int = 0
     hi: int | None = None
+
+
+@dataclass
+class Lengths:  # the graph input feeding sequence_lens (edgelstm's ``lengths``)
+    name: str
 
 
 @dataclass
@@ -145,8 +154,9 @@ class _Walker:
             raise ConversionError("the graph has no input")
         self.input_name = data_inputs[0].name
         self.env[self.input_name] = Seq(("X0", "X1", "F"), "in")
+        self.lengths_input = None
         for i in data_inputs[1:]:
-            self.env[i.name] = StateIn(i.name)
+            self.env[i.name] = Lengths(i.name) if _is_lengths(i) else StateIn(i.name)
         for node in self.graph.node:
             outs = self.visit(node)
             for name, v in zip(node.output, outs, strict=False):
@@ -266,9 +276,7 @@ class _Walker:
                 src = node.input[i]
                 raise ConversionError(f"{_label(node)}: weight input {what} ('{src}') is not a "
                                       "constant; run the graph with edgelstm run --backend mlx")
-        if len(node.input) > 4 and node.input[4]:
-            raise UnsupportedError(f"{_label(node)}: a sequence_lens input cannot be imported "
-                                   "into a native model; run it with edgelstm run --backend mlx")
+        self.sequence_lens(node, ins, k)
         states = []
         for i in (5, 6):
             v = ins[i] if i < len(ins) else None
@@ -295,6 +303,22 @@ class _Walker:
         rows = [(k, d) for d in range(dirs)]
         outs = [Seq(ylab, ("rnn", k)), State("h", rows, slab), State("c", rows, slab)]
         return outs[: len(node.output)]
+
+    def sequence_lens(self, node, ins, k):
+        """Accept ``sequence_lens`` only as the ``lengths`` graph input, in every layer or none."""
+        v = ins[4] if len(ins) > 4 else None
+        name = v.name if isinstance(v, Lengths) else None
+        if v is not None and name is None:
+            raise UnsupportedError(f"{_label(node)}: a sequence_lens input cannot be imported "
+                                   f"unless it is the integer graph input '{LENGTHS_NAME}' "
+                                   f"(here '{node.input[4]}'); run it with edgelstm run "
+                                   "--backend mlx")
+        if k > 0 and name != self.lengths_input:
+            # the native stack applies lengths to every layer; a partial use has no native form
+            raise UnsupportedError(f"{_label(node)}: sequence_lens differs from the first "
+                                   "recurrent node's; a native model applies lengths to every "
+                                   "layer")
+        self.lengths_input = name
 
     # ----- data-path ops (return None to leave unmapped)
     def op_Transpose(self, node, ins):
@@ -437,6 +461,14 @@ class _Walker:
             b = np.ravel(ins[2].value) * a.get("beta", 1.0)
             b = np.broadcast_to(b, (W.shape[0],)) if b.size == 1 else b
         return Seq(x.labels[:-1] + ("C",), "head", head={"W": W, "b": b, "src": x})
+
+
+def _is_lengths(vi) -> bool:
+    """A graph input named ``lengths`` holding integers (any rank: checked where used)."""
+    from onnx import TensorProto
+
+    t = vi.type.tensor_type
+    return vi.name == LENGTHS_NAME and t.elem_type in (TensorProto.INT32, TensorProto.INT64)
 
 
 def _as_summary(x):

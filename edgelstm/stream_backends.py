@@ -135,7 +135,8 @@ class ORTBackend:
             raise UnsupportedError(f"{Path(path).name} is not a streaming export (no h0 input); "
                                    "re-export it with: edgelstm convert MODEL OUT.onnx --streaming")
         self.is_lstm = "c0" in names
-        self.input_name = next(n for n in names if n not in ("h0", "c0"))
+        self.input_name = next(n for n in names if n not in ("h0", "c0", "lengths"))
+        self.takes_lengths = "lengths" in names  # a --lengths export: every chunk is full
         self.state_names = ["h0", "c0"] if self.is_lstm else ["h0"]
         outs = [o.name for o in proto.graph.output]
         self.output_names = [outs[0], "h_n", "c_n"] if self.is_lstm else [outs[0], "h_n"]
@@ -170,6 +171,8 @@ class ORTBackend:
         """One chunk: ``x`` ``(B, T, I)``; returns numpy output and state."""
         feeds = {self.input_name: np.ascontiguousarray(x, dtype=np.float32)}
         feeds.update(zip(self.state_names, state, strict=True))
+        if self.takes_lengths:
+            feeds["lengths"] = np.full(x.shape[0], x.shape[1], np.int32)
         out = self.session.run(self.output_names, feeds)
         return out[0], list(out[1:])
 

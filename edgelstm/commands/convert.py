@@ -14,6 +14,9 @@ from edgelstm.commands._common import force_option, handle_errors, log
               help="ONNX opset of an .onnx DST.")
 @click.option("--streaming", is_flag=True,
               help="ONNX with state inputs h0/c0 and outputs h_n/c_n (not bidirectional).")
+@click.option("--lengths", is_flag=True,
+              help="ONNX with an int32 input lengths (B,), valid steps per sequence "
+                   "(sequence_lens), for padded batches.")
 @click.option("--verify", is_flag=True,
               help="Run SRC and DST on the same random input; fail above --atol.")
 @click.option("--atol", type=click.FloatRange(min=0), default=1e-4, show_default=True,
@@ -25,7 +28,7 @@ from edgelstm.commands._common import force_option, handle_errors, log
               help="Weight files: the RNN nonlinearity (not stored in the weights).")
 @force_option
 @handle_errors
-def convert(src, dst, opset, streaming, verify, atol, head, nonlinearity, force):
+def convert(src, dst, opset, streaming, lengths, verify, atol, head, nonlinearity, force):
     """Convert SRC to DST; DST ending in .onnx writes ONNX, else a checkpoint directory.
 
     SRC is a checkpoint directory, .onnx, a PyTorch state dict
@@ -34,6 +37,7 @@ def convert(src, dst, opset, streaming, verify, atol, head, nonlinearity, force)
     \b
         $ edgelstm convert model/ model.onnx --verify
         $ edgelstm convert model/ stream.onnx --streaming --opset 19
+        $ edgelstm convert model/ padded.onnx --lengths --verify
         $ edgelstm convert exported.onnx model/
         $ edgelstm convert lstm.pt model/ --head frame
     """
@@ -41,9 +45,11 @@ def convert(src, dst, opset, streaming, verify, atol, head, nonlinearity, force)
 
     if streaming and not dst.lower().endswith(".onnx"):
         raise click.UsageError("--streaming needs an .onnx DST")
+    if lengths and not dst.lower().endswith(".onnx"):
+        raise click.UsageError("--lengths needs an .onnx DST")
     options = {k: v for k, v in (("head", head), ("nonlinearity", nonlinearity)) if v}
     report = convert_model(src, dst, opset=opset, streaming=streaming, verify=verify,
-                           force=force, atol=atol, **options)
+                           force=force, atol=atol, lengths=lengths, **options)
     log(f"wrote {dst} ({report['dst_format']}): {report['architecture']}")
     if verify:
         click.echo(f"max abs diff {report['max_abs_diff']:.3g} "
