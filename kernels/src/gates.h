@@ -17,6 +17,8 @@ namespace edgelstm {
   void rnn_row(const float* g, const float* x, float* h, float* y, int H,    \
                bool relu);                                                   \
   void gemv_nt(const float* w, const float* x, float* out, int N, int K);    \
+  void gemm_nt_small(const float* w, const float* a, float* out, int M,      \
+                     int N, int K, int ldc, bool accumulate);                \
   void gemv_nt_q8(const signed char* q, const float* s, const float* x,      \
                   float* out, int N, int K, bool accumulate);              \
   void expand_q8(const signed char* q, const float* s, float* w, int N,      \
@@ -38,6 +40,7 @@ struct GateFns {
   decltype(&gates_base::gru_n_row) gru_n_row;
   decltype(&gates_base::rnn_row) rnn_row;
   decltype(&gates_base::gemv_nt) gemv_nt;
+  decltype(&gates_base::gemm_nt_small) gemm_nt_small;
   decltype(&gates_base::gemv_nt_q8) gemv_nt_q8;
   decltype(&gates_base::expand_q8) expand_q8;
   const char* isa;

@@ -10,7 +10,8 @@ namespace edgelstm {
 #define EDGELSTM_GATE_TABLE(ns, name)                                     \
   GateFns {                                                               \
     ns::lstm_row, ns::gru_lbr_row, ns::gru_rz_row, ns::gru_n_row,         \
-        ns::rnn_row, ns::gemv_nt, ns::gemv_nt_q8, ns::expand_q8, name     \
+        ns::rnn_row, ns::gemv_nt, ns::gemm_nt_small, ns::gemv_nt_q8,      \
+        ns::expand_q8, name                                               \
   }
 
 const GateFns& gate_fns() {

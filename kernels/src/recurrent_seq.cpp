@@ -37,7 +37,13 @@ constexpr int kRowMajor = 101;
 constexpr int kNoTrans = 111;
 constexpr int kTrans = 112;
 
-// out (M, N) with row stride ldc = a (M, K) @ w[:N]^T, w row-major (N, K).
+// Up to this many rows, fp32 matmuls run the kernel's own single-threaded
+// gemm_nt_small: OpenBLAS sgemm is 2-4x slower at M = 2..7 (EPYC, H = 64-256,
+// recurrent step) and about even from M = 8.
+constexpr int kSmallRows = 7;
+
+// out (M, N) with row stride ldc = a (M, K) @ w[:N]^T (+ beta * out), w
+// row-major (N, K).
 void matmul_nt(
     const float* a,
     const float* w,
@@ -61,6 +67,8 @@ void matmul_nt(
   }
   if (M == 1 && beta == 0.0f) {
     gate_fns().gemv_nt(w, a, out, N, K);
+  } else if (M <= kSmallRows && (beta == 0.0f || beta == 1.0f)) {
+    gate_fns().gemm_nt_small(w, a, out, M, N, K, ldc, beta != 0.0f);
   } else if (M == 1) {
     cblas_sgemv(kRowMajor, kNoTrans, N, K, 1.0f, w, K, a, 1, beta, out, 1);
   } else {
