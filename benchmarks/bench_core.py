@@ -178,8 +178,8 @@ class Workload:
         return run
 
 
-def _pass(run: Callable, wl: Workload) -> tuple[list[float], np.ndarray]:
-    """One pass over the workload's chunks (state carried); ms per call and last y."""
+def _pass(run: Callable, wl) -> tuple[list[float], np.ndarray]:
+    """One pass over ``wl.chunks`` (state carried); ms per call and last y."""
     times, state, y = [], None, None
     for k in range(len(wl.chunks)):
         t0 = time.perf_counter()
@@ -188,8 +188,17 @@ def _pass(run: Callable, wl: Workload) -> tuple[list[float], np.ndarray]:
     return times, np.asarray(y)
 
 
-def _bench(runners: dict[str, Callable], wl: Workload, repeat: int) -> dict[str, dict]:
-    """Interleave implementations pass by pass so background load hits all alike."""
+def _bench(runners: dict[str, Callable], wl, repeat: int) -> dict[str, dict]:
+    """Interleave implementations pass by pass so background load hits all alike.
+
+    Args:
+        runners: name -> ``run(chunk index, state) -> (y, state)``.
+        wl: a workload with ``chunks`` (the input chunks of one pass).
+        repeat: timed passes (after two warm-up passes).
+
+    Returns:
+        name -> ``{"ms": median, "min_ms": min, "y": last output as numpy}``.
+    """
     times = {name: [] for name in runners}
     ys = {}
     for r in range(repeat + 2):  # two warm-up passes
@@ -201,6 +210,42 @@ def _bench(runners: dict[str, Callable], wl: Workload, repeat: int) -> dict[str,
         name: {"ms": statistics.median(t), "min_ms": min(t), "y": ys[name]}
         for name, t in times.items()
     }
+
+
+def _print_env(threads: int) -> None:
+    """Print the BLAS, MLX and kernel build and the thread cap (the table preamble)."""
+    print(f"BLAS: {_blas.BLAS}; mlx {mx.__version__}; kernels: {kernels.reason()}")
+    print(f"threads: {threads if threads > 0 else 'library defaults'}")
+
+
+def _print_table(title: str, columns: list[tuple[str, int]], rows: list[list[str]]) -> None:
+    """Print ``title`` and a Markdown table: first column left-aligned, the rest right-aligned.
+
+    Args:
+        title: printed after a blank line.
+        columns: ``(header, width)`` per column.
+        rows: formatted cells, one list per row, in column order.
+    """
+
+    def line(cells):
+        (first, w0), *rest = zip(cells, (w for _, w in columns), strict=True)
+        return "| " + " | ".join([f"{first:<{w0}}"] + [f"{c:>{w}}" for c, w in rest]) + " |"
+
+    print(f"\n{title}")
+    print(line([h for h, _ in columns]))
+    widths = [w for _, w in columns]
+    print("|" + "|".join(["-" * (widths[0] + 2)] + ["-" * (w + 1) + ":" for w in widths[1:]]) + "|")
+    for r in rows:
+        print(line(r))
+
+
+def _write_json(path: str | None, results: list[dict]) -> None:
+    """Write the per-workload results with the BLAS and MLX versions to ``path`` (if given)."""
+    if path:
+        with open(path, "w") as fh:
+            json.dump(
+                {"blas": _blas.BLAS, "mlx": mx.__version__, "workloads": results}, fh, indent=2
+            )
 
 
 THREADS = 0
@@ -268,9 +313,7 @@ def main(argv=None) -> int:
         print(f"fused kernels unavailable: {kernels.reason()}", file=sys.stderr)
         del impls["edgelstm kernel (fast=True)"]
 
-    threads = args.threads if args.threads > 0 else "library defaults"
-    print(f"BLAS: {_blas.BLAS}; mlx {mx.__version__}; kernels: {kernels.reason()}")
-    print(f"threads: {threads}")
+    _print_env(args.threads)
     results = []
     for wl in workloads:
         out = _bench({name: make(wl) for name, make in impls.items()}, wl, args.repeat)
@@ -285,25 +328,30 @@ def main(argv=None) -> int:
             for n, o in out.items()
         ]
         base = next((r["ms"] for r in rows if "kernel" in r["impl"]), None)
-        print(f"\n{wl.name}")
-        print(
-            f"| {'implementation':<34} | {'median ms':>9} | {'min ms':>8} | {'x kernel':>8} "
-            f"| {'max|dy|':>8} |"
-        )
-        print(f"|{'-' * 36}|{'-' * 11}:|{'-' * 9}:|{'-' * 9}:|{'-' * 9}:|")
         for r in rows:
             r["vs_kernel"] = r["ms"] / base if base else None
-            ratio = f"{r['vs_kernel']:.2f}" if base else "-"
-            print(
-                f"| {r['impl']:<34} | {r['ms']:>9.3f} | {r['min_ms']:>8.3f} | {ratio:>8} "
-                f"| {r['max_abs_diff']:>8.1e} |"
-            )
+        _print_table(
+            wl.name,
+            [
+                ("implementation", 34),
+                ("median ms", 9),
+                ("min ms", 8),
+                ("x kernel", 8),
+                ("max|dy|", 8),
+            ],
+            [
+                [
+                    r["impl"],
+                    f"{r['ms']:.3f}",
+                    f"{r['min_ms']:.3f}",
+                    f"{r['vs_kernel']:.2f}" if base else "-",
+                    f"{r['max_abs_diff']:.1e}",
+                ]
+                for r in rows
+            ],
+        )
         results.append({"workload": wl.name, "results": rows})
-    if args.json:
-        with open(args.json, "w") as fh:
-            json.dump(
-                {"blas": _blas.BLAS, "mlx": mx.__version__, "workloads": results}, fh, indent=2
-            )
+    _write_json(args.json, results)
     return 0
 
 

@@ -19,10 +19,7 @@ Usage: ``.venv/bin/python benchmarks/bench_quant.py [--repeat N] [--threads 1] [
 from __future__ import annotations
 
 import argparse
-import json
-import statistics
 import sys
-import time
 from collections.abc import Callable
 
 import edgelstm  # noqa: F401  (loads OpenBLAS before mlx.core)
@@ -30,9 +27,9 @@ import edgelstm  # noqa: F401  (loads OpenBLAS before mlx.core)
 # isort: split
 import mlx.core as mx
 import numpy as np
-from bench_core import _set_threads
+from bench_core import _bench, _print_env, _print_table, _set_threads, _write_json
 
-from edgelstm import _blas, kernels
+from edgelstm import kernels
 from edgelstm.layers import LSTM
 from edgelstm.quantize import quantize_mlx
 from edgelstm.quantize.mlx_quant import _QuantizedCellMixin
@@ -79,39 +76,25 @@ class Workload:
         return run_expanded
 
 
-def _pass(run: Callable, n_chunks: int) -> tuple[list[float], np.ndarray]:
-    times, state, y = [], None, None
-    for k in range(n_chunks):
-        t0 = time.perf_counter()
-        y, state = run(k, state)
-        times.append((time.perf_counter() - t0) * 1e3)
-    return times, np.array(y)
-
-
 def bench(wl: Workload, repeat: int) -> list[dict]:
+    """Time the three runners on ``wl``; one result row each, compared with fp32 and expand."""
     runners = {
         "fp32 kernel": wl.runner(wl.fp32),
         "int8 kernel": wl.runner(wl.int8),
         "int8 expand (previous)": wl.runner(wl.int8, expand=True),
     }
-    times = {n: [] for n in runners}
-    ys = {}
-    for r in range(repeat + 2):  # two warm-up passes
-        for name, run in runners.items():
-            t, ys[name] = _pass(run, len(wl.chunks))
-            if r >= 2:
-                times[name].extend(t)
-    base = statistics.median(times["fp32 kernel"])
+    out = _bench(runners, wl, repeat)
+    fp32, expand = out["fp32 kernel"], out["int8 expand (previous)"]
     return [
         {
             "impl": n,
-            "ms": statistics.median(t),
-            "min_ms": min(t),
-            "vs_fp32": statistics.median(t) / base,
-            "max_abs_diff_fp32": float(np.abs(ys[n] - ys["fp32 kernel"]).max()),
-            "max_abs_diff_expand": float(np.abs(ys[n] - ys["int8 expand (previous)"]).max()),
+            "ms": o["ms"],
+            "min_ms": o["min_ms"],
+            "vs_fp32": o["ms"] / fp32["ms"],
+            "max_abs_diff_fp32": float(np.abs(o["y"] - fp32["y"]).max()),
+            "max_abs_diff_expand": float(np.abs(o["y"] - expand["y"]).max()),
         }
-        for n, t in times.items()
+        for n, o in out.items()
     ]
 
 
@@ -133,28 +116,34 @@ def main(argv=None) -> int:
     ]
     if not args.no_batch:
         workloads.append(Workload("B=8 T=100 I=40 H=128 forward", 8, 100, 128, 1, False))
-    print(f"BLAS: {_blas.BLAS}; mlx {mx.__version__}; kernels: {kernels.reason()}")
-    print(f"threads: {args.threads if args.threads > 0 else 'library defaults'}")
+    _print_env(args.threads)
     results = []
     for wl in workloads:
         rows = bench(wl, args.repeat)
-        print(f"\n{wl.name}")
-        print(
-            f"| {'implementation':<24} | {'median ms':>9} | {'min ms':>8} | {'x fp32':>6} "
-            f"| {'max|dy| fp32':>12} | {'max|dy| expand':>14} |"
+        _print_table(
+            wl.name,
+            [
+                ("implementation", 24),
+                ("median ms", 9),
+                ("min ms", 8),
+                ("x fp32", 6),
+                ("max|dy| fp32", 12),
+                ("max|dy| expand", 14),
+            ],
+            [
+                [
+                    r["impl"],
+                    f"{r['ms']:.3f}",
+                    f"{r['min_ms']:.3f}",
+                    f"{r['vs_fp32']:.2f}",
+                    f"{r['max_abs_diff_fp32']:.1e}",
+                    f"{r['max_abs_diff_expand']:.1e}",
+                ]
+                for r in rows
+            ],
         )
-        print(f"|{'-' * 26}|{'-' * 10}:|{'-' * 9}:|{'-' * 7}:|{'-' * 13}:|{'-' * 15}:|")
-        for r in rows:
-            print(
-                f"| {r['impl']:<24} | {r['ms']:>9.3f} | {r['min_ms']:>8.3f} | {r['vs_fp32']:>6.2f} "
-                f"| {r['max_abs_diff_fp32']:>12.1e} | {r['max_abs_diff_expand']:>14.1e} |"
-            )
         results.append({"workload": wl.name, "results": rows})
-    if args.json:
-        with open(args.json, "w") as fh:
-            json.dump(
-                {"blas": _blas.BLAS, "mlx": mx.__version__, "workloads": results}, fh, indent=2
-            )
+    _write_json(args.json, results)
     return 0
 
 
