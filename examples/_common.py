@@ -12,7 +12,8 @@ from pathlib import Path
 import numpy as np
 
 import edgelstm  # noqa: F401  (loads the BLAS before mlx)
-from edgelstm.train import count_parameters, evaluate, predict_scores
+from edgelstm.data import Dataset, load_dataset
+from edgelstm.train import count_parameters, evaluate, predict_scores, train
 
 
 def data_dir(description: str) -> Path:
@@ -27,6 +28,28 @@ def data_dir(description: str) -> Path:
     if not root.is_dir():
         raise SystemExit(f"data folder {root} not found; pass --data")
     return root
+
+
+def load_splits(folder: Path, **kwargs) -> tuple[Dataset, Dataset]:
+    """The ``train`` and ``test`` splits of ``folder`` (``kwargs`` go to ``load_dataset``)."""
+    return load_dataset(folder, "train", **kwargs), load_dataset(folder, "test", **kwargs)
+
+
+def train_and_finish(here: Path, model: dict, training: dict, train_set: Dataset,
+                     test_set: Dataset, **kwargs):
+    """Train ``model`` (a config) on ``train_set``, then :func:`finish` with ``test_set``.
+
+    ``train()`` seeds (``training["seed"]``), then builds the model: init is
+    reproducible. ``kwargs`` (e.g. ``log``) go to ``train()``. Returns the model.
+    """
+    (net, history), seconds = timed(train, model, train_set, **kwargs, **training)
+    finish(here, net, test_set, {"model": model, "training": training}, history, seconds)
+    return net
+
+
+def write_labels(samples: Path, labels: dict[str, str]) -> None:
+    """Write ``samples/labels.json`` (file name -> expected label), as :func:`run_samples` reads."""
+    (samples / "labels.json").write_text(json.dumps(labels, indent=2) + "\n")
 
 
 def finish(here: Path, model, test, settings: dict, history: dict, seconds: float) -> dict:

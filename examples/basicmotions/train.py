@@ -7,7 +7,6 @@ Writes model/, metrics.json and samples/ next to this script:
 
 from __future__ import annotations
 
-import json
 import sys
 from pathlib import Path
 
@@ -16,10 +15,7 @@ import numpy as np
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent))
 
-from _common import data_dir, finish, timed  # noqa: E402
-
-from edgelstm.data import load_dataset  # noqa: E402
-from edgelstm.train import train  # noqa: E402
+from _common import data_dir, load_splits, train_and_finish, write_labels  # noqa: E402
 
 # One LSTM layer, last-step (sequence) head. Random windows of >= 50% of each
 # recording regularise the 40-recording training set.
@@ -30,12 +26,8 @@ TRAINING = {"epochs": 150, "lr": 2e-3, "batch_size": 8, "seed": 0, "validation":
 
 
 def main():
-    folder = data_dir(__doc__) / "uea" / "BasicMotions"
-    train_set = load_dataset(folder, "train")
-    test_set = load_dataset(folder, "test")
-    # train() seeds, then builds the model from MODEL: init is reproducible
-    (model, history), seconds = timed(train, MODEL, train_set, **TRAINING)
-    finish(HERE, model, test_set, {"model": MODEL, "training": TRAINING}, history, seconds)
+    train_set, test_set = load_splits(data_dir(__doc__) / "uea" / "BasicMotions")
+    train_and_finish(HERE, MODEL, TRAINING, train_set, test_set)
     write_samples(test_set)
 
 
@@ -53,7 +45,7 @@ def write_samples(test_set):
     np.savetxt(out / f"{stem}.csv", test_set.x[k], delimiter=",", fmt="%.6f",
                header="acc_x,acc_y,acc_z,gyr_x,gyr_y,gyr_z", comments="")
     labels[f"{stem}.csv"] = name
-    (out / "labels.json").write_text(json.dumps(labels, indent=2) + "\n")
+    write_labels(out, labels)
 
 
 if __name__ == "__main__":

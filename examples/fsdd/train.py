@@ -8,7 +8,6 @@ takes 0-4 test. Writes model/, metrics.json and copies the sample WAVs:
 
 from __future__ import annotations
 
-import json
 import shutil
 import sys
 from pathlib import Path
@@ -16,10 +15,9 @@ from pathlib import Path
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent))
 
-from _common import data_dir, finish, timed  # noqa: E402
+from _common import data_dir, load_splits, train_and_finish, write_labels  # noqa: E402
 
-from edgelstm.data import FSDD_FEATURES, load_dataset  # noqa: E402
-from edgelstm.train import train  # noqa: E402
+from edgelstm.data import FSDD_FEATURES  # noqa: E402
 
 # 13 MFCCs every 10 ms (25 ms frames) from 8 kHz audio; the front end is stored
 # in the model, so `edgelstm stream` computes the same features from a WAV.
@@ -36,15 +34,13 @@ SAMPLES = {"2_nicolas_0.wav": "2", "5_theo_1.wav": "5", "8_jackson_2.wav": "8"}
 
 def main():
     root = data_dir(__doc__) / "fsdd"
-    train_set = load_dataset(root, "train", features=FSDD_FEATURES)
-    test_set = load_dataset(root, "test", features=FSDD_FEATURES)
-    (model, history), seconds = timed(train, MODEL, train_set, log=print, **TRAINING)
-    finish(HERE, model, test_set, {"model": MODEL, "training": TRAINING}, history, seconds)
+    train_set, test_set = load_splits(root, features=FSDD_FEATURES)
+    train_and_finish(HERE, MODEL, TRAINING, train_set, test_set, log=print)
     out = HERE / "samples"
     out.mkdir(exist_ok=True)
     for name in SAMPLES:
         shutil.copyfile(root / "recordings" / name, out / name)
-    (out / "labels.json").write_text(json.dumps(SAMPLES, indent=2) + "\n")
+    write_labels(out, SAMPLES)
 
 
 if __name__ == "__main__":

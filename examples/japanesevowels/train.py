@@ -7,7 +7,6 @@ Writes model/, metrics.json and samples/ next to this script:
 
 from __future__ import annotations
 
-import json
 import sys
 from pathlib import Path
 
@@ -16,10 +15,7 @@ import numpy as np
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent))
 
-from _common import data_dir, finish, timed  # noqa: E402
-
-from edgelstm.data import load_dataset  # noqa: E402
-from edgelstm.train import train  # noqa: E402
+from _common import data_dir, load_splits, train_and_finish, write_labels  # noqa: E402
 
 # Sequences are 7-29 frames of 12 LPC cepstra, zero-padded to 29 in a batch;
 # per-sequence lengths keep the padding out of the recurrence and the head
@@ -29,11 +25,8 @@ TRAINING = {"epochs": 60, "lr": 3e-3, "batch_size": 16, "seed": 0, "validation":
 
 
 def main():
-    folder = data_dir(__doc__) / "uea" / "JapaneseVowels"
-    train_set = load_dataset(folder, "train")
-    test_set = load_dataset(folder, "test")
-    (model, history), seconds = timed(train, MODEL, train_set, **TRAINING)
-    finish(HERE, model, test_set, {"model": MODEL, "training": TRAINING}, history, seconds)
+    train_set, test_set = load_splits(data_dir(__doc__) / "uea" / "JapaneseVowels")
+    train_and_finish(HERE, MODEL, TRAINING, train_set, test_set)
     write_samples(test_set)
 
 
@@ -49,7 +42,7 @@ def write_samples(test_set):
         file = f"speaker{name}_test{k:03d}_len{T}.npy"
         np.save(out / file, test_set.x[k, :T])
         labels[file] = name
-    (out / "labels.json").write_text(json.dumps(labels, indent=2) + "\n")
+    write_labels(out, labels)
 
 
 if __name__ == "__main__":
