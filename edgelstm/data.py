@@ -216,7 +216,12 @@ def load_dataset(spec: str | os.PathLike, split: str = "train", features=None) -
                     "*_TRAIN.ts/*_TEST.ts, a folder of FSDD .wav recordings, or an .npz")
 
 
-def _load_npz(path: Path) -> Dataset:
+def read_npz(path: Path) -> dict[str, np.ndarray]:
+    """Every array of an ``.npz`` file with ``x`` and ``y`` arrays, by name (no pickles).
+
+    Raises:
+        DataError: the file cannot be read, or has no ``x`` or ``y``.
+    """
     try:
         with np.load(path, allow_pickle=False) as d:
             arrays = {k: d[k] for k in d.files}
@@ -225,6 +230,11 @@ def _load_npz(path: Path) -> Dataset:
     for key in ("x", "y"):
         if key not in arrays:
             raise DataError(f"{path} has no {key!r} array (found {', '.join(sorted(arrays))})")
+    return arrays
+
+
+def _load_npz(path: Path) -> Dataset:
+    arrays = read_npz(path)
     labels = arrays.get("labels")
     labels = [str(v) for v in labels.tolist()] if labels is not None else None
     x = arrays["x"]

@@ -13,6 +13,7 @@ from pathlib import Path
 
 import numpy as np
 
+from edgelstm.data import read_npz
 from edgelstm.errors import DataError
 
 #: ``predict(x (B, T, I), lengths (B,) | None) -> output`` ((B, C) or (B, T, C)).
@@ -124,14 +125,7 @@ def load_eval_data(path: str | os.PathLike, model=None) -> dict[str, np.ndarray]
     path = Path(path)
     if path.suffix != ".npz":
         return _dataset_eval_data(path, model)
-    try:
-        with np.load(path, allow_pickle=False) as f:
-            data = {k: f[k] for k in f.files}
-    except (OSError, ValueError) as exc:
-        raise DataError(f"cannot read {path}: {exc}") from None
-    for key in ("x", "y"):
-        if key not in data:
-            raise DataError(f"{path.name} has no {key!r} array (found {', '.join(data)})")
+    data = read_npz(path)
     x, y = data["x"], data["y"]
     if x.ndim != 3 or not np.issubdtype(x.dtype, np.floating):
         raise DataError(f"x must be a float array (N, T, I), got {x.dtype} {x.shape}")
