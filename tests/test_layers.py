@@ -14,17 +14,24 @@ from edgelstm.errors import ConfigError
 
 ATOL = 1e-5
 KINDS = {"lstm": edgelstm.LSTM, "gru": edgelstm.GRU, "rnn": edgelstm.RNN}
+MLX_NN = {"lstm": nn.LSTM, "gru": nn.GRU, "rnn": nn.RNN}
 
 
 def _close(a, b, atol=ATOL):
     np.testing.assert_allclose(np.array(a), np.array(b), atol=atol, rtol=1e-5)
 
 
+def _mlx_nn_pair(kind, input_size, hidden):
+    """An mlx.nn layer and a one-layer edgelstm stack (eval mode) with its weights."""
+    ref = MLX_NN[kind](input_size, hidden)
+    ours = KINDS[kind](input_size, hidden).eval()
+    ours.layers[0].forward.update(ref.parameters())
+    return ref, ours
+
+
 @pytest.mark.parametrize("kind", ["lstm", "gru", "rnn"])
 def test_mlx_nn_weights_load_unchanged(kind):
-    ref = {"lstm": nn.LSTM, "gru": nn.GRU, "rnn": nn.RNN}[kind](5, 7)
-    ours = KINDS[kind](5, 7).eval()
-    ours.layers[0].forward.update(ref.parameters())
+    ref, ours = _mlx_nn_pair(kind, 5, 7)
     x = mx.random.normal((3, 11, 5))
     y, _ = ours(x)
     want = ref(x)[0] if kind == "lstm" else ref(x)
@@ -36,9 +43,7 @@ def test_mlx_nn_weights_load_unchanged(kind):
 
 @pytest.mark.parametrize("kind", ["lstm", "gru", "rnn"])
 def test_mlx_nn_state_argument(kind):
-    ref = {"lstm": nn.LSTM, "gru": nn.GRU, "rnn": nn.RNN}[kind](4, 6)
-    ours = KINDS[kind](4, 6).eval()
-    ours.layers[0].forward.update(ref.parameters())
+    ref, ours = _mlx_nn_pair(kind, 4, 6)
     x = mx.random.normal((2, 5, 4))
     h0 = mx.random.normal((2, 6))
     if kind == "lstm":
