@@ -19,108 +19,100 @@ NB_MODULE(_ext, m) {
       "Instruction set of the gate loops in use: 'avx2' or 'baseline'.");
   // Feature flag for edgelstm.kernels: Wh/Wx may be int8 with *_scales.
   m.attr("int8_weights") = true;
-  m.def(
+  // Every *_seq takes xp, Wh first and ends with the in-primitive
+  // projection and int8 scales; `args` are the cell's own in between.
+  auto def_seq = [&](const char* name, auto fn, const char* doc, auto... args) {
+    m.def(
+        name,
+        fn,
+        "xp"_a,
+        "Wh"_a,
+        args...,
+        "Wx"_a = nb::none(),
+        "bias"_a = nb::none(),
+        "Wh_scales"_a = nb::none(),
+        "Wx_scales"_a = nb::none(),
+        doc);
+  };
+  def_seq(
       "lstm_seq",
       &edgelstm::lstm_seq,
-      "xp"_a,
-      "Wh"_a,
+      "LSTM over a sequence: returns [y, h_n, c_n]. Gate order i, f, g, o.\n"
+      "With Wx (and bias), the first argument is the raw input x and the\n"
+      "projection x @ Wx.T + bias runs inside the primitive. Wh / Wx may\n"
+      "be int8 with float32 per-row Wh_scales / Wx_scales (W = q * s).",
       "h0"_a = nb::none(),
       "c0"_a = nb::none(),
       "lengths"_a = nb::none(),
       nb::kw_only(),
       "reverse"_a = false,
-      "batch_first"_a = false,
-      "Wx"_a = nb::none(),
-      "bias"_a = nb::none(),
-      "Wh_scales"_a = nb::none(),
-      "Wx_scales"_a = nb::none(),
-      "LSTM over a sequence: returns [y, h_n, c_n]. Gate order i, f, g, o.\n"
-      "With Wx (and bias), the first argument is the raw input x and the\n"
-      "projection x @ Wx.T + bias runs inside the primitive. Wh / Wx may\n"
-      "be int8 with float32 per-row Wh_scales / Wx_scales (W = q * s).");
-  m.def(
+      "batch_first"_a = false);
+  def_seq(
       "gru_seq",
       &edgelstm::gru_seq,
-      "xp"_a,
-      "Wh"_a,
+      "GRU over a sequence: returns [y, h_n]. Gate order r, z, n.",
       "bhn"_a = nb::none(),
       "h0"_a = nb::none(),
       "lengths"_a = nb::none(),
       nb::kw_only(),
       "reverse"_a = false,
       "linear_before_reset"_a = true,
-      "batch_first"_a = false,
-      "Wx"_a = nb::none(),
-      "bias"_a = nb::none(),
-      "Wh_scales"_a = nb::none(),
-      "Wx_scales"_a = nb::none(),
-      "GRU over a sequence: returns [y, h_n]. Gate order r, z, n.");
-  m.def(
+      "batch_first"_a = false);
+  def_seq(
       "rnn_seq",
       &edgelstm::rnn_seq,
-      "xp"_a,
-      "Wh"_a,
+      "Elman RNN (tanh or relu) over a sequence: returns [y, h_n].",
       "h0"_a = nb::none(),
       "lengths"_a = nb::none(),
       nb::kw_only(),
       "reverse"_a = false,
       "relu"_a = false,
-      "batch_first"_a = false,
-      "Wx"_a = nb::none(),
-      "bias"_a = nb::none(),
-      "Wh_scales"_a = nb::none(),
-      "Wx_scales"_a = nb::none(),
-      "Elman RNN (tanh or relu) over a sequence: returns [y, h_n].");
+      "batch_first"_a = false);
 
   // Unidirectional stacks: every layer in one primitive. Per-layer lists;
   // None entries (or an empty list) for absent biases / float weights.
   const auto none_list = edgelstm::OptArrayList{};
-  m.def(
+  auto def_stack = [&](const char* name, auto fn, const char* doc, auto... args) {
+    m.def(
+        name,
+        fn,
+        "x"_a,
+        "Wx"_a,
+        "Wh"_a,
+        "bias"_a = none_list,
+        args...,
+        "Wx_scales"_a = none_list,
+        "Wh_scales"_a = none_list,
+        doc);
+  };
+  def_stack(
       "lstm_stack",
       &edgelstm::lstm_stack,
-      "x"_a,
-      "Wx"_a,
-      "Wh"_a,
-      "bias"_a = none_list,
+      "LSTM stack over a sequence: returns [y (last layer), h_n (L,B,H),\n"
+      "c_n (L,B,H)]. x is (T,B,I), or (B,T,I) when batch_first; h0 / c0\n"
+      "(L,B,H). Each layer runs exactly as lstm_seq with Wx and bias.",
       "h0"_a = nb::none(),
       "c0"_a = nb::none(),
       "lengths"_a = nb::none(),
       nb::kw_only(),
-      "batch_first"_a = false,
-      "Wx_scales"_a = none_list,
-      "Wh_scales"_a = none_list,
-      "LSTM stack over a sequence: returns [y (last layer), h_n (L,B,H),\n"
-      "c_n (L,B,H)]. x is (T,B,I), or (B,T,I) when batch_first; h0 / c0\n"
-      "(L,B,H). Each layer runs exactly as lstm_seq with Wx and bias.");
-  m.def(
+      "batch_first"_a = false);
+  def_stack(
       "gru_stack",
       &edgelstm::gru_stack,
-      "x"_a,
-      "Wx"_a,
-      "Wh"_a,
-      "bias"_a = none_list,
+      "GRU stack over a sequence: returns [y, h_n (L,B,H)].",
       "bhn"_a = none_list,
       "h0"_a = nb::none(),
       "lengths"_a = nb::none(),
       nb::kw_only(),
       "linear_before_reset"_a = true,
-      "batch_first"_a = false,
-      "Wx_scales"_a = none_list,
-      "Wh_scales"_a = none_list,
-      "GRU stack over a sequence: returns [y, h_n (L,B,H)].");
-  m.def(
+      "batch_first"_a = false);
+  def_stack(
       "rnn_stack",
       &edgelstm::rnn_stack,
-      "x"_a,
-      "Wx"_a,
-      "Wh"_a,
-      "bias"_a = none_list,
+      "Elman RNN stack over a sequence: returns [y, h_n (L,B,H)].",
       "h0"_a = nb::none(),
       "lengths"_a = nb::none(),
       nb::kw_only(),
       "relu"_a = false,
-      "batch_first"_a = false,
-      "Wx_scales"_a = none_list,
-      "Wh_scales"_a = none_list,
-      "Elman RNN stack over a sequence: returns [y, h_n (L,B,H)].");
+      "batch_first"_a = false);
 }

@@ -4,6 +4,7 @@
 #pragma once
 
 #include <cstdint>
+#include <memory>
 #include <optional>
 #include <string>
 #include <vector>
@@ -41,6 +42,11 @@ const T* row_major(const mx::array& a, std::vector<T>& buf) {
   return buf.data();
 }
 
+// Gates per step: 4 (LSTM), 3 (GRU), 1 (RNN).
+inline int gate_count(Cell cell) {
+  return cell == Cell::LSTM ? 4 : (cell == Cell::GRU ? 3 : 1);
+}
+
 // One direction of one layer, on raw buffers. `x` is the projected input
 // xp (T*B rows of G) or, with `wx`, the raw input (T*B rows of I) projected
 // here; rows follow cfg.batch_first. h / c hold the state throughout (h0 / c0
@@ -75,7 +81,16 @@ void run_layer(const SeqConfig& cfg, int T, int B, const LayerIO& io);
     }                                    \
   } while (0)
 
+std::string shape_str(const mx::Shape& shape);
 std::string shape_str(const mx::array& a);
+
+// Fails unless `a` has exactly `shape` ("<name> must be (..), got (..)")
+// and `dtype`, float32 or int32 ("<name> must be float32").
+void check_input(
+    const mx::array& a,
+    const std::string& name,
+    const mx::Shape& shape,
+    mx::Dtype dtype);
 
 // Checks one layer's weights: Wh (gates*H, H), Wx (gates*H, in_width) when
 // given, bias (gates*H,), per-row scales with int8 weights. `what` prefixes
@@ -90,5 +105,36 @@ void check_weights(
     const std::optional<mx::array>& Wh_scales,
     const std::optional<mx::array>& Wx_scales,
     const std::string& what = "");
+
+// When `a` is given: checks it (check_input), appends it to `inputs` and
+// returns true.
+bool add_input(
+    std::vector<mx::array>& inputs,
+    const std::optional<mx::array>& a,
+    const std::string& name,
+    const mx::Shape& shape,
+    mx::Dtype dtype);
+
+// Outputs {y, h_n[, c_n]} for input x (T,B,..), or (B,T,..) when
+// batch_first: y (.., .., H); states (B,H), or (layers,B,H) for a stack.
+std::vector<mx::Shape> fused_output_shapes(
+    Cell cell,
+    bool batch_first,
+    const mx::array& x,
+    int H,
+    std::optional<int> layers = std::nullopt);
+
+// The float32 outputs of primitive P (built with `cfg`, on the CPU stream)
+// over `inputs`, shaped by P::output_shapes.
+template <typename P, typename Config>
+std::vector<mx::array> make_outputs(
+    Config cfg,
+    const std::vector<mx::array>& inputs) {
+  auto stream = mx::to_stream(mx::StreamOrDevice{}, mx::Device::cpu);
+  auto p = std::make_shared<P>(stream, std::move(cfg));
+  auto shapes = p->output_shapes(inputs);
+  std::vector<mx::Dtype> dtypes(shapes.size(), mx::float32);
+  return mx::array::make_arrays(std::move(shapes), dtypes, p, inputs);
+}
 
 } // namespace edgelstm::detail

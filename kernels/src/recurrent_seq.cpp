@@ -152,7 +152,7 @@ Weight load_weight(
 namespace detail {
 
 void run_layer(const SeqConfig& cfg, int T, int B, const LayerIO& io) {
-  const int gates = cfg.cell == Cell::LSTM ? 4 : (cfg.cell == Cell::GRU ? 3 : 1);
+  const int gates = gate_count(cfg.cell);
   const int H = io.wh->shape(1);
   const int G = gates * H;
   const GateFns& fns = gate_fns();
@@ -296,16 +296,91 @@ void fail(const std::string& msg) {
   throw std::invalid_argument("[edgelstm_kernels] " + msg);
 }
 
-std::string shape_str(const mx::array& a) {
+void refuse(const std::string& msg) {
+  throw std::runtime_error("[edgelstm_kernels] " + msg);
+}
+
+std::string shape_str(const mx::Shape& shape) {
   std::ostringstream os;
   os << "(";
-  for (int d = 0; d < a.ndim(); ++d) {
-    os << (d ? ", " : "") << a.shape(d);
+  for (size_t d = 0; d < shape.size(); ++d) {
+    os << (d ? ", " : "") << shape[d];
   }
-  os << (a.ndim() == 1 ? ",)" : ")");
+  os << (shape.size() == 1 ? ",)" : ")");
   return os.str();
 }
 
+std::string shape_str(const mx::array& a) {
+  return shape_str(a.shape());
+}
+
+void check_input(
+    const mx::array& a,
+    const std::string& name,
+    const mx::Shape& shape,
+    mx::Dtype dtype) {
+  EDGELSTM_CHECK(
+      a.shape() == shape,
+      name + " must be " + shape_str(shape) + ", got " + shape_str(a));
+  EDGELSTM_CHECK(
+      a.dtype() == dtype,
+      name + " must be " + (dtype == mx::int32 ? "int32" : "float32"));
+}
+
+bool add_input(
+    std::vector<mx::array>& inputs,
+    const std::optional<mx::array>& a,
+    const std::string& name,
+    const mx::Shape& shape,
+    mx::Dtype dtype) {
+  if (a) {
+    check_input(*a, name, shape, dtype);
+    inputs.push_back(*a);
+  }
+  return a.has_value();
+}
+
+std::vector<mx::Shape> fused_output_shapes(
+    Cell cell,
+    bool batch_first,
+    const mx::array& x,
+    int H,
+    std::optional<int> layers) {
+  const int T = batch_first ? x.shape(1) : x.shape(0);
+  const int B = batch_first ? x.shape(0) : x.shape(1);
+  mx::Shape state = layers ? mx::Shape{*layers, B, H} : mx::Shape{B, H};
+  std::vector<mx::Shape> shapes = {
+      batch_first ? mx::Shape{B, T, H} : mx::Shape{T, B, H}, state};
+  if (cell == Cell::LSTM) {
+    shapes.push_back(state);
+  }
+  return shapes;
+}
+
+void dispatch_cpu(
+    mx::Stream stream,
+    const std::vector<mx::array>& inputs,
+    std::vector<mx::array>& outputs,
+    CpuTask task) {
+  for (auto& o : outputs) {
+    o.set_data(mx::allocator::malloc(o.nbytes()));
+  }
+  auto& encoder = mx::cpu::get_command_encoder(stream);
+  std::vector<mx::array> in;
+  std::vector<mx::array> out;
+  for (const auto& a : inputs) {
+    encoder.set_input_array(a);
+    in.push_back(mx::array::unsafe_weak_copy(a));
+  }
+  for (auto& o : outputs) {
+    encoder.set_output_array(o);
+    out.push_back(mx::array::unsafe_weak_copy(o));
+  }
+  encoder.dispatch(
+      [task = std::move(task), in = std::move(in), out = std::move(out)]() mutable {
+        task(in, out);
+      });
+}
 
 void check_weights(
     int gates,
@@ -342,20 +417,14 @@ void check_weights(
                        : "Wx must be float32 (or int8 with Wx_scales)"));
   }
   if (bias) {
-    EDGELSTM_CHECK(
-        bias->ndim() == 1 && bias->shape(0) == gates * H,
-        what + "bias must be (" + G() + ",), got " + shape_str(*bias));
-    EDGELSTM_CHECK(bias->dtype() == mx::float32, what + "bias must be float32");
+    check_input(*bias, what + "bias", {gates * H}, mx::float32);
   }
   EDGELSTM_CHECK(Wx || !Wx_scales, what + "Wx_scales is only used together with Wx");
-  for (const auto* sc : {&Wh_scales, &Wx_scales}) {
-    if (*sc) {
-      const char* n = sc == &Wh_scales ? "Wh_scales" : "Wx_scales";
-      EDGELSTM_CHECK(
-          (*sc)->ndim() == 1 && (*sc)->shape(0) == gates * H,
-          what + n + " must be (" + G() + ",), got " + shape_str(**sc));
-      EDGELSTM_CHECK((*sc)->dtype() == mx::float32, what + n + " must be float32");
-    }
+  if (Wh_scales) {
+    check_input(*Wh_scales, what + "Wh_scales", {gates * H}, mx::float32);
+  }
+  if (Wx_scales) {
+    check_input(*Wx_scales, what + "Wx_scales", {gates * H}, mx::float32);
   }
 }
 
@@ -411,8 +480,7 @@ std::vector<mx::array> build(
     const std::optional<mx::array>& bias,
     const std::optional<mx::array>& Wh_scales,
     const std::optional<mx::array>& Wx_scales) {
-  const int gates =
-      cfg.cell == Cell::LSTM ? 4 : (cfg.cell == Cell::GRU ? 3 : 1);
+  const int gates = gate_count(cfg.cell);
   EDGELSTM_CHECK(xp.ndim() == 3, "xp must be 3-D, got " + shape_str(xp));
   EDGELSTM_CHECK(Wh.ndim() == 2, "Wh must be 2-D, got " + shape_str(Wh));
   const int H = Wh.shape(1);
@@ -424,41 +492,13 @@ std::vector<mx::array> build(
             shape_str(xp));
   }
   EDGELSTM_CHECK(xp.dtype() == mx::float32, "xp must be float32");
-  const int T = cfg.batch_first ? xp.shape(1) : xp.shape(0);
   const int B = cfg.batch_first ? xp.shape(0) : xp.shape(1);
 
   std::vector<mx::array> inputs = {xp, Wh};
-  auto add_state = [&](const std::optional<mx::array>& s, const char* name) {
-    if (!s) {
-      return false;
-    }
-    EDGELSTM_CHECK(
-        s->ndim() == 2 && s->shape(0) == B && s->shape(1) == H,
-        std::string(name) + " must be (" + std::to_string(B) + ", " +
-            std::to_string(H) + "), got " + shape_str(*s));
-    EDGELSTM_CHECK(s->dtype() == mx::float32, std::string(name) + " must be float32");
-    inputs.push_back(*s);
-    return true;
-  };
-  cfg.has_h0 = add_state(h0, "h0");
-  cfg.has_c0 = add_state(c0, "c0");
-  if (bhn) {
-    EDGELSTM_CHECK(
-        bhn->ndim() == 1 && bhn->shape(0) == H,
-        "bhn must be (" + std::to_string(H) + ",), got " + shape_str(*bhn));
-    EDGELSTM_CHECK(bhn->dtype() == mx::float32, "bhn must be float32");
-    inputs.push_back(*bhn);
-    cfg.has_bhn = true;
-  }
-  if (lengths) {
-    EDGELSTM_CHECK(
-        lengths->ndim() == 1 && lengths->shape(0) == B,
-        "lengths must be (" + std::to_string(B) + ",), got " +
-            shape_str(*lengths));
-    EDGELSTM_CHECK(lengths->dtype() == mx::int32, "lengths must be int32");
-    inputs.push_back(*lengths);
-    cfg.has_lengths = true;
-  }
+  cfg.has_h0 = add_input(inputs, h0, "h0", {B, H}, mx::float32);
+  cfg.has_c0 = add_input(inputs, c0, "c0", {B, H}, mx::float32);
+  cfg.has_bhn = add_input(inputs, bhn, "bhn", {H}, mx::float32);
+  cfg.has_lengths = add_input(inputs, lengths, "lengths", {B}, mx::int32);
   if (Wx) {
     inputs.push_back(*Wx);
     cfg.project = true;
@@ -478,88 +518,19 @@ std::vector<mx::array> build(
     cfg.wx_int8 = true;
   }
 
-  mx::Shape y_shape = cfg.batch_first ? mx::Shape{B, T, H} : mx::Shape{T, B, H};
-  std::vector<mx::Shape> shapes = {y_shape, {B, H}};
-  if (cfg.cell == Cell::LSTM) {
-    shapes.push_back({B, H});
-  }
-  std::vector<mx::Dtype> dtypes(shapes.size(), mx::float32);
-  auto stream = mx::to_stream(mx::StreamOrDevice{}, mx::Device::cpu);
-  return mx::array::make_arrays(
-      std::move(shapes),
-      dtypes,
-      std::make_shared<RecurrentSeq>(stream, cfg),
-      inputs);
+  return make_outputs<RecurrentSeq>(cfg, inputs);
 }
 
 } // namespace
 
-void RecurrentSeq::eval_cpu(
-    const std::vector<mx::array>& inputs,
-    std::vector<mx::array>& outputs) {
-  for (auto& o : outputs) {
-    o.set_data(mx::allocator::malloc(o.nbytes()));
-  }
-  auto& encoder = mx::cpu::get_command_encoder(stream());
-  std::vector<mx::array> in;
-  std::vector<mx::array> out;
-  for (const auto& a : inputs) {
-    encoder.set_input_array(a);
-    in.push_back(mx::array::unsafe_weak_copy(a));
-  }
-  for (auto& o : outputs) {
-    encoder.set_output_array(o);
-    out.push_back(mx::array::unsafe_weak_copy(o));
-  }
-  encoder.dispatch(
-      [cfg = cfg_, in = std::move(in), out = std::move(out)]() mutable {
-        run_sequence(cfg, in, out);
-      });
-}
-
-void RecurrentSeq::eval_gpu(
-    const std::vector<mx::array>&,
-    std::vector<mx::array>&) {
-  throw std::runtime_error(
-      "[edgelstm_kernels] no GPU implementation; run on the CPU stream");
-}
-
-std::vector<mx::array> RecurrentSeq::vjp(
-    const std::vector<mx::array>&,
-    const std::vector<mx::array>&,
-    const std::vector<int>&,
-    const std::vector<mx::array>&) {
-  throw std::runtime_error(
-      "[edgelstm_kernels] the fused recurrent kernel has no gradient; "
-      "call edgelstm.recurrent with fast=False when training");
-}
-
-std::vector<mx::array> RecurrentSeq::jvp(
-    const std::vector<mx::array>&,
-    const std::vector<mx::array>&,
-    const std::vector<int>&) {
-  throw std::runtime_error(
-      "[edgelstm_kernels] the fused recurrent kernel has no jvp; "
-      "call edgelstm.recurrent with fast=False");
-}
-
-bool RecurrentSeq::is_equivalent(const mx::Primitive& other) const {
-  const auto& o = static_cast<const RecurrentSeq&>(other);
-  return cfg_ == o.cfg_;
-}
+RecurrentSeq::RecurrentSeq(mx::Stream stream, SeqConfig cfg)
+    : FusedPrimitive(
+          stream, cfg, &run_sequence, "kernel", "edgelstm.recurrent") {}
 
 std::vector<mx::Shape> RecurrentSeq::output_shapes(
     const std::vector<mx::array>& inputs) {
-  const auto& xp = inputs[0];
-  int H = inputs[1].shape(1);
-  int T = cfg_.batch_first ? xp.shape(1) : xp.shape(0);
-  int B = cfg_.batch_first ? xp.shape(0) : xp.shape(1);
-  std::vector<mx::Shape> shapes = {
-      cfg_.batch_first ? mx::Shape{B, T, H} : mx::Shape{T, B, H}, {B, H}};
-  if (cfg_.cell == Cell::LSTM) {
-    shapes.push_back({B, H});
-  }
-  return shapes;
+  return fused_output_shapes(
+      cfg_.cell, cfg_.batch_first, inputs[0], inputs[1].shape(1));
 }
 
 std::vector<mx::array> lstm_seq(
@@ -574,12 +545,9 @@ std::vector<mx::array> lstm_seq(
     const std::optional<mx::array>& bias,
     const std::optional<mx::array>& Wh_scales,
     const std::optional<mx::array>& Wx_scales) {
-  SeqConfig cfg{Cell::LSTM};
-  cfg.reverse = reverse;
-  cfg.batch_first = batch_first;
   return build(
-      cfg, xp, Wh, h0, c0, std::nullopt, lengths, Wx, bias, Wh_scales,
-      Wx_scales);
+      {.cell = Cell::LSTM, .reverse = reverse, .batch_first = batch_first},
+      xp, Wh, h0, c0, std::nullopt, lengths, Wx, bias, Wh_scales, Wx_scales);
 }
 
 std::vector<mx::array> gru_seq(
@@ -595,13 +563,12 @@ std::vector<mx::array> gru_seq(
     const std::optional<mx::array>& bias,
     const std::optional<mx::array>& Wh_scales,
     const std::optional<mx::array>& Wx_scales) {
-  SeqConfig cfg{Cell::GRU};
-  cfg.reverse = reverse;
-  cfg.batch_first = batch_first;
-  cfg.linear_before_reset = linear_before_reset;
   return build(
-      cfg, xp, Wh, h0, std::nullopt, bhn, lengths, Wx, bias, Wh_scales,
-      Wx_scales);
+      {.cell = Cell::GRU,
+       .reverse = reverse,
+       .batch_first = batch_first,
+       .linear_before_reset = linear_before_reset},
+      xp, Wh, h0, std::nullopt, bhn, lengths, Wx, bias, Wh_scales, Wx_scales);
 }
 
 std::vector<mx::array> rnn_seq(
@@ -616,21 +583,12 @@ std::vector<mx::array> rnn_seq(
     const std::optional<mx::array>& bias,
     const std::optional<mx::array>& Wh_scales,
     const std::optional<mx::array>& Wx_scales) {
-  SeqConfig cfg{Cell::RNN};
-  cfg.reverse = reverse;
-  cfg.batch_first = batch_first;
-  cfg.relu = relu;
   return build(
-      cfg,
-      xp,
-      Wh,
-      h0,
-      std::nullopt,
-      std::nullopt,
-      lengths,
-      Wx,
-      bias,
-      Wh_scales,
+      {.cell = Cell::RNN,
+       .reverse = reverse,
+       .batch_first = batch_first,
+       .relu = relu},
+      xp, Wh, h0, std::nullopt, std::nullopt, lengths, Wx, bias, Wh_scales,
       Wx_scales);
 }
 

@@ -8,7 +8,9 @@
 #pragma once
 
 #include <cstdint>
+#include <functional>
 #include <optional>
+#include <string>
 #include <vector>
 
 #include "mlx/ops.h"
@@ -38,37 +40,104 @@ struct SeqConfig {
   bool operator==(const SeqConfig&) const = default;
 };
 
-class RecurrentSeq : public mx::Primitive {
+namespace detail {
+
+// Throws std::runtime_error("[edgelstm_kernels] " + msg).
+[[noreturn]] void refuse(const std::string& msg);
+
+using CpuTask = std::function<void(
+    const std::vector<mx::array>& in,
+    std::vector<mx::array>& out)>;
+
+// Allocates `outputs` and runs task(in, out) on `stream`'s CPU encoder, on
+// weak copies of the arrays.
+void dispatch_cpu(
+    mx::Stream stream,
+    const std::vector<mx::array>& inputs,
+    std::vector<mx::array>& outputs,
+    CpuTask task);
+
+} // namespace detail
+
+// Base of the fused primitives: the whole computation is run(cfg, in, out)
+// in one CPU task; no GPU, no autodiff. Error messages name the primitive
+// (`what`: "kernel" / "stack") and the fast=False call to use instead.
+template <typename Config>
+class FusedPrimitive : public mx::Primitive {
  public:
-  RecurrentSeq(mx::Stream stream, SeqConfig cfg)
-      : mx::Primitive(stream), cfg_(cfg) {}
+  using Run = void (*)(
+      const Config& cfg,
+      const std::vector<mx::array>& in,
+      std::vector<mx::array>& out);
 
   void eval_cpu(
       const std::vector<mx::array>& inputs,
-      std::vector<mx::array>& outputs) override;
+      std::vector<mx::array>& outputs) override {
+    // The task keeps its own copy of the config: it may outlive the primitive.
+    detail::dispatch_cpu(
+        stream(), inputs, outputs,
+        [cfg = cfg_, run = run_](const auto& in, auto& out) {
+          run(cfg, in, out);
+        });
+  }
   void eval_gpu(
-      const std::vector<mx::array>& inputs,
-      std::vector<mx::array>& outputs) override;
+      const std::vector<mx::array>&,
+      std::vector<mx::array>&) override {
+    detail::refuse("no GPU implementation; run on the CPU stream");
+  }
 
   std::vector<mx::array> vjp(
-      const std::vector<mx::array>& primals,
-      const std::vector<mx::array>& cotangents,
-      const std::vector<int>& argnums,
-      const std::vector<mx::array>& outputs) override;
+      const std::vector<mx::array>&,
+      const std::vector<mx::array>&,
+      const std::vector<int>&,
+      const std::vector<mx::array>&) override {
+    detail::refuse(
+        std::string("the fused recurrent ") + what_ + " has no gradient; call " +
+        fallback_ + " with fast=False when training");
+  }
   std::vector<mx::array> jvp(
-      const std::vector<mx::array>& primals,
-      const std::vector<mx::array>& tangents,
-      const std::vector<int>& argnums) override;
+      const std::vector<mx::array>&,
+      const std::vector<mx::array>&,
+      const std::vector<int>&) override {
+    detail::refuse(
+        std::string("the fused recurrent ") + what_ + " has no jvp; call " +
+        fallback_ + " with fast=False");
+  }
+
+  bool is_equivalent(const mx::Primitive& other) const override {
+    return cfg_ == static_cast<const FusedPrimitive&>(other).cfg_;
+  }
+
+ protected:
+  FusedPrimitive(
+      mx::Stream stream,
+      Config cfg,
+      Run run,
+      const char* what,
+      const char* fallback)
+      : mx::Primitive(stream),
+        cfg_(std::move(cfg)),
+        run_(run),
+        what_(what),
+        fallback_(fallback) {}
+
+  Config cfg_;
+
+ private:
+  Run run_;
+  const char* what_;
+  const char* fallback_;
+};
+
+class RecurrentSeq : public FusedPrimitive<SeqConfig> {
+ public:
+  RecurrentSeq(mx::Stream stream, SeqConfig cfg);
 
   const char* name() const override {
     return "EdgeLSTMRecurrentSeq";
   }
-  bool is_equivalent(const mx::Primitive& other) const override;
   std::vector<mx::Shape> output_shapes(
       const std::vector<mx::array>& inputs) override;
-
- private:
-  SeqConfig cfg_;
 };
 
 // Per-layer input flags of a RecurrentStack.
@@ -87,7 +156,7 @@ struct StackConfig {
   bool has_h0 = false;
   bool has_c0 = false;
   bool has_lengths = false;
-  std::vector<uint8_t> layers; // LayerFlag bits per layer, bottom first
+  std::vector<uint8_t> layers = {}; // LayerFlag bits per layer, bottom first
 
   bool operator==(const StackConfig&) const = default;
 };
@@ -96,37 +165,15 @@ struct StackConfig {
 // layer k + 1 through scratch buffers inside the same CPU task. Inputs:
 // x, [h0 (L,B,H)], [c0 (L,B,H)], [lengths], then per layer Wx, Wh, [bias],
 // [bhn], [Wx_scales], [Wh_scales]. Outputs: y of the last layer, h_n, c_n.
-class RecurrentStack : public mx::Primitive {
+class RecurrentStack : public FusedPrimitive<StackConfig> {
  public:
-  RecurrentStack(mx::Stream stream, StackConfig cfg)
-      : mx::Primitive(stream), cfg_(std::move(cfg)) {}
-
-  void eval_cpu(
-      const std::vector<mx::array>& inputs,
-      std::vector<mx::array>& outputs) override;
-  void eval_gpu(
-      const std::vector<mx::array>& inputs,
-      std::vector<mx::array>& outputs) override;
-
-  std::vector<mx::array> vjp(
-      const std::vector<mx::array>& primals,
-      const std::vector<mx::array>& cotangents,
-      const std::vector<int>& argnums,
-      const std::vector<mx::array>& outputs) override;
-  std::vector<mx::array> jvp(
-      const std::vector<mx::array>& primals,
-      const std::vector<mx::array>& tangents,
-      const std::vector<int>& argnums) override;
+  RecurrentStack(mx::Stream stream, StackConfig cfg);
 
   const char* name() const override {
     return "EdgeLSTMRecurrentStack";
   }
-  bool is_equivalent(const mx::Primitive& other) const override;
   std::vector<mx::Shape> output_shapes(
       const std::vector<mx::array>& inputs) override;
-
- private:
-  StackConfig cfg_;
 };
 
 // xp: projected input incl. bias, (T,B,4H) or (B,T,4H) when batch_first,

@@ -7,13 +7,10 @@
 
 #include <cstring>
 #include <memory>
-#include <stdexcept>
 #include <string>
 #include <vector>
 
 #include "layer_core.h"
-#include "mlx/allocator.h"
-#include "mlx/backend/cpu/encoder.h"
 #include "recurrent_seq.h"
 
 namespace edgelstm {
@@ -21,10 +18,6 @@ namespace edgelstm {
 using namespace detail;
 
 namespace {
-
-int gate_count(Cell cell) {
-  return cell == Cell::LSTM ? 4 : (cell == Cell::GRU ? 3 : 1);
-}
 
 // Index of the first per-layer input (after x and the optional state / lengths).
 size_t first_layer_input(const StackConfig& cfg) {
@@ -130,35 +123,13 @@ std::vector<mx::array> build_stack(
   };
   EDGELSTM_CHECK(Wh[0].ndim() == 2, "Wh[0] must be 2-D, got " + shape_str(Wh[0]));
   const int H = Wh[0].shape(1);
-  const int T = cfg.batch_first ? x.shape(1) : x.shape(0);
   const int B = cfg.batch_first ? x.shape(0) : x.shape(1);
+  const int Li = int(L);
 
   std::vector<mx::array> inputs = {x};
-  auto add_state = [&](const std::optional<mx::array>& s, const char* name) {
-    if (!s) {
-      return false;
-    }
-    EDGELSTM_CHECK(
-        s->ndim() == 3 && size_t(s->shape(0)) == L && s->shape(1) == B &&
-            s->shape(2) == H,
-        std::string(name) + " must be (" + std::to_string(L) + ", " +
-            std::to_string(B) + ", " + std::to_string(H) + "), got " +
-            shape_str(*s));
-    EDGELSTM_CHECK(s->dtype() == mx::float32, std::string(name) + " must be float32");
-    inputs.push_back(*s);
-    return true;
-  };
-  cfg.has_h0 = add_state(h0, "h0");
-  cfg.has_c0 = add_state(c0, "c0");
-  if (lengths) {
-    EDGELSTM_CHECK(
-        lengths->ndim() == 1 && lengths->shape(0) == B,
-        "lengths must be (" + std::to_string(B) + ",), got " +
-            shape_str(*lengths));
-    EDGELSTM_CHECK(lengths->dtype() == mx::int32, "lengths must be int32");
-    inputs.push_back(*lengths);
-    cfg.has_lengths = true;
-  }
+  cfg.has_h0 = add_input(inputs, h0, "h0", {Li, B, H}, mx::float32);
+  cfg.has_c0 = add_input(inputs, c0, "c0", {Li, B, H}, mx::float32);
+  cfg.has_lengths = add_input(inputs, lengths, "lengths", {B}, mx::int32);
   cfg.layers.clear();
   for (size_t l = 0; l < L; ++l) {
     const std::string what = "layer " + std::to_string(l) + ": ";
@@ -193,90 +164,19 @@ std::vector<mx::array> build_stack(
     cfg.layers.push_back(f);
   }
 
-  const int Li = int(L);
-  mx::Shape y_shape = cfg.batch_first ? mx::Shape{B, T, H} : mx::Shape{T, B, H};
-  std::vector<mx::Shape> shapes = {y_shape, {Li, B, H}};
-  if (cfg.cell == Cell::LSTM) {
-    shapes.push_back({Li, B, H});
-  }
-  std::vector<mx::Dtype> dtypes(shapes.size(), mx::float32);
-  auto stream = mx::to_stream(mx::StreamOrDevice{}, mx::Device::cpu);
-  return mx::array::make_arrays(
-      std::move(shapes),
-      dtypes,
-      std::make_shared<RecurrentStack>(stream, std::move(cfg)),
-      inputs);
+  return make_outputs<RecurrentStack>(std::move(cfg), inputs);
 }
 
 } // namespace
 
-void RecurrentStack::eval_cpu(
-    const std::vector<mx::array>& inputs,
-    std::vector<mx::array>& outputs) {
-  for (auto& o : outputs) {
-    o.set_data(mx::allocator::malloc(o.nbytes()));
-  }
-  auto& encoder = mx::cpu::get_command_encoder(stream());
-  std::vector<mx::array> in;
-  std::vector<mx::array> out;
-  for (const auto& a : inputs) {
-    encoder.set_input_array(a);
-    in.push_back(mx::array::unsafe_weak_copy(a));
-  }
-  for (auto& o : outputs) {
-    encoder.set_output_array(o);
-    out.push_back(mx::array::unsafe_weak_copy(o));
-  }
-  encoder.dispatch(
-      [cfg = cfg_, in = std::move(in), out = std::move(out)]() mutable {
-        run_stack(cfg, in, out);
-      });
-}
-
-void RecurrentStack::eval_gpu(
-    const std::vector<mx::array>&,
-    std::vector<mx::array>&) {
-  throw std::runtime_error(
-      "[edgelstm_kernels] no GPU implementation; run on the CPU stream");
-}
-
-std::vector<mx::array> RecurrentStack::vjp(
-    const std::vector<mx::array>&,
-    const std::vector<mx::array>&,
-    const std::vector<int>&,
-    const std::vector<mx::array>&) {
-  throw std::runtime_error(
-      "[edgelstm_kernels] the fused recurrent stack has no gradient; "
-      "call the model with fast=False when training");
-}
-
-std::vector<mx::array> RecurrentStack::jvp(
-    const std::vector<mx::array>&,
-    const std::vector<mx::array>&,
-    const std::vector<int>&) {
-  throw std::runtime_error(
-      "[edgelstm_kernels] the fused recurrent stack has no jvp; "
-      "call the model with fast=False");
-}
-
-bool RecurrentStack::is_equivalent(const mx::Primitive& other) const {
-  const auto& o = static_cast<const RecurrentStack&>(other);
-  return cfg_ == o.cfg_;
-}
+RecurrentStack::RecurrentStack(mx::Stream stream, StackConfig cfg)
+    : FusedPrimitive(stream, std::move(cfg), &run_stack, "stack", "the model") {}
 
 std::vector<mx::Shape> RecurrentStack::output_shapes(
     const std::vector<mx::array>& inputs) {
-  const auto& x = inputs[0];
-  const int H = inputs[first_layer_input(cfg_) + 1].shape(1);
-  const int L = int(cfg_.layers.size());
-  const int T = cfg_.batch_first ? x.shape(1) : x.shape(0);
-  const int B = cfg_.batch_first ? x.shape(0) : x.shape(1);
-  std::vector<mx::Shape> shapes = {
-      cfg_.batch_first ? mx::Shape{B, T, H} : mx::Shape{T, B, H}, {L, B, H}};
-  if (cfg_.cell == Cell::LSTM) {
-    shapes.push_back({L, B, H});
-  }
-  return shapes;
+  return fused_output_shapes(
+      cfg_.cell, cfg_.batch_first, inputs[0],
+      inputs[first_layer_input(cfg_) + 1].shape(1), int(cfg_.layers.size()));
 }
 
 std::vector<mx::array> lstm_stack(
@@ -290,10 +190,9 @@ std::vector<mx::array> lstm_stack(
     bool batch_first,
     const OptArrayList& Wx_scales,
     const OptArrayList& Wh_scales) {
-  StackConfig cfg{Cell::LSTM};
-  cfg.batch_first = batch_first;
   return build_stack(
-      cfg, x, Wx, Wh, bias, {}, h0, c0, lengths, Wx_scales, Wh_scales);
+      {.cell = Cell::LSTM, .batch_first = batch_first}, x, Wx, Wh, bias, {},
+      h0, c0, lengths, Wx_scales, Wh_scales);
 }
 
 std::vector<mx::array> gru_stack(
@@ -308,12 +207,11 @@ std::vector<mx::array> gru_stack(
     bool batch_first,
     const OptArrayList& Wx_scales,
     const OptArrayList& Wh_scales) {
-  StackConfig cfg{Cell::GRU};
-  cfg.batch_first = batch_first;
-  cfg.linear_before_reset = linear_before_reset;
   return build_stack(
-      cfg, x, Wx, Wh, bias, bhn, h0, std::nullopt, lengths, Wx_scales,
-      Wh_scales);
+      {.cell = Cell::GRU,
+       .batch_first = batch_first,
+       .linear_before_reset = linear_before_reset},
+      x, Wx, Wh, bias, bhn, h0, std::nullopt, lengths, Wx_scales, Wh_scales);
 }
 
 std::vector<mx::array> rnn_stack(
@@ -327,12 +225,9 @@ std::vector<mx::array> rnn_stack(
     bool batch_first,
     const OptArrayList& Wx_scales,
     const OptArrayList& Wh_scales) {
-  StackConfig cfg{Cell::RNN};
-  cfg.batch_first = batch_first;
-  cfg.relu = relu;
   return build_stack(
-      cfg, x, Wx, Wh, bias, {}, h0, std::nullopt, lengths, Wx_scales,
-      Wh_scales);
+      {.cell = Cell::RNN, .batch_first = batch_first, .relu = relu}, x, Wx,
+      Wh, bias, {}, h0, std::nullopt, lengths, Wx_scales, Wh_scales);
 }
 
 } // namespace edgelstm
