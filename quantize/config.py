@@ -3,7 +3,8 @@
 Two schemes are supported, each a (bits, mode, granularity) triple:
 
 - **int8** (default, every format): symmetric, one float32 scale per output
-  row (per gate unit), ``w ~= s * q`` with ``q`` in ``[-127, 127]``.
+  row (per gate unit), ``w ~= s * q`` with ``q`` in ``[-127, 127]``; scales are
+  rounded to the float16 grid (when in its normal range) and stored as float16.
 - **4-bit** (experimental, MLX only): MLX's affine group-wise form
   (``mx.quantize``), a scale and an offset per ``group_size`` inputs.
 

@@ -213,6 +213,91 @@ def test_qdq_bidirectional_gru(tmp_path):
     np.testing.assert_allclose(ref_eval, ort, atol=1e-4)
 
 
+def _uncompact(model):
+    """The same graph with the scale Casts and the bias Concat folded into float32 initializers."""
+    from onnx import numpy_helper
+
+    out = onnx.ModelProto()
+    out.CopyFrom(model)
+    g = out.graph
+    vals = {i.name: numpy_helper.to_array(i) for i in g.initializer}
+    for node in [n for n in g.node if n.op_type in ("Cast", "ConstantOfShape", "Concat")]:
+        if not all(i in vals for i in node.input):
+            continue  # a data-path Concat
+        ins = [vals[i] for i in node.input]
+        if node.op_type == "Cast":
+            v = ins[0].astype(np.float32)
+        elif node.op_type == "ConstantOfShape":
+            v = np.zeros(ins[0], np.float32)
+        else:
+            v = np.concatenate(ins, axis=1)
+        vals[node.output[0]] = v
+        g.node.remove(node)
+        g.initializer.append(numpy_helper.from_array(v, node.output[0]))
+    onnx.checker.check_model(out, full_check=True)
+    return out
+
+
+@pytest.mark.parametrize("kind,compact_b", [("lstm", True), ("rnn", True), ("gru", False)])
+def test_qdq_float16_scales_and_compact_bias_compute_the_same(kind, compact_b, tmp_path):
+    from onnx import TensorProto
+    from onnx.reference import ReferenceEvaluator
+
+    from edgelstm.converters import run_onnx
+    from edgelstm.converters.onnx_export import build_onnx
+    from edgelstm.quantize.onnx_qdq import qdq_quantize
+
+    q = qdq_quantize(build_onnx(_model(kind, H=32, bidirectional=True)),
+                     QuantConfig(targets=("Wx", "Wh", "head")))
+    types = {i.name: i.data_type for i in q.graph.initializer}
+    for k in (0, 1):
+        for w in ("W", "R"):
+            assert types[f"layers.{k}.{w}_scale_fp16"] == TensorProto.FLOAT16
+            assert f"layers.{k}.{w}_scale" not in types  # made by Cast(to=FLOAT)
+        # GRU's Rb holds bhn, so its B stays whole
+        assert (f"layers.{k}.B_Wb" in types) == compact_b
+        assert (f"layers.{k}.B" in types) != compact_b
+    casts = [n for n in q.graph.node if n.op_type == "Cast"]
+    assert casts and all(a.i == TensorProto.FLOAT for n in casts for a in n.attribute)
+    onnx.save(q, str(tmp_path / "new.onnx"))
+    onnx.save(_uncompact(q), str(tmp_path / "old.onnx"))
+    assert (tmp_path / "new.onnx").stat().st_size < (tmp_path / "old.onnx").stat().st_size
+    x = {"input": _x()}
+    for backend in ("onnxruntime", "mlx"):
+        new, old = (run_onnx(tmp_path / f, x, backend=backend)["output"]
+                    for f in ("new.onnx", "old.onnx"))
+        np.testing.assert_array_equal(new, old, err_msg=backend)
+    new, old = (ReferenceEvaluator(str(tmp_path / f)).run(None, x)[0]
+                for f in ("new.onnx", "old.onnx"))
+    np.testing.assert_array_equal(new, old)
+
+
+def test_qdq_rows_match_mlx_int8_and_keep_float32_scales_off_the_float16_range():
+    from edgelstm.quantize.onnx_qdq import qdq_quantize, quantize_rows_np
+
+    w = np.random.default_rng(0).standard_normal((64, 40)).astype(np.float32)
+    w *= np.linspace(0.01, 3.0, 64, dtype=np.float32)[:, None]
+    q, s = quantize_rows(mx.array(w))
+    q_np, s_np = quantize_rows_np(w, 0)
+    np.testing.assert_array_equal(q_np, np.array(q))
+    np.testing.assert_array_equal(s_np, np.array(s))
+    assert np.array_equal(s_np.astype(np.float16).astype(np.float32), s_np)
+    # scales below float16 normals stay float32, no Cast; a -0.0 in Rb keeps B whole
+    model = _model("rnn", H=8, layers=1)
+    model.rnn.layers[0].forward.Whh = model.rnn.layers[0].forward.Whh * 1e-6
+    from edgelstm.converters.onnx_export import build_onnx
+
+    f = build_onnx(model)
+    b = next(i for i in f.graph.initializer if i.name == "layers.0.B")
+    b.CopyFrom(onnx.numpy_helper.from_array(
+        np.concatenate([onnx.numpy_helper.to_array(b)[:, :8], np.full((1, 8), -0.0, np.float32)],
+                       axis=1), "layers.0.B"))
+    types = {i.name: i.data_type for i in qdq_quantize(f).graph.initializer}
+    assert types["layers.0.R_scale"] == onnx.TensorProto.FLOAT
+    assert types["layers.0.W_scale_fp16"] == onnx.TensorProto.FLOAT16
+    assert types["layers.0.B"] == onnx.TensorProto.FLOAT
+
+
 def test_ort_format_runs_in_ort_and_mlx(lstm128, tmp_path):
     from edgelstm.converters import run_onnx
 

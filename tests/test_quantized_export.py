@@ -23,6 +23,20 @@ def test_int8_checkpoint_exports_as_qdq_with_identical_outputs(tmp_path, targets
     proto = onnx.load(str(tmp_path / "q.onnx"))
     int8 = [i.name for i in proto.graph.initializer if i.data_type == onnx.TensorProto.INT8]
     assert len(int8) == 4  # W and R of both layers stay int8
+    # the very int8 values and float16 scales of the checkpoint, in ONNX gate order
+    from safetensors.numpy import load_file
+
+    from edgelstm.converters.gates import lstm_to_onnx
+
+    ckpt = load_file(str(tmp_path / "q" / "model.safetensors"))
+    inits = {i.name: onnx.numpy_helper.to_array(i) for i in proto.graph.initializer}
+    for k in (0, 1):
+        cell = f"rnn.layers.{k}.forward."
+        q = lstm_to_onnx(ckpt[cell + "Wx"], ckpt[cell + "Wh"])[:2]
+        s = lstm_to_onnx(ckpt[cell + "Wx_scales"][:, None], ckpt[cell + "Wh_scales"][:, None])[:2]
+        for i, w in enumerate("WR"):
+            np.testing.assert_array_equal(inits[f"layers.{k}.{w}_quantized"][0], q[i])
+            np.testing.assert_array_equal(inits[f"layers.{k}.{w}_scale_fp16"], s[i][:, 0])
     x = np.random.randn(2, 9, 6).astype(np.float32)
     want = run_model(tmp_path / "q", x)["output"]
     for backend in ("onnxruntime", "mlx"):
