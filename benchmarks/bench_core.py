@@ -26,8 +26,9 @@ import mlx.core as mx
 import mlx.nn as nn
 import numpy as np
 
-from edgelstm import _blas, kernels
-from edgelstm import recurrent as R
+from edgelstm.fast import blas as _blas
+from edgelstm.fast import dispatch as kernels
+from edgelstm.nn import recurrent as R
 
 I_SIZE = 40
 CHUNK, STREAM_FRAMES = 10, 200
@@ -214,7 +215,7 @@ def _bench(runners: dict[str, Callable], wl, repeat: int) -> dict[str, dict]:
 
 def _print_env(threads: int) -> None:
     """Print the BLAS, MLX and kernel build and the thread cap (the table preamble)."""
-    print(f"BLAS: {_blas.BLAS}; mlx {mx.__version__}; kernels: {kernels.reason()}")
+    print(f"BLAS: {_blas.MLX_BLAS}; mlx {mx.__version__}; kernels: {kernels.reason()}")
     print(f"threads: {threads if threads > 0 else 'library defaults'}")
 
 
@@ -244,7 +245,7 @@ def _write_json(path: str | None, results: list[dict]) -> None:
     if path:
         with open(path, "w") as fh:
             json.dump(
-                {"blas": _blas.BLAS, "mlx": mx.__version__, "workloads": results}, fh, indent=2
+                {"blas": _blas.MLX_BLAS, "mlx": mx.__version__, "workloads": results}, fh, indent=2
             )
 
 
@@ -257,10 +258,10 @@ def _set_threads(n: int) -> None:
     THREADS = n
     if n <= 0:
         return
-    if _blas.BLAS.startswith("OpenBLAS ("):
+    if _blas.MLX_BLAS.startswith("OpenBLAS ("):
         import ctypes
 
-        ctypes.CDLL(_blas.BLAS[len("OpenBLAS (") : -1]).openblas_set_num_threads(n)
+        ctypes.CDLL(_blas.MLX_BLAS[len("OpenBLAS (") : -1]).openblas_set_num_threads(n)
     try:
         import torch
 

@@ -29,8 +29,8 @@ import mlx.core as mx
 import numpy as np
 from bench_core import _bench, _print_env, _print_table, _set_threads, _write_json
 
-from edgelstm import kernels
-from edgelstm.layers import LSTM
+from edgelstm.fast import dispatch as kernels
+from edgelstm.nn.layers import LSTM
 from edgelstm.quantize import quantize_mlx
 from edgelstm.quantize.mlx_quant import _QuantizedCellMixin
 

@@ -23,10 +23,10 @@ import edgelstm  # noqa: F401  (BLAS before mlx.core)
 import mlx.core as mx
 import numpy as np
 
-from edgelstm.features import FeatureConfig
-from edgelstm.layers import LSTM
-from edgelstm.model import SequenceModel
-from edgelstm.streaming import StreamingSession
+from edgelstm.frontend.features import FeatureConfig
+from edgelstm.nn.layers import LSTM
+from edgelstm.nn.model import SequenceModel
+from edgelstm.streaming.session import StreamingSession
 
 FRAME_MS = 10.0
 CHUNK = 10  # frames: 100 ms
@@ -131,7 +131,7 @@ def main():
     ap.add_argument("--chunks", type=int, default=3000, help="chunks per latency run")
     ap.add_argument("--json", default=None, help="also write the results to this file")
     args = ap.parse_args()
-    from edgelstm import kernels
+    from edgelstm.fast import dispatch as kernels
 
     report = {"machine": platform.processor() or platform.machine(),
               "mlx": mx.__version__, "fused_kernel": kernels.available(),

@@ -146,7 +146,7 @@ def run_onnx(path, feeds: dict, backend: str = "onnxruntime") -> dict[str, np.nd
         ConversionError / UnsupportedError: unreadable or unsupported model.
     """
     if backend == "mlx":
-        from edgelstm.converters.onnx_runner import run_onnx as _run_mlx
+        from edgelstm.converters.onnx_exec.runner import run_onnx as _run_mlx
 
         model = path if not isinstance(path, (str, os.PathLike)) else _load_onnx(path)
         return _run_mlx(model, _check_feeds(_proto_inputs(model), feeds))

@@ -20,7 +20,7 @@ LENGTHS = "lengths"  # graph input of a --lengths export (onnx_export.LENGTHS_IN
 
 def _native_outputs(model, x: np.ndarray, lengths: np.ndarray | None = None
                     ) -> dict[str, np.ndarray]:
-    from edgelstm.inference import model_io, run_native
+    from edgelstm.runtime.inference import model_io, run_native
 
     feeds = {model_io(model)[0][0]: x}
     if lengths is not None:
@@ -111,8 +111,8 @@ def convert(src: str | os.PathLike, dst: str | os.PathLike, opset: int = 17,
     Raises:
         ConversionError: conversion or verification failed; ``dst`` is untouched.
     """
-    from edgelstm.checkpoint import detect_format, load, load_checkpoint, save
-    from edgelstm.fileio import atomic_output, check_writable
+    from edgelstm.io.checkpoint import detect_format, load, load_checkpoint, save
+    from edgelstm.io.fileio import atomic_output, check_writable
 
     src, dst = Path(src), Path(dst)
     to_onnx = dst.suffix.lower() == ".onnx"

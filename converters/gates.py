@@ -186,7 +186,7 @@ def gru_from_onnx(W, R, B=None):
 
     Valid for both ``linear_before_reset`` forms: ONNX puts ``Rb_h`` either
     inside ``Rh (r*h) + Rb_h`` (0) or ``r * (Rh h + Rb_h)`` (1), which are exactly
-    where :func:`edgelstm.recurrent.gru` adds ``bhn``. ``b``/``bhn`` are ``None``
+    where :func:`edgelstm.nn.recurrent.gru` adds ``bhn``. ``b``/``bhn`` are ``None``
     when ``B`` is.
     """
     Wx = _gates(W, "onnx", "mlx", "gru", -2)

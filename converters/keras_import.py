@@ -142,9 +142,9 @@ def from_keras(path: str | os.PathLike, labels: list[str] | None = None, **_igno
     """
     import mlx.core as mx
 
-    from edgelstm.checkpoint import load_weights
-    from edgelstm.layers import RECURRENT
-    from edgelstm.model import SequenceModel
+    from edgelstm.io.checkpoint import load_weights
+    from edgelstm.nn.layers import RECURRENT
+    from edgelstm.nn.model import SequenceModel
 
     path = Path(path)
     layers, weights_of = _open(path)

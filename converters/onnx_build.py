@@ -27,7 +27,7 @@ _DEFAULT_ACTS = {"lstm": ("sigmoid", "tanh", "tanh"), "gru": ("sigmoid", "tanh")
 
 def _activations(layer) -> list | None:
     """Per-layer activation specs (one direction's worth), or ``None`` for the defaults."""
-    from edgelstm import activations as A
+    from edgelstm.nn import activations as A
 
     attrs = layer.attrs
     names = attrs.get("activations")
@@ -204,9 +204,9 @@ def build_native(walker):
     """Build a ``SequenceModel`` (eval mode) from a walked graph."""
     import mlx.core as mx
 
-    from edgelstm.checkpoint import load_weights
-    from edgelstm.layers import RECURRENT
-    from edgelstm.model import SequenceModel
+    from edgelstm.io.checkpoint import load_weights
+    from edgelstm.nn.layers import RECURRENT
+    from edgelstm.nn.model import SequenceModel
 
     layers = walker.layers
     if not layers:

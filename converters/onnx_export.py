@@ -33,7 +33,7 @@ DEFAULT_OPSET = 17
 MIN_OPSET = 14  # layout attribute and the Reshape/Squeeze forms used here
 STATE_INPUTS = ("h0", "c0")
 STATE_OUTPUTS = ("h_n", "c_n")
-LENGTHS_INPUT = "lengths"  # the name edgelstm.inference.run_native also takes
+LENGTHS_INPUT = "lengths"  # the name edgelstm.runtime.inference.run_native also takes
 
 # our activation spec name -> ONNX name (ONNX names are case-sensitive)
 _ONNX_ACT = {
@@ -47,8 +47,8 @@ _USES_BETA = {"affine", "scaledtanh", "hardsigmoid"}
 
 def _split_model(model):
     """Return ``(sequence model or None, recurrent stack)``."""
-    from edgelstm.layers import Recurrent
-    from edgelstm.model import SequenceModel
+    from edgelstm.nn.layers import Recurrent
+    from edgelstm.nn.model import SequenceModel
 
     if isinstance(model, SequenceModel):
         return model, model.rnn
@@ -146,7 +146,7 @@ def _head_weight(head) -> np.ndarray:
 
 def _metadata(model, seq, rnn, streaming: bool, lengths: bool) -> dict[str, str]:
     from edgelstm import __version__
-    from edgelstm.checkpoint import model_config
+    from edgelstm.io.checkpoint import model_config
 
     meta = {
         "edgelstm_config": json.dumps(model_config(model), sort_keys=True),
@@ -306,7 +306,7 @@ def to_onnx(model, path: str | os.PathLike, opset: int = DEFAULT_OPSET,
     """
     import onnx
 
-    from edgelstm.fileio import atomic_output
+    from edgelstm.io.fileio import atomic_output
 
     onnx_model = export_proto(model, opset=opset, streaming=streaming, lengths=lengths)
     with atomic_output(path, force=force) as tmp:

@@ -28,7 +28,7 @@ from edgelstm.converters.onnx_build import build_native, check_import
 from edgelstm.errors import ConversionError, UnsupportedError
 
 CHECK_ATOL = 1e-4
-LENGTHS_NAME = "lengths"  # the feed name edgelstm.inference.run_native takes
+LENGTHS_NAME = "lengths"  # the feed name edgelstm.runtime.inference.run_native takes
 _PASS = ("Identity", "Dropout", "Cast")
 _DEFAULT_ACTS = {"lstm": ["Sigmoid", "Tanh", "Tanh"], "gru": ["Sigmoid", "Tanh"],
                  "rnn": ["Tanh"]}

@@ -96,8 +96,8 @@ def from_state_dict(weights: dict[str, np.ndarray], source: str = "state dict",
     """
     import mlx.core as mx
 
-    from edgelstm.checkpoint import load_weights
-    from edgelstm.layers import RECURRENT
+    from edgelstm.io.checkpoint import load_weights
+    from edgelstm.nn.layers import RECURRENT
 
     pre, keys = _group(weights, prefix)
     if any(m["part"] == "hr" for m in keys.values()):
@@ -155,7 +155,7 @@ def _with_head(rnn, rest: dict, source: str, head: str | None, labels=None):
     """Attach the one ``nn.Linear`` left in ``rest`` as the head (or return the bare stack)."""
     import mlx.core as mx
 
-    from edgelstm.model import SequenceModel
+    from edgelstm.nn.model import SequenceModel
 
     if head is not None and head not in HEADS:
         raise ConversionError(f"head must be one of {', '.join(HEADS)}, got {head!r}")

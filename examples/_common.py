@@ -12,13 +12,13 @@ from pathlib import Path
 import numpy as np
 
 import edgelstm  # noqa: F401  (loads the BLAS before mlx)
-from edgelstm.data import Dataset, load_dataset
-from edgelstm.train import count_parameters, evaluate, predict_scores, train
+from edgelstm.training.data import Dataset, load_dataset
+from edgelstm.training.train import count_parameters, evaluate, predict_scores, train
 
 
 def data_dir(description: str) -> Path:
     """``--data`` (default: ``$EDGELSTM_DATA`` or ``../shared/data``)."""
-    from edgelstm.datasets import default_data_dir
+    from edgelstm.training.datasets import default_data_dir
 
     parser = argparse.ArgumentParser(description=description)
     parser.add_argument("--data", type=Path, default=None,

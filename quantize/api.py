@@ -64,14 +64,14 @@ def quantize_model(
     Returns:
         :class:`QuantReport`.
     """
-    from edgelstm.fileio import check_writable
+    from edgelstm.io.fileio import check_writable
 
     config = config or QuantConfig()
     fmt = config.check_format(output_format(dst, format))
     check_writable(dst, force)
     data = None
     if eval_data is not None:
-        from edgelstm.checkpoint import load
+        from edgelstm.io.checkpoint import load
 
         data = load_eval_data(eval_data, model=load(src))
     if fmt is Format.MLX:
@@ -97,7 +97,7 @@ def mlx_predict(model):
 
 
 def _float_model(src):
-    from edgelstm.checkpoint import load
+    from edgelstm.io.checkpoint import load
     from edgelstm.quantize.mlx_quant import is_quantized
 
     model = load(src)
@@ -107,8 +107,8 @@ def _float_model(src):
 
 
 def _to_mlx(src, dst, config, data, force, seed) -> QuantReport:
-    from edgelstm.checkpoint import load, save
-    from edgelstm.describe import describe_model
+    from edgelstm.io.checkpoint import load, save
+    from edgelstm.runtime.info import describe_model
     from edgelstm.quantize.mlx_quant import quantize_mlx
 
     model = _float_model(src)
@@ -167,8 +167,8 @@ def ort_predict(path):
 def _to_onnx(src, dst, config, fmt, data, force, seed) -> QuantReport:
     import onnx
 
-    from edgelstm.checkpoint import detect_format
-    from edgelstm.fileio import atomic_output
+    from edgelstm.io.checkpoint import detect_format
+    from edgelstm.io.fileio import atomic_output
     from edgelstm.quantize.onnx_ort import ort_quantize
     from edgelstm.quantize.onnx_qdq import qdq_quantize
 

@@ -11,10 +11,10 @@ checkpoint, under the float cell's parameter names:
 Biases, peepholes and states stay float. Compute: int8 cells hand their
 integer weights and scales straight to the fused C++ kernel when it can run
 the call (CPU, default activations, no clip/peephole; see
-:mod:`edgelstm.kernels`): an int8 matvec per step at batch 1, no float copy.
+:mod:`edgelstm.fast.dispatch`): an int8 matvec per step at batch 1, no float copy.
 Otherwise (4-bit, GPU, ``fast=False``, unsupported options) each call expands
 the integer weights once (``q * s``, one fused op per matrix) and runs the
-float core of :mod:`edgelstm.recurrent`, so lengths, reverse and peepholes
+float core of :mod:`edgelstm.nn.recurrent`, so lengths, reverse and peepholes
 apply unchanged. ``x @ (q*s).T == (x @ q.T) * s``; the
 expansion is the cheaper side once ``B*T`` exceeds the input width. On MLX's
 CPU backend this beats ``mx.quantized_matmul``, which measured 2.7x slower
@@ -33,10 +33,10 @@ import functools
 import mlx.core as mx
 import mlx.nn as nn
 
-from edgelstm import kernels as _kernels
-from edgelstm import recurrent as R
+from edgelstm.fast import dispatch as _kernels
+from edgelstm.nn import recurrent as R
 from edgelstm.errors import UnsupportedError
-from edgelstm.layers import GRUCell, LSTMCell, RNNCell
+from edgelstm.nn.layers import GRUCell, LSTMCell, RNNCell
 from edgelstm.quantize.config import GROUP_SIZES, Mode, QuantConfig, Target
 
 QMAX = 127  # symmetric int8 uses [-127, 127] (ONNX/ORT convention)
@@ -181,7 +181,7 @@ def _dense_property(name: str):
 
 
 class QuantizedLSTMCell(_QuantizedCellMixin, LSTMCell):
-    """An :class:`edgelstm.layers.LSTMCell` with integer ``Wx``/``Wh``."""
+    """An :class:`edgelstm.nn.layers.LSTMCell` with integer ``Wx``/``Wh``."""
 
     _float_cls = LSTMCell
     Wx = _dense_property("Wx")
@@ -208,7 +208,7 @@ class QuantizedLSTMCell(_QuantizedCellMixin, LSTMCell):
 
 
 class QuantizedGRUCell(_QuantizedCellMixin, GRUCell):
-    """An :class:`edgelstm.layers.GRUCell` with integer ``Wx``/``Wh``."""
+    """An :class:`edgelstm.nn.layers.GRUCell` with integer ``Wx``/``Wh``."""
 
     _float_cls = GRUCell
     Wx = _dense_property("Wx")
@@ -234,7 +234,7 @@ class QuantizedGRUCell(_QuantizedCellMixin, GRUCell):
 
 
 class QuantizedRNNCell(_QuantizedCellMixin, RNNCell):
-    """An :class:`edgelstm.layers.RNNCell` with integer ``Wxh``/``Whh``."""
+    """An :class:`edgelstm.nn.layers.RNNCell` with integer ``Wxh``/``Whh``."""
 
     _float_cls = RNNCell
     Wxh = _dense_property("Wxh")
@@ -341,7 +341,7 @@ def quantize_mlx(model: nn.Module, config: QuantConfig | None = None) -> nn.Modu
 def apply_quantization(model: nn.Module, section: dict) -> nn.Module:
     """Give a freshly built model the quantized structure described by ``section``.
 
-    Called by ``edgelstm.checkpoint.build`` before strict weight loading, so
+    Called by ``edgelstm.io.checkpoint.build`` before strict weight loading, so
     the checkpoint's integer tensors find matching names, shapes and dtypes.
     """
     return quantize_mlx(model, QuantConfig.from_dict(section))

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import numpy as np
 
-from edgelstm.data import read_npz
+from edgelstm.training.data import read_npz
 from edgelstm.errors import DataError
 
 #: ``predict(x (B, T, I), lengths (B,) | None) -> output`` ((B, C) or (B, T, C)).
@@ -117,7 +117,7 @@ def load_eval_data(path: str | os.PathLike, model=None) -> dict[str, np.ndarray]
 
     Args:
         path: ``.npz`` with ``x``, ``y`` and optional ``lengths``; or any
-            dataset spec :func:`edgelstm.data.load_dataset` reads (a UEA
+            dataset spec :func:`edgelstm.training.data.load_dataset` reads (a UEA
             ``.ts`` file or folder, the FSDD folder), whose test split is used.
         model: the float model; its front end turns audio into features and
             its labels map the data's class names to output indices.
@@ -142,8 +142,8 @@ def load_eval_data(path: str | os.PathLike, model=None) -> dict[str, np.ndarray]
 
 
 def _dataset_eval_data(path: Path, model) -> dict[str, np.ndarray]:
-    from edgelstm.data import load_dataset
-    from edgelstm.train import class_indices
+    from edgelstm.training.data import load_dataset
+    from edgelstm.training.train import class_indices
 
     features = getattr(model, "features", None)
     data = load_dataset(path, split="test", features=features)

@@ -9,7 +9,7 @@ import pytest
 from click.testing import CliRunner
 
 import edgelstm
-from edgelstm.bench import format_table, run_bench, write_svg
+from edgelstm.runtime.bench import format_table, run_bench, write_svg
 from edgelstm.cli import cli
 from edgelstm.errors import EdgeLSTMError
 

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 import edgelstm  # noqa: F401  (loads BLAS before mlx)
-from edgelstm.converters.onnx_runner import run_onnx
+from edgelstm.converters.onnx_exec.runner import run_onnx
 
 RTOL, ATOL = 1e-5, 1e-5
 

@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from edgelstm.datasets import (
+from edgelstm.training.datasets import (
     TSDataset,
     list_fsdd,
     load_fsdd,

@@ -11,8 +11,8 @@ from pathlib import Path
 import pytest
 
 import edgelstm
-from edgelstm.data import load_dataset
-from edgelstm.train import evaluate
+from edgelstm.training.data import load_dataset
+from edgelstm.training.train import evaluate
 
 ROOT = Path(__file__).resolve().parents[1]
 EXAMPLES = ROOT / "examples"

@@ -17,7 +17,7 @@ from edgelstm.cli import cli
 from edgelstm.converters import from_onnx, onnx_io_names, run_onnx, to_onnx
 from edgelstm.converters.onnx_export import export_proto
 from edgelstm.errors import ConversionError
-from edgelstm.inference import run_model, run_native
+from edgelstm.runtime.inference import run_model, run_native
 
 ATOL = 1e-5
 B, T, I, H, C = 3, 7, 4, 5, 3
@@ -160,7 +160,7 @@ def test_lengths_needs_onnx_dst(tmp_path):
 
 @needs_data
 def test_japanese_vowels_padded_batch():
-    from edgelstm.datasets import load_uea, pad_sequences
+    from edgelstm.training.datasets import load_uea, pad_sequences
 
     data = load_uea("JapaneseVowels", "test", root=DATA / "uea")
     x, lens = pad_sequences(data.series[:64])  # lengths 7..29, padded to the longest
@@ -175,7 +175,7 @@ def test_japanese_vowels_padded_batch():
 
 
 def test_stream_backend_feeds_full_lengths(tmp_path):
-    from edgelstm.stream_backends import MLXBackend, ORTBackend
+    from edgelstm.streaming.backends import MLXBackend, ORTBackend
 
     model = _model("gru", 2, head="frame")
     ort = ORTBackend(to_onnx(model, tmp_path / "s.onnx", streaming=True, lengths=True))

@@ -12,14 +12,14 @@ from hypothesis import strategies as st
 
 import edgelstm  # noqa: F401  (loads BLAS before mlx)
 from edgelstm.errors import ConfigError
-from edgelstm.features import (
+from edgelstm.frontend.features import (
     FeatureConfig,
     OnlineFeatures,
     SensorConfig,
     config_from_dict,
     online,
 )
-from edgelstm.resample import resample_poly
+from edgelstm.frontend.resample import resample_poly
 
 try:
     from scipy.fft import dct as scipy_dct

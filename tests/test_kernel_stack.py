@@ -10,8 +10,8 @@ import mlx.nn as nn
 import numpy as np
 import pytest
 
-from edgelstm import kernels
-from edgelstm.layers import GRU, LSTM, RNN
+from edgelstm.fast import dispatch as kernels
+from edgelstm.nn.layers import GRU, LSTM, RNN
 from edgelstm.quantize import QuantConfig, quantize_mlx
 
 pytestmark = pytest.mark.skipif(

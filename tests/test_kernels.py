@@ -9,9 +9,9 @@ import mlx.core as mx
 import numpy as np
 import pytest
 
-from edgelstm import activations as A
-from edgelstm import kernels
-from edgelstm import recurrent as R
+from edgelstm.nn import activations as A
+from edgelstm.fast import dispatch as kernels
+from edgelstm.nn import recurrent as R
 from edgelstm.errors import UnsupportedError
 
 needs_kernels = pytest.mark.skipif(
@@ -36,7 +36,7 @@ def _weights(cell, rng):
 
 
 def _call(cell, x, w, *, h0=None, c0=None, lengths=None, reverse=False, fast=None):
-    """Run ``cell`` through edgelstm.recurrent; returns a flat list of outputs."""
+    """Run ``cell`` through edgelstm.nn.recurrent; returns a flat list of outputs."""
     kw = dict(h0=h0, lengths=lengths, reverse=reverse, fast=fast)
     if cell == "lstm":
         y, (h, c) = R.lstm(x, w["Wx"], w["Wh"], w["b"], c0=c0, **kw)

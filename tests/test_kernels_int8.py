@@ -11,11 +11,11 @@ import mlx.core as mx
 import numpy as np
 import pytest
 
-from edgelstm import activations as A
-from edgelstm import kernels
-from edgelstm import recurrent as R
-from edgelstm.layers import RECURRENT
-from edgelstm.model import SequenceModel
+from edgelstm.nn import activations as A
+from edgelstm.fast import dispatch as kernels
+from edgelstm.nn import recurrent as R
+from edgelstm.nn.layers import RECURRENT
+from edgelstm.nn.model import SequenceModel
 from edgelstm.quantize import QuantConfig, quantize_mlx
 from edgelstm.quantize.mlx_quant import (
     QuantizedGRUCell,
@@ -51,7 +51,7 @@ def _weights(cell, rng, bias=True):
 
 
 def _expanded(cell, x, w, *, h0=None, c0=None, lengths=None, reverse=False, fast=False):
-    """The reference: float (expanded) weights through ``edgelstm.recurrent``."""
+    """The reference: float (expanded) weights through ``edgelstm.nn.recurrent``."""
     kw = dict(h0=h0, lengths=lengths, reverse=reverse, fast=fast)
     if cell == "lstm":
         y, (h, c) = R.lstm(x, w["Wx_f"], w["Wh_f"], w["b"], c0=c0, **kw)

@@ -13,9 +13,9 @@ from onnx import helper, numpy_helper
 from onnx.reference import ReferenceEvaluator
 
 import edgelstm  # noqa: F401  (loads BLAS before mlx)
-from edgelstm import recurrent
+from edgelstm.nn import recurrent
 from edgelstm.converters import gates
-from edgelstm.converters.onnx_runner import OnnxMLXRunner, run_onnx
+from edgelstm.converters.onnx_exec.runner import OnnxMLXRunner, run_onnx
 from edgelstm.errors import DataError, UnsupportedError
 
 RTOL, ATOL = 1e-5, 1e-5

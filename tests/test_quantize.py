@@ -11,8 +11,8 @@ import pytest
 
 import edgelstm  # noqa: F401  (loads OpenBLAS before mlx.core)
 from edgelstm.errors import UnsupportedError
-from edgelstm.layers import RECURRENT
-from edgelstm.model import SequenceModel
+from edgelstm.nn.layers import RECURRENT
+from edgelstm.nn.model import SequenceModel
 from edgelstm.quantize import (
     QuantConfig,
     QuantizedGRUCell,
@@ -121,7 +121,7 @@ def test_nn_quantize_protocol_swaps_cells():
 
 
 def test_mlx_checkpoint_round_trip(tmp_path):
-    from edgelstm.describe import describe
+    from edgelstm.runtime.info import describe
 
     model = quantize_mlx(_model(H=128, layers=1))
     model.save(tmp_path / "q")

@@ -7,9 +7,9 @@ from click.testing import CliRunner
 
 import edgelstm
 from edgelstm.cli import cli
-from edgelstm.data import load_dataset
+from edgelstm.training.data import load_dataset
 from edgelstm.quantize import quantize_model
-from edgelstm.train import evaluate
+from edgelstm.training.train import evaluate
 
 
 def _write_ts(path, n, rng):

@@ -8,7 +8,7 @@ import pytest
 
 import edgelstm
 from edgelstm.converters import convert, run_onnx
-from edgelstm.inference import run_model
+from edgelstm.runtime.inference import run_model
 from edgelstm.quantize import QuantConfig, quantize_model
 
 

@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 
 from edgelstm.errors import DataError
-from edgelstm.readers import (
+from edgelstm.frontend.readers import (
     PCMStream,
     iter_csv_stream,
     parse_wav,
@@ -21,7 +21,7 @@ from edgelstm.readers import (
     read_npy,
     read_wav,
 )
-from edgelstm.resample import resample
+from edgelstm.frontend.resample import resample
 
 try:
     import scipy.io.wavfile as scipy_wav

@@ -7,7 +7,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from edgelstm.resample import StreamingResampler, design_filter, resample, resample_poly
+from edgelstm.frontend.resample import StreamingResampler, design_filter, resample, resample_poly
 
 try:
     import scipy.signal as ss

@@ -15,9 +15,9 @@ import pytest
 from click.testing import CliRunner
 
 from edgelstm.cli import cli
-from edgelstm.features import FeatureConfig, SensorConfig
-from edgelstm.layers import LSTM
-from edgelstm.model import SequenceModel
+from edgelstm.frontend.features import FeatureConfig, SensorConfig
+from edgelstm.nn.layers import LSTM
+from edgelstm.nn.model import SequenceModel
 
 FC = FeatureConfig(kind="mfcc", sample_rate=8000, n_mels=20, n_mfcc=6)
 SUMMARY = re.compile(r"^frames (\d+), chunks (\d+), latency p50 [\d.]+ ms, p99 [\d.]+ ms, "
@@ -73,7 +73,7 @@ def _json_lines(result):
 
 
 def _expected_speech(speech):
-    from edgelstm.readers import read_wav
+    from edgelstm.frontend.readers import read_wav
 
     samples, _ = read_wav(speech["wav"], target_rate=8000)
     feats = np.array(FC.compute(samples))
@@ -169,7 +169,7 @@ def test_threshold_prints_detections_only(speech, monkeypatch):
 
 
 def test_ctrl_c_prints_summary_and_exits_130(sensor, monkeypatch):
-    import edgelstm.stream_run as sr
+    import edgelstm.streaming.run as sr
 
     def chunks(*args, **kwargs):
         def gen():

@@ -11,11 +11,11 @@ from hypothesis import strategies as st
 
 import edgelstm  # noqa: F401  (loads the BLAS before mlx.core)
 from edgelstm.errors import ConfigError, DataError, EdgeLSTMError, UnsupportedError
-from edgelstm.features import FeatureConfig, SensorConfig
-from edgelstm.layers import GRU, LSTM, RNN
-from edgelstm.model import SequenceModel
-from edgelstm.stream_detect import Detector
-from edgelstm.streaming import ChunkResult, Stream, StreamingSession, stream_chunks
+from edgelstm.frontend.features import FeatureConfig, SensorConfig
+from edgelstm.nn.layers import GRU, LSTM, RNN
+from edgelstm.nn.model import SequenceModel
+from edgelstm.streaming.detect import Detector
+from edgelstm.streaming.session import ChunkResult, Stream, StreamingSession, stream_chunks
 
 ATOL = 1e-5
 FC = FeatureConfig(kind="mfcc", sample_rate=8000, n_mels=20, n_mfcc=6)
@@ -128,7 +128,7 @@ def test_audio_onnxruntime_and_speech_session_props(tmp_path):
 
 
 def test_accept_waveform_at_another_rate_resamples():
-    from edgelstm.resample import resample
+    from edgelstm.frontend.resample import resample
 
     model = _model(features=FC.to_dict())
     session = StreamingSession.from_model(model, chunk_frames=5)

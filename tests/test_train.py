@@ -10,9 +10,9 @@ from click.testing import CliRunner
 
 import edgelstm
 from edgelstm.cli import cli
-from edgelstm.data import Dataset, from_sequences, load_dataset
+from edgelstm.training.data import Dataset, from_sequences, load_dataset
 from edgelstm.errors import ConfigError, DataError
-from edgelstm.train import build_model, evaluate, predict, train
+from edgelstm.training.train import build_model, evaluate, predict, train
 
 
 def _toy(n=96, T=12, I=3, seed=0, variable=True):

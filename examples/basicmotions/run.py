@@ -15,7 +15,7 @@ sys.path.insert(0, str(HERE.parent))
 
 from _common import report, run_samples  # noqa: E402
 
-from edgelstm.readers import read_csv  # noqa: E402
+from edgelstm.frontend.readers import read_csv  # noqa: E402
 
 
 def read(model, path: Path) -> np.ndarray:

@@ -17,8 +17,8 @@ sys.path.insert(0, str(HERE.parent))
 
 from _common import report, run_samples  # noqa: E402
 
-from edgelstm.features import FeatureConfig  # noqa: E402
-from edgelstm.readers import read_wav  # noqa: E402
+from edgelstm.frontend.features import FeatureConfig  # noqa: E402
+from edgelstm.frontend.readers import read_wav  # noqa: E402
 
 
 def read(model, path: Path) -> np.ndarray:

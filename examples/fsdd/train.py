@@ -17,7 +17,7 @@ sys.path.insert(0, str(HERE.parent))
 
 from _common import data_dir, load_splits, train_and_finish, write_labels  # noqa: E402
 
-from edgelstm.data import FSDD_FEATURES  # noqa: E402
+from edgelstm.training.data import FSDD_FEATURES  # noqa: E402
 
 # 13 MFCCs every 10 ms (25 ms frames) from 8 kHz audio; the front end is stored
 # in the model, so `edgelstm stream` computes the same features from a WAV.

@@ -3,7 +3,7 @@
 Low-level: inputs are the projected input ``xp`` (bias included) and the
 recurrent weights (float32, or int8 with per-row ``Wh_scales`` /
 ``Wx_scales``); ``*_stack`` run a unidirectional multi-layer stack in one primitive. Use
-``edgelstm.kernels`` for the checked wrappers.
+``edgelstm.fast.dispatch`` for the checked wrappers.
 """
 
 import mlx.core  # noqa: F401  (registers mx.array with nanobind first)

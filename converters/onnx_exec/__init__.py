@@ -1,0 +1,1 @@
+"""Execute ONNX graphs with MLX: the graph runner and its op registry."""

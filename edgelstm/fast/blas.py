@@ -1,0 +1,89 @@
+"""Which BLAS this process uses, and the opt-in replacement of MLX's own.
+
+The fused kernels (``edgelstm.fast._kernels``) link a BLAS of their own at build
+time: ``scipy-openblas32`` on Linux (a wheel with ``scipy_``-prefixed symbols, so
+it never clashes with the BLAS MLX links) and Accelerate on macOS. Nothing here
+is needed for them to be fast.
+
+MLX's Linux CPU wheel links netlib's reference BLAS for its own matmuls (a
+32x256x1024 matmul ~8.7 ms vs ~0.17 ms with OpenBLAS). Replacing it means
+loading a system OpenBLAS with ``RTLD_GLOBAL`` before ``import mlx.core``, which
+changes every BLAS call in the process, so it is opt-in:
+
+- ``EDGELSTM_BLAS`` unset or ``default``: leave MLX's BLAS alone.
+- ``EDGELSTM_BLAS=openblas``: load the system OpenBLAS if one is found in the
+  folders of ``EDGELSTM_BLAS_DIRS`` (``os.pathsep``-separated; default: the
+  usual multiarch folders) or by the dynamic linker's cache. Only fixed file
+  names are tried: no folder is ever listed or walked.
+- ``EDGELSTM_BLAS=/path/to/libopenblas.so.0``: load that file.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import ctypes.util
+import os
+import platform
+import sys
+
+_DEFAULT_DIRS = (
+    f"/usr/lib/{platform.machine()}-linux-gnu/openblas-pthread",
+    f"/usr/lib/{platform.machine()}-linux-gnu",
+    "/usr/lib64",
+    "/usr/lib",
+)
+_FILE_NAMES = ("libopenblas.so.0", "libopenblas.so")
+
+#: What MLX's own matmuls run on in this process (set by :func:`load`).
+MLX_BLAS = "not checked yet"
+
+
+def _search_dirs() -> list[str]:
+    value = os.environ.get("EDGELSTM_BLAS_DIRS")
+    if value is None:
+        return list(_DEFAULT_DIRS)
+    return [d for d in value.split(os.pathsep) if d]
+
+
+def find_openblas() -> str | None:
+    """Return a system OpenBLAS to load, trying fixed file names only (never a walk)."""
+    for folder in _search_dirs():
+        for name in _FILE_NAMES:
+            path = os.path.join(folder, name)
+            if os.path.isfile(path):
+                return path
+    if "EDGELSTM_BLAS_DIRS" in os.environ:
+        return None  # the caller pinned the search; do not fall back to the linker cache
+    return ctypes.util.find_library("openblas")
+
+
+def load() -> str:
+    """Apply ``EDGELSTM_BLAS`` before MLX is imported; return what MLX's matmuls use.
+
+    Returns:
+        A one-line description, also stored in :data:`MLX_BLAS`.
+    """
+    global MLX_BLAS
+    MLX_BLAS = _load()
+    return MLX_BLAS
+
+
+def _load() -> str:
+    if sys.platform == "darwin":
+        return "Accelerate (MLX native)"
+    bundled = "MLX's bundled reference BLAS (set EDGELSTM_BLAS=openblas to replace it)"
+    if not sys.platform.startswith("linux"):
+        return "MLX's own BLAS"
+    choice = os.environ.get("EDGELSTM_BLAS", "default").strip()
+    if choice in ("", "default", "reference"):
+        return bundled
+    if "mlx.core" in sys.modules:
+        return f"{bundled}; EDGELSTM_BLAS ignored: mlx.core was imported before edgelstm"
+    path = find_openblas() if choice == "openblas" else choice
+    if not path:
+        return f"{bundled}; EDGELSTM_BLAS=openblas found no system OpenBLAS"
+    try:
+        ctypes.CDLL(path, mode=os.RTLD_GLOBAL)
+    except OSError as exc:
+        return f"{bundled}; could not load {path}: {exc}"
+    return f"OpenBLAS ({path}, loaded process-wide by EDGELSTM_BLAS)"

@@ -1,0 +1,509 @@
+"""Optional fused C++ fast path for the recurrent core (package ``edgelstm_kernels``).
+
+MLX's CPU backend spends ~25-30 µs dispatching each primitive, so the
+per-timestep loop in :mod:`edgelstm.nn.recurrent` is overhead-bound at small
+batch. ``edgelstm_kernels`` (built from ``kernels/`` in this repository) adds
+one MLX primitive per direction that runs the whole sequence in a single CPU
+task: a BLAS call per step for ``h @ Wh.T`` plus fused gate math. A
+unidirectional multi-layer model runs all its layers in one primitive
+(:func:`plan_stack` decides, :func:`run_stack` runs it).
+
+The package is optional. When it is missing, built against another nanobind
+ABI or disabled with ``EDGELSTM_KERNELS=0``, :func:`available` is ``False``,
+:func:`reason` says why, and :mod:`edgelstm.nn.recurrent` runs its pure-MLX path.
+The primitive has no gradient: training must call the core with ``fast=False``.
+
+Build (from the repository root)::
+
+    .venv/bin/pip install "setuptools>=77" "cmake>=3.24" "nanobind>=3.0,<3.1"
+    PATH="$PWD/.venv/bin:$PATH" .venv/bin/pip install --no-build-isolation ./kernels
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+from typing import Any
+
+import mlx.core as mx
+
+from edgelstm.nn import activations as A
+
+_SIGMOID, _TANH, _RELU = A.spec("sigmoid"), A.spec("tanh"), A.spec("relu")
+_LSTM_ACTS = (_SIGMOID, _TANH, _TANH)
+_GRU_ACTS = (_SIGMOID, _TANH)
+_RNN_ACTS = {(_TANH,): False, (_RELU,): True}  # activations -> relu flag
+
+_BUILD_HINT = (
+    'build it with: .venv/bin/pip install "setuptools>=77" "cmake>=3.24" "nanobind>=3.0,<3.1" && '
+    'PATH="$PWD/.venv/bin:$PATH" .venv/bin/pip install --no-build-isolation ./kernels'
+)
+
+_ext: Any = None
+_state: tuple[bool, str] | None = None  # (available, reason), set on first use
+
+
+def _load() -> tuple[bool, str]:
+    """Import the extension and run one tiny call to prove its ABI matches mlx."""
+    global _ext
+    if os.environ.get("EDGELSTM_KERNELS", "1").lower() in ("0", "off", "false", "no"):
+        return False, "disabled by EDGELSTM_KERNELS=0"
+    try:
+        import edgelstm_kernels as ext
+    except ModuleNotFoundError as exc:
+        return False, f"edgelstm_kernels is not installed ({exc}); {_BUILD_HINT}"
+    except ImportError as exc:  # e.g. built against another libmlx
+        return False, f"edgelstm_kernels failed to load ({exc}); rebuild it: {_BUILD_HINT}"
+    except Exception as exc:  # a broken build can fail in odd ways at import
+        return False, f"edgelstm_kernels failed to import: {exc!r}"
+    try:
+        y, h = ext.rnn_seq(mx.ones((1, 1, 1)), mx.zeros((1, 1)))
+        mx.eval(y, h)
+        ok = abs(y.item() - 0.7615942) < 1e-4
+    except TypeError as exc:
+        # A nanobind ABI other than mlx's: every call rejects mx.array arguments.
+        return False, (
+            "edgelstm_kernels does not accept mlx arrays (nanobind ABI mismatch with "
+            f"mlx {mx.__version__}; rebuild with the pinned nanobind): " + str(exc).splitlines()[0]
+        )
+    except Exception as exc:
+        return False, f"edgelstm_kernels self-test failed: {exc!r}"
+    if not ok:
+        return False, "edgelstm_kernels self-test returned a wrong value"
+    _ext = ext
+    isa = ext.isa() if hasattr(ext, "isa") else "?"
+    return True, f"edgelstm_kernels {getattr(ext, '__version__', '?')} loaded ({isa} gate loops)"
+
+
+def available() -> bool:
+    """Return whether the fused kernels can be used in this process."""
+    global _state
+    if _state is None:
+        _state = _load()
+    return _state[0]
+
+
+def reason() -> str:
+    """Return a one-line explanation of :func:`available`'s answer."""
+    available()
+    return _state[1]
+
+
+def _int32(lengths):
+    if lengths is None:
+        return None
+    if not isinstance(lengths, mx.array):
+        return mx.array(lengths, dtype=mx.int32)
+    return lengths if lengths.dtype == mx.int32 else lengths.astype(mx.int32)
+
+
+# -- low-level wrappers: projected input in, kernel out ----------------------------
+
+
+def lstm_seq(
+    xp,
+    Wh,
+    h0=None,
+    c0=None,
+    lengths=None,
+    *,
+    reverse=False,
+    batch_first=False,
+    Wx=None,
+    bias=None,
+    Wh_scales=None,
+    Wx_scales=None,
+):
+    """Run the fused LSTM on a projected input.
+
+    Args:
+        xp: ``W x + bias``, ``(T, B, 4H)`` (``(B, T, 4H)`` if ``batch_first``),
+            gate order ``i, f, g, o``; any strides.
+        Wh: recurrent weights ``(4H, H)``.
+        h0, c0: initial states ``(B, H)`` or ``None`` (zeros).
+        lengths: valid steps per sequence ``(B,)`` (ONNX ``sequence_lens``) or ``None``.
+        reverse: run from each sequence's last valid step to the first.
+        batch_first: layout of ``xp`` and ``y``.
+        Wx, bias: input weights ``(4H, I)`` and bias ``(4H,)``; when given, ``xp``
+            is the raw input ``(.., .., I)`` and the projection runs in the kernel.
+        Wh_scales, Wx_scales: per-row float32 scales ``(4H,)``; when given, the
+            matching weight is int8 and stands for ``W * scales[:, None]``.
+
+    Returns:
+        ``y`` ``(T, B, H)`` (or ``(B, T, H)``; zero past each length) and ``(h_n, c_n)``.
+    """
+    _require()
+    y, h, c = _ext.lstm_seq(
+        xp,
+        Wh,
+        h0,
+        c0,
+        _int32(lengths),
+        reverse=bool(reverse),
+        batch_first=bool(batch_first),
+        Wx=Wx,
+        bias=bias,
+        **_scales(Wh_scales, Wx_scales),
+    )
+    return y, (h, c)
+
+
+def gru_seq(
+    xp,
+    Wh,
+    bhn=None,
+    h0=None,
+    lengths=None,
+    *,
+    reverse=False,
+    linear_before_reset=True,
+    batch_first=False,
+    Wx=None,
+    b=None,
+    Wh_scales=None,
+    Wx_scales=None,
+):
+    """Run the fused GRU on a projected input ``xp`` ``(T, B, 3H)``, gates ``r, z, n``.
+
+    ``bhn`` ``(H,)`` is the n gate's recurrent bias, added inside the reset
+    product when ``linear_before_reset`` (PyTorch/MLX form) and after the
+    matmul otherwise (ONNX default). Other arguments (int8 weights with
+    ``Wh_scales`` / ``Wx_scales`` included) as :func:`lstm_seq`.
+
+    Returns:
+        ``y`` and ``h_n`` ``(B, H)``.
+    """
+    _require()
+    y, h = _ext.gru_seq(
+        xp,
+        Wh,
+        bhn,
+        h0,
+        _int32(lengths),
+        reverse=bool(reverse),
+        linear_before_reset=bool(linear_before_reset),
+        batch_first=bool(batch_first),
+        Wx=Wx,
+        bias=b,
+        **_scales(Wh_scales, Wx_scales),
+    )
+    return y, h
+
+
+def rnn_seq(
+    xp,
+    Wh,
+    h0=None,
+    lengths=None,
+    *,
+    reverse=False,
+    relu=False,
+    batch_first=False,
+    Wx=None,
+    bias=None,
+    Wh_scales=None,
+    Wx_scales=None,
+):
+    """Run the fused Elman RNN (``tanh``, or ``relu``) on ``xp`` ``(T, B, H)``.
+
+    ``Wx`` ``(H, I)`` and ``bias`` ``(H,)`` move the input projection into the
+    kernel. Other arguments as :func:`lstm_seq`.
+
+    Returns:
+        ``y`` and ``h_n`` ``(B, H)``.
+    """
+    _require()
+    y, h = _ext.rnn_seq(
+        xp,
+        Wh,
+        h0,
+        _int32(lengths),
+        reverse=bool(reverse),
+        relu=bool(relu),
+        batch_first=bool(batch_first),
+        Wx=Wx,
+        bias=bias,
+        **_scales(Wh_scales, Wx_scales),
+    )
+    return y, h
+
+
+def _scales(Wh_scales, Wx_scales):
+    # Passed only when set, so an extension built before int8 support still
+    # serves float calls.
+    kw = {"Wh_scales": Wh_scales, "Wx_scales": Wx_scales}
+    return {k: v for k, v in kw.items() if v is not None}
+
+
+def _require():
+    if not available():
+        from edgelstm.errors import UnsupportedError
+
+        raise UnsupportedError(f"fused kernels unavailable: {reason()}")
+
+
+# -- dispatch helpers for edgelstm.nn.recurrent -------------------------------------
+
+
+def _why_not(x, Wh, arrays: Sequence, int8: Sequence = ()) -> str | None:
+    """Common reasons the fused path cannot run; ``None`` when it can.
+
+    ``int8`` holds ``(weight, scales)`` pairs; a pair with scales must be an
+    int8 weight with float32 scales, one without a float32 weight.
+    """
+    if not available():
+        return f"fused kernels unavailable: {reason()}"
+    if mx.default_device() != mx.cpu:
+        return "fused kernels run on the CPU device only"
+    if x.ndim != 3 or Wh.ndim != 2 or x.size == 0 or Wh.size == 0:
+        return "fused kernels need a non-empty (B, T, I) input"
+    floats = [x, *arrays]
+    for w, s in int8:
+        if s is None:
+            floats.append(w)
+            continue
+        if not getattr(_ext, "int8_weights", False):
+            return f"installed edgelstm_kernels predates int8 weights; {_BUILD_HINT}"
+        if w.dtype != mx.int8 or s.dtype != mx.float32 or s.shape != (w.shape[0],):
+            return "fused kernels take int8 weights with float32 per-row scales only"
+    for a in floats:
+        if a is not None and a.dtype != mx.float32:
+            return "fused kernels support float32 only"
+    return None
+
+
+def why_not_lstm(
+    x,
+    Wx,
+    Wh,
+    bias,
+    h0,
+    c0,
+    peephole,
+    clip,
+    input_forget,
+    activations,
+    Wx_scales=None,
+    Wh_scales=None,
+):
+    """Return why :func:`lstm` cannot run these arguments, or ``None`` if it can.
+
+    With ``Wx_scales`` / ``Wh_scales``, ``Wx`` / ``Wh`` are int8 (per-row scales).
+    """
+    if peephole is not None or clip is not None or input_forget:
+        return "fused LSTM has no peephole, clip or input_forget"
+    if tuple(activations) != _LSTM_ACTS:
+        return "fused LSTM supports the default activations (sigmoid, tanh, tanh) only"
+    return _why_not(x, Wh, (bias, h0, c0), ((Wx, Wx_scales), (Wh, Wh_scales)))
+
+
+def why_not_gru(x, Wx, Wh, b, bhn, h0, clip, activations, Wx_scales=None, Wh_scales=None):
+    """Return why :func:`gru` cannot run these arguments, or ``None`` if it can."""
+    if clip is not None:
+        return "fused GRU has no clip"
+    if tuple(activations) != _GRU_ACTS:
+        return "fused GRU supports the default activations (sigmoid, tanh) only"
+    return _why_not(x, Wh, (b, bhn, h0), ((Wx, Wx_scales), (Wh, Wh_scales)))
+
+
+def why_not_rnn(x, Wxh, Whh, bias, h0, clip, activations, Wx_scales=None, Wh_scales=None):
+    """Return why :func:`rnn` cannot run these arguments, or ``None`` if it can."""
+    if clip is not None:
+        return "fused RNN has no clip"
+    if tuple(activations) not in _RNN_ACTS:
+        return "fused RNN supports tanh or relu only"
+    return _why_not(x, Whh, (bias, h0), ((Wxh, Wx_scales), (Whh, Wh_scales)))
+
+
+def lstm(x, Wx, Wh, bias, h0, c0, lengths, reverse, Wx_scales=None, Wh_scales=None):
+    """Fused equivalent of ``recurrent.lstm`` for the arguments it supports.
+
+    With ``Wx_scales`` / ``Wh_scales`` the matching weight is int8 and the
+    kernel reads it as is (no float copy per call).
+    """
+    # Projection inside the kernel: one MLX dispatch per direction, not two.
+    return lstm_seq(
+        x,
+        Wh,
+        h0,
+        c0,
+        lengths,
+        reverse=reverse,
+        batch_first=True,
+        Wx=Wx,
+        bias=bias,
+        Wh_scales=Wh_scales,
+        Wx_scales=Wx_scales,
+    )
+
+
+def gru(
+    x, Wx, Wh, b, bhn, h0, lengths, reverse, linear_before_reset, Wx_scales=None, Wh_scales=None
+):
+    """Fused equivalent of ``recurrent.gru`` for the arguments it supports."""
+    return gru_seq(
+        x,
+        Wh,
+        bhn,
+        h0,
+        lengths,
+        reverse=reverse,
+        linear_before_reset=bool(linear_before_reset),
+        batch_first=True,
+        Wx=Wx,
+        b=b,
+        Wh_scales=Wh_scales,
+        Wx_scales=Wx_scales,
+    )
+
+
+def rnn(x, Wxh, Whh, bias, h0, lengths, reverse, activations, Wx_scales=None, Wh_scales=None):
+    """Fused equivalent of ``recurrent.rnn`` for the arguments it supports."""
+    relu = _RNN_ACTS[tuple(activations)]
+    return rnn_seq(
+        x,
+        Whh,
+        h0,
+        lengths,
+        reverse=reverse,
+        relu=relu,
+        batch_first=True,
+        Wx=Wxh,
+        bias=bias,
+        Wh_scales=Wh_scales,
+        Wx_scales=Wx_scales,
+    )
+
+
+# -- whole stacks: every layer of a unidirectional model in one primitive ----------
+
+
+def plan_stack(model, x, state, fast) -> list[dict] | str:
+    """Decide whether a recurrent stack runs as one fused primitive (all layers).
+
+    The single place that decides it: :meth:`edgelstm.nn.layers.Recurrent.__call__`
+    calls this and falls back to one kernel (or pure-MLX) call per layer when
+    given a reason.
+
+    Args:
+        model: an ``edgelstm.nn.layers.Recurrent`` (``cell_type``, ``layers``,
+            ``bidirectional``, ``training``, ``_drop``).
+        x: the input, ``(B, T, I)`` or ``(T, B, I)`` (only its rank, size and
+            dtype matter here).
+        state: the model's initial state (``(h0, c0)`` for LSTM, ``h0``
+            otherwise, each ``(L, B, H)``) or ``None``.
+        fast: the call's ``fast`` (``False`` never fuses).
+
+    Returns:
+        The per-layer kernel arguments (each cell's ``kernel_args``) for
+        :func:`run_stack`, or a one-line reason the stack cannot be fused.
+    """
+    if fast is False:
+        return "fast=False"
+    if not available():
+        return f"fused kernels unavailable: {reason()}"
+    kind = model.cell_type
+    if not hasattr(_ext, f"{kind}_stack"):
+        return f"installed edgelstm_kernels predates fused stacks; {_BUILD_HINT}"
+    if model.bidirectional:
+        return "fused stacks are unidirectional"
+    if model.training and model._drop is not None:
+        return "dropout between layers is active (training)"
+    if (
+        kind == "lstm"
+        and state is not None
+        and not (isinstance(state, (tuple, list)) and len(state) == 2)
+    ):
+        return "LSTM state must be (h0, c0)"
+    h0, c0 = _split_state(kind, state)
+    for s in (h0, c0):
+        if s is not None and not (isinstance(s, mx.array) and s.ndim == 3):
+            return "fused stacks take whole (L, B, H) state arrays"
+    plan = []
+    for k, layer in enumerate(model.layers):
+        get = getattr(layer.forward, "kernel_args", None)
+        a = get(fast) if get is not None else None
+        if a is None:
+            return f"layer {k} has no fused-kernel weights"
+        why = _why_not_layer(kind, a, x, h0, c0)
+        if why is not None:
+            return f"layer {k}: {why}"
+        plan.append(a)
+    opt = {"gru": "linear_before_reset", "rnn": "activations"}.get(kind)
+    if opt and any(a[opt] != plan[0][opt] for a in plan):
+        return f"layers differ in {opt}"
+    return plan
+
+
+def run_stack(kind, plan, x, state, lengths=None, *, batch_first=True):
+    """Run a stack planned by :func:`plan_stack` in one primitive.
+
+    Args:
+        kind: ``"lstm"``, ``"gru"`` or ``"rnn"``.
+        plan: the per-layer arguments :func:`plan_stack` returned.
+        x: input ``(B, T, I)`` (``(T, B, I)`` when not ``batch_first``).
+        state: ``(h0, c0)`` for LSTM, ``h0`` otherwise, each ``(L, B, H)``, or ``None``.
+        lengths: valid steps per sequence ``(B,)`` or ``None``.
+
+    Returns:
+        ``y`` of the last layer (``x``'s layout) and the final state, as the
+        model returns it: ``(h_n, c_n)`` for LSTM, else ``h_n``, each ``(L, B, H)``.
+    """
+    _require()
+    h0, c0 = _split_state(kind, state)
+    lists = {k: [a[k] for a in plan] for k in ("Wx", "Wh", "bias", "Wx_scales", "Wh_scales")}
+    for k in ("bias", "Wx_scales", "Wh_scales"):
+        if all(v is None for v in lists[k]):
+            lists[k] = []
+    kw = {
+        "batch_first": bool(batch_first),
+        "Wx_scales": lists["Wx_scales"],
+        "Wh_scales": lists["Wh_scales"],
+    }
+    args = (x, lists["Wx"], lists["Wh"], lists["bias"])
+    if kind == "lstm":
+        y, h, c = _ext.lstm_stack(*args, h0, c0, _int32(lengths), **kw)
+        return y, (h, c)
+    if kind == "gru":
+        bhn = [a["bhn"] for a in plan]
+        y, h = _ext.gru_stack(
+            *args,
+            [] if all(b is None for b in bhn) else bhn,
+            h0,
+            _int32(lengths),
+            linear_before_reset=plan[0]["linear_before_reset"],
+            **kw,
+        )
+        return y, h
+    y, h = _ext.rnn_stack(*args, h0, _int32(lengths), relu=_RNN_ACTS[plan[0]["activations"]], **kw)
+    return y, h
+
+
+def _split_state(kind, state):
+    if state is None:
+        return None, None
+    return tuple(state) if kind == "lstm" else (state, None)
+
+
+def _why_not_layer(kind, a, x, h0, c0):
+    """The per-layer checks (:func:`why_not_lstm` etc.) on one layer's ``kernel_args``."""
+    q = {"Wx_scales": a["Wx_scales"], "Wh_scales": a["Wh_scales"]}
+    if kind == "lstm":
+        return why_not_lstm(
+            x,
+            a["Wx"],
+            a["Wh"],
+            a["bias"],
+            h0,
+            c0,
+            a["peephole"],
+            a["clip"],
+            a["input_forget"],
+            a["activations"],
+            **q,
+        )
+    if kind == "gru":
+        return why_not_gru(
+            x, a["Wx"], a["Wh"], a["bias"], a["bhn"], h0, a["clip"], a["activations"], **q
+        )
+    return why_not_rnn(x, a["Wx"], a["Wh"], a["bias"], h0, a["clip"], a["activations"], **q)

@@ -1,0 +1,1 @@
+"""Signals to frames: audio/sensor readers, resampling, log-mel and MFCC features."""

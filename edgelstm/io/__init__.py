@@ -1,0 +1,1 @@
+"""Files in and out: native checkpoints (``load``/``save``) and atomic writes."""

@@ -1,0 +1,143 @@
+"""A sequence model: input normalisation -> recurrent stack -> linear head.
+
+``config.json`` of a sequence model holds ``model_type: "sequence"``, the
+recurrent stack's config under ``rnn``, the head (``"frame"``: one output
+per step; ``"sequence"``: one output per sequence from its last valid
+step; ``None``: the stack's output as is), labels, the front-end settings
+under ``features`` and the input/output names.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import mlx.core as mx
+import mlx.nn as nn
+
+from edgelstm.errors import ConfigError
+from edgelstm.nn.layers import RECURRENT, Recurrent, SaveMixin
+
+HEADS = ("frame", "sequence", None)
+
+
+class Normalize(nn.Module):
+    """Per-feature ``(x - mean) / std`` with stored statistics ``(I,)``."""
+
+    def __init__(self, size: int):
+        super().__init__()
+        self.mean = mx.zeros((size,))
+        self.std = mx.ones((size,))
+        self.freeze()  # statistics of the data, not something an optimiser should move
+
+    def __call__(self, x):
+        """x ``(..., I)`` -> normalised ``(..., I)``."""
+        return (x - self.mean) / self.std
+
+
+class SequenceModel(SaveMixin, nn.Module):
+    """Recurrent stack with optional normalisation and a linear head.
+
+    Args:
+        rnn: the recurrent stack (:class:`edgelstm.LSTM`, ``GRU`` or ``RNN``).
+        num_outputs: outputs of the head; ignored when ``head`` is ``None``.
+        head: ``"frame"``, ``"sequence"`` or ``None``.
+        labels: class names, one per output, or ``None``.
+        normalize: keep input mean/std (``norm.mean``, ``norm.std``).
+        features: front-end settings stored with the model (a dict).
+        input_names, output_names: names used by ONNX export and ``run``.
+    """
+
+    def __init__(
+        self,
+        rnn: Recurrent,
+        num_outputs: int | None = None,
+        head: str | None = "frame",
+        labels: list[str] | None = None,
+        normalize: bool = False,
+        features: dict | None = None,
+        input_names: list[str] | None = None,
+        output_names: list[str] | None = None,
+    ):
+        super().__init__()
+        if head not in HEADS:
+            raise ConfigError(f"head must be one of 'frame', 'sequence' or null, got {head!r}")
+        if labels is not None:
+            labels = [str(x) for x in labels]
+            num_outputs = num_outputs or len(labels)
+            if len(labels) != num_outputs:
+                raise ConfigError(f"{len(labels)} labels for {num_outputs} outputs")
+        if head is not None and not num_outputs:
+            raise ConfigError("a model with a head needs num_outputs (or labels)")
+        self.rnn = rnn
+        self.head_type = head
+        self.num_outputs = num_outputs if head is not None else rnn.output_size
+        self.labels = labels
+        self.features = dict(features) if features else None
+        self.input_names = list(input_names or ["input"])
+        self.output_names = list(output_names or ["output"])
+        if normalize:
+            self.norm = Normalize(rnn.input_size)
+        if head is not None:
+            self.head = nn.Linear(rnn.output_size, num_outputs)
+
+    @property
+    def input_size(self) -> int:
+        """Features per input step, ``I``."""
+        return self.rnn.input_size
+
+    def config(self) -> dict:
+        """JSON-able description, the ``config.json`` of a checkpoint."""
+        return {
+            "model_type": "sequence", "rnn": self.rnn.config(), "head": self.head_type,
+            "num_outputs": self.num_outputs, "labels": self.labels,
+            "normalize": "norm" in self, "features": self.features,
+            "input_names": self.input_names, "output_names": self.output_names,
+        }
+
+    @classmethod
+    def from_config(cls, config: dict) -> SequenceModel:
+        """Build an untrained model from :meth:`config` output."""
+        rc = config.get("rnn") or {}
+        kind = rc.get("model_type")
+        if kind not in RECURRENT:
+            raise ConfigError(f"rnn.model_type must be lstm, gru or rnn, got {kind!r}")
+        return cls(
+            RECURRENT[kind].from_config(rc), num_outputs=config.get("num_outputs"),
+            head=config.get("head"), labels=config.get("labels"),
+            normalize=bool(config.get("normalize")), features=config.get("features"),
+            input_names=config.get("input_names"), output_names=config.get("output_names"),
+        )
+
+    def zero_state(self, batch_size: int):
+        """Zero recurrent state for ``batch_size`` streams."""
+        return self.rnn.zero_state(batch_size)
+
+    def __call__(self, x, state=None, lengths=None, return_state: bool = False,
+                 fast: bool | None = None) -> Any:
+        """Run the model.
+
+        Args:
+            x: ``(B, T, I)`` or unbatched ``(T, I)``.
+            state: recurrent state as for :class:`edgelstm.LSTM`.
+            lengths: valid steps per sequence ``(B,)``.
+            return_state: also return the final recurrent state.
+
+        Returns:
+            ``(B, T, C)`` for a frame head, ``(B, C)`` for a sequence head
+            (``C`` = ``num_outputs``); with ``return_state``, ``(out, state)``.
+        """
+        if "norm" in self:
+            x = self.norm(x)
+        y, final = self.rnn(x, state, lengths=lengths, fast=fast)
+        if self.head_type == "sequence":
+            y = self.head(self._last_step(y, final))
+        elif self.head_type == "frame":
+            y = self.head(y)
+        return (y, final) if return_state else y
+
+    def _last_step(self, y, final):
+        """Per-sequence summary: the last layer's final hidden state(s), ``(B, dirs*H)``."""
+        h = final[0] if isinstance(final, tuple) else final
+        dirs = self.rnn.num_directions
+        last = h[-dirs:]  # (dirs, B, H) or (dirs, H) when unbatched
+        return mx.concatenate(list(last), axis=-1)

@@ -1,0 +1,1 @@
+"""Whole-input inference on either backend, benchmarks, and model/environment reports."""

@@ -1,0 +1,124 @@
+"""Offline inference on arrays, for any model format and backend.
+
+:func:`run_model` is what ``edgelstm run`` calls. A native model takes its
+first input name (``input`` by default) as ``x`` ``(B, T, I)`` or ``(T, I)``,
+and optionally ``lengths`` ``(B,)``, ``h0`` and ``c0`` ``(L*dirs, B, H)``;
+it returns its first output name plus ``h_n`` (and ``c_n`` for LSTM).
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+
+from edgelstm.errors import DataError, EdgeLSTMError
+
+BACKENDS = ("mlx", "onnxruntime")
+
+
+def read_inputs(path: str | os.PathLike, input_names: list[str]) -> dict[str, np.ndarray]:
+    """Read ``.npy`` (feeds the first input) or ``.npz`` (feeds inputs by name)."""
+    path = Path(path)
+    try:
+        if path.suffix == ".npy":
+            return {input_names[0]: np.load(path, allow_pickle=False)}
+        if path.suffix == ".npz":
+            with np.load(path, allow_pickle=False) as data:
+                return {k: data[k] for k in data.files}
+    except (OSError, ValueError) as exc:
+        raise DataError(f"cannot read {path}: {exc}") from None
+    raise DataError(f"input must be .npy or .npz, got {path.name}")
+
+
+def model_io(model) -> tuple[list[str], list[str]]:
+    """Input and output names of a native model."""
+    ins = list(getattr(model, "input_names", None) or ["input"])
+    outs = list(getattr(model, "output_names", None) or ["output"])
+    return ins, outs
+
+
+def run_native(model, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """Run a native (MLX) model on numpy feeds; see the module docstring."""
+    import mlx.core as mx
+
+    ins, outs = model_io(model)
+    known = {ins[0], "lengths", "h0", "c0"}
+    unknown = sorted(set(feeds) - known)
+    if unknown:
+        raise DataError(f"unknown input {unknown[0]!r}; this model takes {', '.join(sorted(known))}")
+    if ins[0] not in feeds:
+        raise DataError(f"missing input {ins[0]!r}")
+    x = np.asarray(feeds[ins[0]])
+    if x.ndim not in (2, 3) or not np.issubdtype(x.dtype, np.floating):
+        raise DataError(f"input {ins[0]!r} must be a float array (B, T, I) or (T, I), "
+                        f"got {x.dtype} {x.shape}")
+    size = model.input_size
+    if x.shape[-1] != size:
+        raise DataError(f"input {ins[0]!r} has {x.shape[-1]} features, the model takes {size}")
+    is_lstm = _cell_type(model) == "lstm"
+    state = None
+    if "h0" in feeds:
+        h0 = mx.array(feeds["h0"].astype(np.float32))
+        if is_lstm:
+            if "c0" not in feeds:
+                raise DataError("an LSTM needs c0 with h0")
+            state = (h0, mx.array(feeds["c0"].astype(np.float32)))
+        else:
+            state = h0
+    lengths = feeds.get("lengths")
+    if lengths is not None:
+        lengths = mx.array(np.asarray(lengths).astype(np.int32))
+    from edgelstm.nn.model import SequenceModel
+
+    xa = mx.array(x.astype(np.float32))
+    if isinstance(model, SequenceModel):
+        y, final = model(xa, state=state, lengths=lengths, return_state=True)
+    else:
+        y, final = model(xa, state, lengths=lengths)
+    result = {outs[0]: y}
+    if is_lstm:
+        result["h_n"], result["c_n"] = final
+    else:
+        result["h_n"] = final
+    mx.eval(result)
+    return {k: np.array(v) for k, v in result.items()}
+
+
+def _cell_type(model) -> str:
+    rnn = getattr(model, "rnn", model)
+    return getattr(rnn, "cell_type", "")
+
+
+def run_model(path: str | os.PathLike, feeds: dict[str, np.ndarray] | np.ndarray,
+              backend: str | None = None) -> dict[str, np.ndarray]:
+    """Run any supported model file on numpy inputs.
+
+    Args:
+        path: checkpoint directory, ``.onnx`` or another importable format.
+        feeds: ``{input name: array}``, or one array for the first input.
+        backend: ``"mlx"`` or ``"onnxruntime"`` (default: ``mlx`` for
+            native models, ``onnxruntime`` for ``.onnx``).
+
+    Returns:
+        ``{output name: array}``.
+    """
+    from edgelstm.io.checkpoint import detect_format, load
+
+    if backend is not None and backend not in BACKENDS:
+        raise EdgeLSTMError(f"unknown backend {backend!r}; choose mlx or onnxruntime")
+    fmt = detect_format(path)
+    if fmt == "onnx":
+        from edgelstm.converters import onnx_io_names, run_onnx
+
+        if isinstance(feeds, np.ndarray):
+            feeds = {onnx_io_names(path)[0][0]: feeds}
+        return run_onnx(path, feeds, backend=backend or "onnxruntime")
+    if backend == "onnxruntime":
+        raise EdgeLSTMError(f"{path} is not an ONNX file; convert it first "
+                            "(edgelstm convert MODEL model.onnx) or use --backend mlx")
+    model = load(path)
+    if isinstance(feeds, np.ndarray):
+        feeds = {model_io(model)[0][0]: feeds}
+    return run_native(model, feeds)

@@ -1,0 +1,118 @@
+"""``describe``: what a model is, for ``edgelstm info`` and scripts."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+
+
+def _size_on_disk(path: Path) -> int:
+    if path.is_dir():
+        return sum(f.stat().st_size for f in path.rglob("*") if f.is_file())
+    return path.stat().st_size
+
+
+def describe(path: str | os.PathLike) -> dict:
+    """Summarise a model file as a JSON-able dict.
+
+    Keys: ``format``, ``path``, ``file_bytes``, ``blas``, and for native
+    models ``architecture``, ``parameters``, ``weight_bytes``,
+    ``bits_per_weight``, ``quantization``, ``inputs``/``outputs`` (name and
+    shape, ``B``/``T`` symbolic), ``labels``; for ONNX ``opset``, ``ops``,
+    ``inputs``/``outputs`` and ``metadata``.
+    """
+    from edgelstm.fast import blas as _blas
+    from edgelstm.io.checkpoint import detect_format
+
+    path = Path(path)
+    fmt = detect_format(path)
+    from edgelstm.fast import dispatch as kernels
+
+    info = {"path": str(path), "format": fmt, "file_bytes": _size_on_disk(path),
+            "blas": _blas.MLX_BLAS, "kernels": kernels.reason()}
+    if fmt == "onnx":
+        info.update(_describe_onnx(path))
+    else:
+        from edgelstm.io.checkpoint import load
+
+        info.update(describe_model(load(path)))
+    return info
+
+
+def describe_model(model) -> dict:
+    """Summarise a loaded native model (see :func:`describe`)."""
+    import mlx.core as mx
+    from mlx.utils import tree_flatten
+
+    from edgelstm.io.checkpoint import model_config
+    from edgelstm.runtime.inference import model_io
+
+    params = dict(tree_flatten(model.parameters()))
+    config = model_config(model)
+    quant = config.get("quantization")
+    logical = getattr(model, "logical_parameter_count", None)
+    n_params = logical() if callable(logical) else sum(v.size for v in params.values())
+    n_bytes = sum(v.nbytes for v in params.values())
+    rnn = getattr(model, "rnn", model)
+    dirs = rnn.num_directions
+    arch = (f"{rnn.cell_type.upper()} {rnn.num_layers}x{rnn.hidden_size}"
+            f"{' bidirectional' if dirs == 2 else ''}, input {rnn.input_size}")
+    opts = {k: v for k, v in rnn.cell_options.items() if v not in (None, False)}
+    if opts:
+        arch += ", " + ", ".join(f"{k}={v}" for k, v in opts.items())
+    head = getattr(model, "head_type", None)
+    if head:
+        arch += f", {head} head -> {model.num_outputs}"
+    ins, outs = model_io(model)
+    state_shape = [rnn.num_layers * dirs, "B", rnn.hidden_size]
+    out_shape = (["B", model.num_outputs] if head == "sequence"
+                 else ["B", "T", getattr(model, "num_outputs", rnn.output_size)])
+    outputs = [{"name": outs[0], "shape": out_shape}, {"name": "h_n", "shape": state_shape}]
+    if rnn.cell_type == "lstm":
+        outputs.append({"name": "c_n", "shape": state_shape})
+    del mx
+    return {
+        "architecture": arch,
+        "config": config,
+        "parameters": int(n_params),
+        "weight_bytes": int(n_bytes),
+        "bits_per_weight": round(8.0 * n_bytes / max(n_params, 1), 3),
+        "quantization": quant,
+        "inputs": [{"name": ins[0], "shape": ["B", "T", rnn.input_size]}],
+        "outputs": outputs,
+        "labels": getattr(model, "labels", None),
+    }
+
+
+def _describe_onnx(path: Path) -> dict:
+    import onnx
+
+    from edgelstm.errors import CheckpointError
+
+    try:
+        m = onnx.load(str(path), load_external_data=False)
+    except Exception as exc:  # onnx raises DecodeError and others on garbage
+        raise CheckpointError(f"{path} is not a valid ONNX file: {exc}") from None
+
+    def shape(vi):
+        dims = vi.type.tensor_type.shape.dim
+        return [d.dim_param or (d.dim_value if d.HasField("dim_value") else "?") for d in dims]
+
+    inits = {i.name for i in m.graph.initializer}
+    ops: dict[str, int] = {}
+    for node in m.graph.node:
+        key = node.op_type if node.domain in ("", "ai.onnx") else f"{node.domain}.{node.op_type}"
+        ops[key] = ops.get(key, 0) + 1
+    n_params = sum(int(np.prod(i.dims)) for i in m.graph.initializer)
+    return {
+        "opset": {(o.domain or "ai.onnx"): o.version for o in m.opset_import},
+        "producer": f"{m.producer_name} {m.producer_version}".strip(),
+        "ops": ops,
+        "parameters": n_params,
+        "inputs": [{"name": i.name, "shape": shape(i)} for i in m.graph.input
+                   if i.name not in inits],
+        "outputs": [{"name": o.name, "shape": shape(o)} for o in m.graph.output],
+        "metadata": {p.key: p.value for p in m.metadata_props},
+    }

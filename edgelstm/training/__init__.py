@@ -1,0 +1,1 @@
+"""Datasets (UEA ``.ts``, FSDD, ``.npz``) and the training loop behind ``edgelstm train``."""

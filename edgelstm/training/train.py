@@ -1,0 +1,437 @@
+"""Training and evaluation of sequence classifiers.
+
+:func:`train` fits a :class:`~edgelstm.nn.model.SequenceModel` with Adam and
+cross-entropy; :func:`evaluate` reports accuracy and a confusion matrix.
+
+Targets follow the model's head and the dataset's labels:
+
+- ``head="sequence"``, labels ``(N,)``: one decision per sequence, taken
+  from the last valid step (``lengths`` mask the padding).
+- ``head="frame"``, labels ``(N,)``: a streaming classifier. ``target``
+  picks where the sequence label supervises the frames: ``"last"`` (the
+  last valid frame only), ``"all"`` (every valid frame) or ``"mixed"``
+  (both, averaged). Evaluation reads the last valid frame.
+- ``head="frame"``, labels ``(N, T)``: per-frame labels over valid frames.
+
+Training is deterministic for a given ``seed`` on one machine: the seed
+drives weight init, the validation split, shuffling and dropout.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Callable
+from functools import partial
+from typing import Any
+
+import mlx.core as mx
+import mlx.nn as nn
+import mlx.optimizers as optim
+import numpy as np
+from mlx.utils import tree_flatten, tree_map
+
+from edgelstm.training.data import Dataset
+from edgelstm.errors import ConfigError, DataError
+from edgelstm.nn.layers import RECURRENT
+from edgelstm.nn.model import SequenceModel
+
+__all__ = ["build_model", "evaluate", "fit_normalization", "predict", "train"]
+
+TARGETS = ("last", "all", "mixed")
+
+
+def build_model(
+    dataset: Dataset,
+    cell: str = "lstm",
+    hidden: int = 64,
+    layers: int = 1,
+    bidirectional: bool = False,
+    head: str | None = None,
+    dropout: float = 0.0,
+    normalize: bool = True,
+    features: dict | None = None,
+    **cell_options: Any,
+) -> SequenceModel:
+    """An untrained classifier sized for ``dataset``.
+
+    Args:
+        dataset: gives the input size, classes, labels and front-end settings.
+        cell: ``"lstm"``, ``"gru"`` or ``"rnn"``.
+        hidden: hidden units per direction.
+        layers: stacked recurrent layers.
+        bidirectional: add a reverse direction (offline use only; a
+            bidirectional model cannot stream).
+        head: ``"sequence"`` or ``"frame"``; ``None`` picks ``"frame"`` for
+            per-frame labels and ``"sequence"`` otherwise.
+        dropout: dropout between stacked layers (training only).
+        normalize: store and apply per-feature mean/std of the training data.
+        features: front-end settings to store (default: the dataset's).
+        cell_options: extra recurrent options (``clip``, ``peephole``, ...).
+
+    Returns:
+        A :class:`SequenceModel` in training mode.
+    """
+    if cell not in RECURRENT:
+        raise ConfigError(f"cell must be lstm, gru or rnn, got {cell!r}")
+    if head is None:
+        head = "frame" if dataset.frame_labels else "sequence"
+    if head == "sequence" and dataset.frame_labels:
+        raise ConfigError("per-frame labels need head='frame'")
+    rnn = RECURRENT[cell](dataset.input_size, hidden, num_layers=layers,
+                          bidirectional=bidirectional, dropout=dropout, **cell_options)
+    return SequenceModel(rnn, num_outputs=dataset.num_classes, head=head,
+                         labels=dataset.labels, normalize=normalize,
+                         features=features if features is not None else dataset.features)
+
+
+def fit_normalization(model: SequenceModel, dataset: Dataset) -> None:
+    """Set ``model.norm`` to the per-feature mean/std over the valid frames of ``dataset``."""
+    if "norm" not in model:
+        return
+    frames = dataset.valid_frames()
+    mean = frames.mean(axis=0)
+    std = frames.std(axis=0)
+    std = np.where(std < 1e-6, 1.0, std)  # constant channels pass through unscaled
+    model.norm.mean = mx.array(mean.astype(np.float32))
+    model.norm.std = mx.array(std.astype(np.float32))
+
+
+def _as_model(model_or_config, dataset: Dataset) -> SequenceModel:
+    if isinstance(model_or_config, SequenceModel):
+        return model_or_config
+    if model_or_config is None:
+        model_or_config = {}
+    if not isinstance(model_or_config, dict):
+        raise ConfigError("train() takes a SequenceModel or a config dict, "
+                          f"got {type(model_or_config).__name__}")
+    if model_or_config.get("model_type") == "sequence":
+        model = SequenceModel.from_config(model_or_config)
+    else:
+        model = build_model(dataset, **model_or_config)
+    return model
+
+
+def _check(model: SequenceModel, dataset: Dataset) -> None:
+    if model.input_size != dataset.input_size:
+        raise DataError(f"the data has {dataset.input_size} features per step, "
+                        f"the model takes {model.input_size}")
+    if model.head_type is None:
+        raise ConfigError("cannot train or evaluate a model without a head")
+    if dataset.frame_labels and model.head_type != "frame":
+        raise ConfigError("per-frame labels need a model with head='frame'")
+
+
+def class_indices(model: SequenceModel, dataset: Dataset) -> np.ndarray:
+    """Dataset labels as the model's class indices (mapped by name when both have names)."""
+    y = dataset.y
+    if model.labels is not None and dataset.labels is not None:
+        index = {name: k for k, name in enumerate(model.labels)}
+        missing = sorted(set(dataset.labels) - set(index))
+        if missing:
+            raise DataError(f"data label {missing[0]!r} is not one of the model's labels "
+                            f"({', '.join(model.labels)})")
+        lut = np.array([index[name] for name in dataset.labels], dtype=np.int32)
+        y = np.where(y >= 0, lut[np.clip(y, 0, None)], -1)
+    if y.max(initial=-1) >= model.num_outputs:
+        raise DataError(f"label {int(y.max())} is out of range for {model.num_outputs} outputs")
+    return y.astype(np.int32)
+
+
+def _loss_fn(model, x, y, lengths, head, frame_labels, target):
+    """Mean cross-entropy; ``lengths`` is ``(B,)`` int (all valid when None)."""
+    out = model(x, lengths=lengths)
+    if head == "sequence":
+        return nn.losses.cross_entropy(out, y, reduction="mean")
+    B, T = out.shape[0], out.shape[1]
+    valid = (mx.arange(T)[None, :] < lengths[:, None]) if lengths is not None else mx.ones((B, T))
+    valid = valid.astype(out.dtype)
+    if frame_labels:
+        ce = nn.losses.cross_entropy(out, mx.maximum(y, 0))
+        return (ce * valid).sum() / mx.maximum(valid.sum(), 1.0)
+    last_idx = (lengths - 1) if lengths is not None else mx.full((B,), T - 1, dtype=mx.int32)
+    losses = []
+    if target in ("last", "mixed"):
+        last = mx.take_along_axis(out, last_idx[:, None, None].astype(mx.int32), axis=1)[:, 0]
+        losses.append(nn.losses.cross_entropy(last, y, reduction="mean"))
+    if target in ("all", "mixed"):
+        ce = nn.losses.cross_entropy(out, mx.broadcast_to(y[:, None], (B, T)))
+        per_seq = (ce * valid).sum(axis=1) / mx.maximum(valid.sum(axis=1), 1.0)
+        losses.append(per_seq.mean())
+    return sum(losses) / len(losses)
+
+
+def _batches(lengths: np.ndarray | None, n: int, batch_size: int, rng, shuffle: bool):
+    """Index batches; variable-length data is bucketed by length to cut padding."""
+    idx = np.arange(n)
+    if lengths is not None and shuffle:
+        # Sort by a jittered length, then shuffle the batch order.
+        jitter = rng.uniform(0, max(1.0, 0.1 * float(lengths.max())), size=n)
+        idx = np.argsort(lengths + jitter, kind="stable")
+    elif lengths is not None:
+        idx = np.argsort(lengths, kind="stable")
+    elif shuffle:
+        idx = rng.permutation(n)
+    batches = [idx[k:k + batch_size] for k in range(0, n, batch_size)]
+    if shuffle:
+        batches = [batches[k] for k in rng.permutation(len(batches))]
+    return batches
+
+
+def _slice(dataset: Dataset, idx: np.ndarray, y: np.ndarray, pad_multiple: int):
+    """Batch arrays cropped to the batch's longest sequence (rounded up)."""
+    lengths = dataset.lengths[idx] if dataset.lengths is not None else None
+    T = dataset.x.shape[1]
+    if lengths is not None:
+        T = min(T, int(math.ceil(int(lengths.max()) / pad_multiple) * pad_multiple))
+    x = mx.array(dataset.x[idx, :T])
+    yb = y[idx, :T] if y.ndim == 2 else y[idx]
+    return x, mx.array(yb), (mx.array(lengths.astype(np.int32)) if lengths is not None else None)
+
+
+def _crop(x: mx.array, lengths, min_fraction: float, rng):
+    """Random windows (at least ``min_fraction`` of each sequence) moved to step 0."""
+    xb = np.array(x)
+    B, T = xb.shape[:2]
+    full = np.array(lengths) if lengths is not None else np.full(B, T, dtype=np.int32)
+    new_len = np.maximum(1, np.ceil(full * rng.uniform(min_fraction, 1.0, size=B))).astype(np.int32)
+    start = (rng.uniform(size=B) * (full - new_len + 1)).astype(np.int32)
+    out = np.zeros_like(xb)
+    for k in range(B):
+        out[k, : new_len[k]] = xb[k, start[k]: start[k] + new_len[k]]
+    return mx.array(out), mx.array(new_len)
+
+
+def predict(model: SequenceModel, x, lengths=None, batch_size: int = 256) -> np.ndarray:
+    """Predicted class index of each sequence.
+
+    Args:
+        model: a sequence model with a head.
+        x: ``(N, T, I)`` or one sequence ``(T, I)``.
+        lengths: valid steps ``(N,)`` or ``None``.
+
+    Returns:
+        The decision of each sequence ``(N,)`` (a frame head is read at the
+        last valid frame); one sequence gives a 0-d array.
+    """
+    scores = predict_scores(model, x, lengths, batch_size)
+    return np.argmax(scores, axis=-1)
+
+
+def predict_scores(model: SequenceModel, x, lengths=None, batch_size: int = 256) -> np.ndarray:
+    """Per-sequence logits ``(N, C)`` (a frame head's last valid frame), or ``(C,)`` for one."""
+    x = np.asarray(x, dtype=np.float32)
+    single = x.ndim == 2
+    if single:
+        x = x[None]
+        lengths = None if lengths is None else np.atleast_1d(lengths)
+    out = []
+    for k in range(0, x.shape[0], batch_size):
+        xb = mx.array(x[k:k + batch_size])
+        lb = None if lengths is None else mx.array(np.asarray(lengths[k:k + batch_size], np.int32))
+        y = model(xb, lengths=lb)
+        if model.head_type == "frame":
+            T = y.shape[1]
+            last = (lb - 1) if lb is not None else mx.full((y.shape[0],), T - 1, dtype=mx.int32)
+            y = mx.take_along_axis(y, last[:, None, None], axis=1)[:, 0]
+        out.append(np.array(y))
+    scores = np.concatenate(out)
+    return scores[0] if single else scores
+
+
+def evaluate(model: SequenceModel, dataset: Dataset, batch_size: int = 256) -> dict:
+    """Accuracy of ``model`` on ``dataset``.
+
+    Labels are matched by name when both the model and the data carry names.
+    Per-frame labels are scored over valid frames; sequence labels once per
+    sequence (a frame head is read at the last valid frame).
+
+    Returns:
+        ``{"accuracy": float, "n": int, "confusion": [[int]] (true x predicted),
+        "labels": [str] | None, "loss": float}``.
+    """
+    _check(model, dataset)
+    was_training = model.training
+    model.eval()
+    try:
+        y = class_indices(model, dataset)
+        C = model.num_outputs
+        confusion = np.zeros((C, C), dtype=np.int64)
+        loss_sum, count = 0.0, 0
+        for k in range(0, dataset.n, batch_size):
+            idx = np.arange(k, min(k + batch_size, dataset.n))
+            x, yb, lb = _slice(dataset, idx, y, 1)
+            out = model(x, lengths=lb)
+            if dataset.frame_labels:
+                T = out.shape[1]
+                valid = np.arange(T)[None] < (np.array(lb)[:, None] if lb is not None else T)
+                logits = np.array(out)[valid]
+                true = np.array(yb)[valid]
+            else:
+                if model.head_type == "frame":
+                    T = out.shape[1]
+                    last = (lb - 1) if lb is not None else mx.full((out.shape[0],), T - 1,
+                                                                   dtype=mx.int32)
+                    out = mx.take_along_axis(out, last[:, None, None], axis=1)[:, 0]
+                logits = np.array(out)
+                true = np.array(yb)
+            keep = true >= 0
+            logits, true = logits[keep], true[keep]
+            pred = logits.argmax(-1)
+            np.add.at(confusion, (true, pred), 1)
+            lse = np.log(np.exp(logits - logits.max(-1, keepdims=True)).sum(-1)) + logits.max(-1)
+            loss_sum += float((lse - logits[np.arange(len(true)), true]).sum())
+            count += len(true)
+    finally:
+        model.train(was_training)
+    n = int(confusion.sum())
+    return {
+        "accuracy": float(np.trace(confusion) / n) if n else float("nan"),
+        "n": n,
+        "confusion": confusion.tolist(),
+        "labels": model.labels,
+        "loss": loss_sum / count if count else float("nan"),
+    }
+
+
+def train(
+    model: SequenceModel | dict | None,
+    dataset: Dataset,
+    epochs: int = 30,
+    lr: float = 1e-3,
+    batch_size: int = 32,
+    seed: int = 0,
+    *,
+    validation: Dataset | float | None = 0.1,
+    patience: int | None = 10,
+    clip_norm: float | None = 1.0,
+    weight_decay: float = 0.0,
+    cosine: bool = True,
+    target: str = "last",
+    pad_multiple: int = 8,
+    compile: bool = True,
+    fit_norm: bool = True,
+    crop: float | None = None,
+    log: Callable[[str], None] | None = None,
+) -> tuple[SequenceModel, dict]:
+    """Train a sequence classifier with Adam(W) and cross-entropy.
+
+    Args:
+        model: a :class:`SequenceModel`, its ``config()`` dict, or keyword
+            arguments of :func:`build_model` as a dict (``{"cell": "gru",
+            "hidden": 32}``); ``None`` means :func:`build_model` defaults.
+        dataset: training data (``x (N, T, I)``, ``y (N,)`` or ``(N, T)``,
+            optional ``lengths (N,)``).
+        epochs: maximum passes over the training data.
+        lr: peak learning rate.
+        batch_size: sequences per step.
+        seed: seeds init, the validation split, shuffling and dropout.
+        validation: a held-out :class:`Dataset`, a fraction of ``dataset``
+            to hold out (stratified by class), or ``None``/``0`` for none.
+        patience: stop after this many epochs without a better validation
+            score (accuracy, then loss); the best weights are restored.
+            ``None`` trains all epochs (still restoring the best).
+        clip_norm: clip the global gradient norm; ``None`` disables it.
+        weight_decay: AdamW decoupled weight decay (0: plain Adam).
+        cosine: cosine-decay the learning rate to 1% over ``epochs``.
+        target: where sequence labels supervise a frame head (see module doc).
+        pad_multiple: batches are padded to a multiple of this many steps,
+            which bounds the number of compiled shapes.
+        compile: ``mx.compile`` the training step.
+        fit_norm: set the model's normalisation from the training data.
+        crop: augment sequence-labelled data with random windows covering
+            at least this fraction of each sequence (e.g. ``0.5``), resampled
+            every batch; ``None`` trains on whole sequences.
+        log: called with one progress line per epoch.
+
+    Returns:
+        ``(model, history)``; ``model`` is in eval mode, ``history`` holds
+        per-epoch lists ``loss``, ``val_loss``, ``val_accuracy``, ``seconds``
+        plus ``best_epoch`` (1-based, ``None`` without validation).
+    """
+    if target not in TARGETS:
+        raise ConfigError(f"target must be one of {', '.join(TARGETS)}, got {target!r}")
+    if crop is not None and not 0.0 < crop <= 1.0:
+        raise ConfigError(f"crop must be in (0, 1], got {crop!r}")
+    if epochs < 1 or batch_size < 1 or lr <= 0:
+        raise ConfigError("need epochs >= 1, batch_size >= 1 and lr > 0")
+    mx.random.seed(seed)
+    rng = np.random.default_rng(seed)
+    if isinstance(validation, float) and validation > 0:
+        dataset, validation = dataset.split(validation, seed=seed)
+    elif not isinstance(validation, Dataset):
+        validation = None
+    if crop and dataset.frame_labels:
+        raise ConfigError("crop needs sequence labels, not per-frame labels")
+    model = _as_model(model, dataset)
+    _check(model, dataset)
+    if fit_norm:
+        fit_normalization(model, dataset)
+    if "norm" in model:
+        model.norm.freeze()  # statistics, not trainable weights
+    y_train = class_indices(model, dataset)
+    mx.eval(model.parameters())
+    model.train()
+
+    steps_per_epoch = math.ceil(dataset.n / batch_size)
+    schedule = (optim.cosine_decay(lr, epochs * steps_per_epoch, lr * 0.01) if cosine else lr)
+    opt = (optim.AdamW(schedule, weight_decay=weight_decay) if weight_decay
+           else optim.Adam(schedule))
+    head, frame_labels = model.head_type, dataset.frame_labels
+    loss_and_grad = nn.value_and_grad(
+        model, partial(_loss_fn, head=head, frame_labels=frame_labels, target=target))
+
+    def step(x, y, lengths):
+        loss, grads = loss_and_grad(model, x, y, lengths)
+        if clip_norm:
+            grads, _ = optim.clip_grad_norm(grads, clip_norm)
+        opt.update(model, grads)
+        return loss
+
+    if compile:
+        state = [model.state, opt.state, mx.random.state]
+        step = mx.compile(step, inputs=state, outputs=state)
+
+    history: dict[str, Any] = {"loss": [], "val_loss": [], "val_accuracy": [], "seconds": [],
+                               "best_epoch": None}
+    best, best_params, waited = None, None, 0
+    for epoch in range(1, epochs + 1):
+        t0 = time.perf_counter()
+        total, seen = 0.0, 0
+        for idx in _batches(dataset.lengths, dataset.n, batch_size, rng, shuffle=True):
+            x, yb, lb = _slice(dataset, idx, y_train, pad_multiple)
+            if crop:
+                x, lb = _crop(x, lb, crop, rng)
+            loss = step(x, yb, lb)
+            mx.eval(loss, model.state, opt.state)
+            total += float(loss) * len(idx)
+            seen += len(idx)
+        history["loss"].append(total / seen)
+        line = f"epoch {epoch}/{epochs}: loss {total / seen:.4f}"
+        if validation is not None:
+            metrics = evaluate(model, validation)
+            history["val_loss"].append(metrics["loss"])
+            history["val_accuracy"].append(metrics["accuracy"])
+            line += f", val_loss {metrics['loss']:.4f}, val_acc {metrics['accuracy']:.4f}"
+            score = (metrics["accuracy"], -metrics["loss"])
+            if best is None or score > best:
+                best, waited = score, 0
+                history["best_epoch"] = epoch
+                best_params = tree_map(lambda a: mx.array(a), model.parameters())
+            else:
+                waited += 1
+        history["seconds"].append(time.perf_counter() - t0)
+        if log is not None:
+            log(line + f" ({history['seconds'][-1]:.1f}s)")
+        if patience is not None and validation is not None and waited >= patience:
+            break
+    if best_params is not None:
+        model.update(best_params)
+    model.eval()
+    mx.eval(model.parameters())
+    return model, history
+
+
+def count_parameters(model: nn.Module) -> int:
+    """Number of scalar parameters."""
+    return sum(v.size for _, v in tree_flatten(model.parameters()))
