@@ -108,8 +108,8 @@ def _float_model(src):
 
 def _to_mlx(src, dst, config, data, force, seed) -> QuantReport:
     from edgelstm.io.checkpoint import load, save
-    from edgelstm.runtime.info import describe_model
     from edgelstm.quantize.mlx_quant import quantize_mlx
+    from edgelstm.runtime.info import describe_model
 
     model = _float_model(src)
     x = random_input(model.input_size, seed=seed)

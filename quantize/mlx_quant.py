@@ -33,9 +33,8 @@ import functools
 import mlx.core as mx
 import mlx.nn as nn
 
-from edgelstm.fast import dispatch as _kernels
-from edgelstm.nn import recurrent as R
 from edgelstm.errors import UnsupportedError
+from edgelstm.fast import dispatch as _kernels
 from edgelstm.nn.layers import GRUCell, LSTMCell, RNNCell
 from edgelstm.quantize.config import GROUP_SIZES, Mode, QuantConfig, Target
 
@@ -167,6 +166,16 @@ class _QuantizedCellMixin:
             n += value.size * 32 // spec["bits"] if packed else value.size
         return n
 
+    def __call__(self, x, state=None, lengths=None, reverse=False, fast=None):
+        """As the float cell's ``__call__``; int8 weights go to the fused kernel as stored."""
+        args = self.kernel_args(fast)
+        if args is not None:
+            h0, c0 = state if self.kind == "lstm" and state is not None else (state, None)
+            fused = _kernels.fused_cell(self.kind, x, args, h0, c0, lengths, reverse, fast)
+            if fused is not None:
+                return fused
+        return self._float_cls.__call__(self, x, state, lengths, reverse, fast)
+
     def to_quantized(self, *args, **kwargs):
         raise UnsupportedError(f"{type(self).__name__} is already quantized")
 
@@ -190,21 +199,6 @@ class QuantizedLSTMCell(_QuantizedCellMixin, LSTMCell):
     def __init__(self, cell: LSTMCell, config: QuantConfig, group_size: int | None = None):
         self._init_quantized(cell, config, group_size)
 
-    def __call__(self, x, state=None, lengths=None, reverse=False, fast=None):
-        """As :meth:`LSTMCell.__call__`; int8 weights go to the fused kernel as stored."""
-        h0, c0 = state if state is not None else (None, None)
-        q = self._kernel_weights(fast)
-        if q is not None:
-            Wx, sx, Wh, sh = q
-            o, bias = self._opts, self.get("bias")
-            why = _kernels.why_not_lstm(
-                x, Wx, Wh, bias, h0, c0, self.get("peephole"), o.get("clip"),
-                o.get("input_forget", False), o.get("activations") or R.LSTM_ACTIVATIONS,
-                Wx_scales=sx, Wh_scales=sh)
-            if why is None:
-                return _kernels.lstm(x, Wx, Wh, bias, h0, c0, lengths, reverse,
-                                     Wx_scales=sx, Wh_scales=sh)
-        return super().__call__(x, state, lengths, reverse, fast)
 
 
 class QuantizedGRUCell(_QuantizedCellMixin, GRUCell):
@@ -217,20 +211,6 @@ class QuantizedGRUCell(_QuantizedCellMixin, GRUCell):
     def __init__(self, cell: GRUCell, config: QuantConfig, group_size: int | None = None):
         self._init_quantized(cell, config, group_size)
 
-    def __call__(self, x, state=None, lengths=None, reverse=False, fast=None):
-        """As :meth:`GRUCell.__call__`; int8 weights go to the fused kernel as stored."""
-        q = self._kernel_weights(fast)
-        if q is not None:
-            Wx, sx, Wh, sh = q
-            o, b, bhn = self._opts, self.get("b"), self.get("bhn")
-            why = _kernels.why_not_gru(
-                x, Wx, Wh, b, bhn, state, o.get("clip"),
-                o.get("activations") or R.GRU_ACTIVATIONS, Wx_scales=sx, Wh_scales=sh)
-            if why is None:
-                return _kernels.gru(x, Wx, Wh, b, bhn, state, lengths, reverse,
-                                    o.get("linear_before_reset", True),
-                                    Wx_scales=sx, Wh_scales=sh)
-        return super().__call__(x, state, lengths, reverse, fast)
 
 
 class QuantizedRNNCell(_QuantizedCellMixin, RNNCell):
@@ -243,19 +223,6 @@ class QuantizedRNNCell(_QuantizedCellMixin, RNNCell):
     def __init__(self, cell: RNNCell, config: QuantConfig, group_size: int | None = None):
         self._init_quantized(cell, config, group_size)
 
-    def __call__(self, x, state=None, lengths=None, reverse=False, fast=None):
-        """As :meth:`RNNCell.__call__`; int8 weights go to the fused kernel as stored."""
-        q = self._kernel_weights(fast)
-        if q is not None:
-            Wx, sx, Wh, sh = q
-            o, bias = self._opts, self.get("bias")
-            acts = o.get("activations") or R.RNN_ACTIVATIONS
-            why = _kernels.why_not_rnn(x, Wx, Wh, bias, state, o.get("clip"), acts,
-                                       Wx_scales=sx, Wh_scales=sh)
-            if why is None:
-                return _kernels.rnn(x, Wx, Wh, bias, state, lengths, reverse, acts,
-                                    Wx_scales=sx, Wh_scales=sh)
-        return super().__call__(x, state, lengths, reverse, fast)
 
 
 QUANTIZED = {LSTMCell: QuantizedLSTMCell, GRUCell: QuantizedGRUCell, RNNCell: QuantizedRNNCell}

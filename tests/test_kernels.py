@@ -9,10 +9,10 @@ import mlx.core as mx
 import numpy as np
 import pytest
 
-from edgelstm.nn import activations as A
-from edgelstm.fast import dispatch as kernels
-from edgelstm.nn import recurrent as R
 from edgelstm.errors import UnsupportedError
+from edgelstm.fast import dispatch as kernels
+from edgelstm.nn import activations as A
+from edgelstm.nn import recurrent as R
 
 needs_kernels = pytest.mark.skipif(
     not kernels.available(), reason=f"fused kernels unavailable: {kernels.reason()}"

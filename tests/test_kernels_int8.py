@@ -11,8 +11,8 @@ import mlx.core as mx
 import numpy as np
 import pytest
 
-from edgelstm.nn import activations as A
 from edgelstm.fast import dispatch as kernels
+from edgelstm.nn import activations as A
 from edgelstm.nn import recurrent as R
 from edgelstm.nn.layers import RECURRENT
 from edgelstm.nn.model import SequenceModel

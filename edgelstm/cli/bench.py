@@ -41,8 +41,8 @@ def bench(model, backends, batches, seq_lens, runs, warmup, threads, json_path, 
     """
     from edgelstm.fast import blas as _blas
     from edgelstm.fast import dispatch as kernels
-    from edgelstm.runtime.bench import format_table, run_bench, write_svg
     from edgelstm.io.fileio import atomic_output, check_writable
+    from edgelstm.runtime.bench import format_table, run_bench, write_svg
 
     if plot_path and not plot_path.endswith(".svg"):
         raise click.BadParameter("must end in .svg", param_hint="--plot")

@@ -51,9 +51,9 @@ def train(data, output, cell, hidden, layers, bidirectional, head, target, dropo
         $ edgelstm train ../shared/data/uea/JapaneseVowels -o jv-model --epochs 60
         $ edgelstm eval jv-model ../shared/data/uea/JapaneseVowels
     """
-    from edgelstm.training.data import load_dataset
     from edgelstm.errors import EdgeLSTMError
     from edgelstm.io.fileio import check_writable
+    from edgelstm.training.data import load_dataset
     from edgelstm.training.train import evaluate
     from edgelstm.training.train import train as fit
 

@@ -1,28 +1,25 @@
-"""Optional fused C++ fast path for the recurrent core (package ``edgelstm_kernels``).
+"""The fused C++ fast path (``edgelstm.fast._kernels``) and the one decision to use it.
 
-MLX's CPU backend spends ~25-30 µs dispatching each primitive, so the
-per-timestep loop in :mod:`edgelstm.nn.recurrent` is overhead-bound at small
-batch. ``edgelstm_kernels`` (built from ``kernels/`` in this repository) adds
-one MLX primitive per direction that runs the whole sequence in a single CPU
-task: a BLAS call per step for ``h @ Wh.T`` plus fused gate math. A
-unidirectional multi-layer model runs all its layers in one primitive
-(:func:`plan_stack` decides, :func:`run_stack` runs it).
+MLX's CPU backend spends ~25-30 µs dispatching each primitive, so a
+per-timestep loop of MLX ops is overhead-bound at small batch. The compiled
+extension ``edgelstm.fast._kernels`` (C++ sources in ``kernels/``, built into
+the package by ``pip install``) adds one MLX primitive per direction that runs
+a whole sequence in one CPU task: the input projection as one matmul, then
+per step ``h @ Wh.T`` (the kernel's own AVX2 matvec/small matmul up to 7 rows,
+the linked BLAS beyond) and fused gate math. A unidirectional multi-layer stack
+runs all its layers in one primitive (:func:`plan_stack`, :func:`run_stack`).
 
-The package is optional. When it is missing, built against another nanobind
-ABI or disabled with ``EDGELSTM_KERNELS=0``, :func:`available` is ``False``,
-:func:`reason` says why, and :mod:`edgelstm.nn.recurrent` runs its pure-MLX path.
-The primitive has no gradient: training must call the core with ``fast=False``.
-
-Build (from the repository root)::
-
-    .venv/bin/pip install "setuptools>=77" "cmake>=3.24" "nanobind>=3.0,<3.1"
-    PATH="$PWD/.venv/bin:$PATH" .venv/bin/pip install --no-build-isolation ./kernels
+Decisions: :func:`fused_cell` for one direction and :func:`plan_stack` for a
+stack, both through :func:`why_not`; :func:`placement` applies the device rule.
+When the extension is missing or disabled (``EDGELSTM_KERNELS=0``),
+:func:`available` is ``False``, :func:`reason` says why, and every caller runs
+its pure-MLX path. The primitives have no gradient: training calls the core
+with ``fast=False``.
 """
 
 from __future__ import annotations
 
 import os
-from collections.abc import Sequence
 from typing import Any
 
 import mlx.core as mx
@@ -34,10 +31,8 @@ _LSTM_ACTS = (_SIGMOID, _TANH, _TANH)
 _GRU_ACTS = (_SIGMOID, _TANH)
 _RNN_ACTS = {(_TANH,): False, (_RELU,): True}  # activations -> relu flag
 
-_BUILD_HINT = (
-    'build it with: .venv/bin/pip install "setuptools>=77" "cmake>=3.24" "nanobind>=3.0,<3.1" && '
-    'PATH="$PWD/.venv/bin:$PATH" .venv/bin/pip install --no-build-isolation ./kernels'
-)
+_REBUILD_HINT = ("reinstall edgelstm from a wheel, or from source with a C++17 compiler "
+                 "(pip install --force-reinstall --no-deps edgelstm)")
 
 _ext: Any = None
 _state: tuple[bool, str] | None = None  # (available, reason), set on first use
@@ -49,13 +44,9 @@ def _load() -> tuple[bool, str]:
     if os.environ.get("EDGELSTM_KERNELS", "1").lower() in ("0", "off", "false", "no"):
         return False, "disabled by EDGELSTM_KERNELS=0"
     try:
-        import edgelstm_kernels as ext
-    except ModuleNotFoundError as exc:
-        return False, f"edgelstm_kernels is not installed ({exc}); {_BUILD_HINT}"
-    except ImportError as exc:  # e.g. built against another libmlx
-        return False, f"edgelstm_kernels failed to load ({exc}); rebuild it: {_BUILD_HINT}"
-    except Exception as exc:  # a broken build can fail in odd ways at import
-        return False, f"edgelstm_kernels failed to import: {exc!r}"
+        from edgelstm.fast import _kernels as ext
+    except ImportError as exc:  # not built (EDGELSTM_BUILD_KERNELS=0) or a broken link
+        return False, f"edgelstm.fast._kernels is not importable ({exc}); {_REBUILD_HINT}"
     try:
         y, h = ext.rnn_seq(mx.ones((1, 1, 1)), mx.zeros((1, 1)))
         mx.eval(y, h)
@@ -63,16 +54,21 @@ def _load() -> tuple[bool, str]:
     except TypeError as exc:
         # A nanobind ABI other than mlx's: every call rejects mx.array arguments.
         return False, (
-            "edgelstm_kernels does not accept mlx arrays (nanobind ABI mismatch with "
-            f"mlx {mx.__version__}; rebuild with the pinned nanobind): " + str(exc).splitlines()[0]
+            "edgelstm.fast._kernels does not accept mlx arrays (nanobind ABI mismatch with "
+            f"mlx {mx.__version__}): {str(exc).splitlines()[0]}; {_REBUILD_HINT}"
         )
-    except Exception as exc:
-        return False, f"edgelstm_kernels self-test failed: {exc!r}"
+    except RuntimeError as exc:
+        return False, f"edgelstm.fast._kernels self-test failed: {exc}"
     if not ok:
-        return False, "edgelstm_kernels self-test returned a wrong value"
+        return False, "edgelstm.fast._kernels self-test returned a wrong value"
     _ext = ext
-    isa = ext.isa() if hasattr(ext, "isa") else "?"
-    return True, f"edgelstm_kernels {getattr(ext, '__version__', '?')} loaded ({isa} gate loops)"
+    return True, f"loaded ({ext.isa()} gate loops; BLAS: {blas_info()})"
+
+
+def blas_info() -> str:
+    """The BLAS the kernels were linked with (library, version, threads)."""
+    info = getattr(_ext, "blas_info", None)
+    return info() if info is not None else "unknown"
 
 
 def available() -> bool:
@@ -242,77 +238,135 @@ def _require():
         raise UnsupportedError(f"fused kernels unavailable: {reason()}")
 
 
-# -- dispatch helpers for edgelstm.nn.recurrent -------------------------------------
+# -- the fused-vs-pure decision ------------------------------------------------------
+
+#: With a GPU as MLX's default device, calls of at most this batch still run the CPU
+#: kernel (memory is unified, so there is no copy); larger batches run pure MLX on
+#: the GPU, where the matmuls are wide enough to pay for its dispatch.
+GPU_KERNEL_MAX_BATCH = 16
 
 
-def _why_not(x, Wh, arrays: Sequence, int8: Sequence = ()) -> str | None:
-    """Common reasons the fused path cannot run; ``None`` when it can.
+def default_device():
+    """MLX's default device (one seam, so tests can stand in a GPU default)."""
+    return mx.default_device()
 
-    ``int8`` holds ``(weight, scales)`` pairs; a pair with scales must be an
-    int8 weight with float32 scales, one without a float32 weight.
+
+def placement(batch: int) -> str:
+    """Where a recurrent call of ``batch`` rows runs: ``"cpu-kernel"`` or ``"mlx"``.
+
+    ``"mlx"`` means the pure-MLX path on the default device. The rule: the CPU
+    kernel whenever it is available and the default device is the CPU; with a
+    GPU default, only for ``batch <= GPU_KERNEL_MAX_BATCH`` (small batches and
+    streaming are dispatch-bound, where one fused CPU primitive wins).
     """
     if not available():
+        return "mlx"
+    if default_device() == mx.cpu or batch <= GPU_KERNEL_MAX_BATCH:
+        return "cpu-kernel"
+    return "mlx"
+
+
+def why_not(kind: str, args: dict, x, h0=None, c0=None) -> str | None:
+    """Why the fused kernel cannot run one direction, or ``None`` if it can.
+
+    Args:
+        kind: ``"lstm"``, ``"gru"`` or ``"rnn"``.
+        args: the cell's weights and options as :meth:`edgelstm.nn.layers._Cell.kernel_args`
+            gives them (``Wx``, ``Wx_scales``, ``Wh``, ``Wh_scales``, ``bias``, ``clip``,
+            ``activations``; LSTM ``peephole``, ``input_forget``; GRU ``bhn``). With
+            scales, the matching weight is int8 (``W = q * s[:, None]``).
+        x: the input ``(B, T, I)``; h0, c0: initial states ``(B, H)`` or ``(L, B, H)``.
+    """
+    acts = tuple(args["activations"])
+    if args.get("clip") is not None:
+        return f"fused {kind.upper()} has no clip"
+    if kind == "lstm":
+        if args.get("peephole") is not None or args.get("input_forget"):
+            return "fused LSTM has no peephole or input_forget"
+        if acts != _LSTM_ACTS:
+            return "fused LSTM supports the default activations (sigmoid, tanh, tanh) only"
+        floats = (args["bias"], h0, c0)
+    elif kind == "gru":
+        if acts != _GRU_ACTS:
+            return "fused GRU supports the default activations (sigmoid, tanh) only"
+        floats = (args["bias"], args.get("bhn"), h0)
+    else:
+        if acts not in _RNN_ACTS:
+            return "fused RNN supports tanh or relu only"
+        floats = (args["bias"], h0)
+    if not available():
         return f"fused kernels unavailable: {reason()}"
-    if mx.default_device() != mx.cpu:
-        return "fused kernels run on the CPU device only"
-    if x.ndim != 3 or Wh.ndim != 2 or x.size == 0 or Wh.size == 0:
+    if x.ndim != 3 or args["Wh"].ndim != 2 or x.size == 0 or args["Wh"].size == 0:
         return "fused kernels need a non-empty (B, T, I) input"
-    floats = [x, *arrays]
-    for w, s in int8:
+    if placement(x.shape[0]) != "cpu-kernel":
+        return f"batch {x.shape[0]} > {GPU_KERNEL_MAX_BATCH} runs pure MLX on the GPU"
+    pairs = ((args["Wx"], args.get("Wx_scales")), (args["Wh"], args.get("Wh_scales")))
+    checked = [x, *floats]
+    for w, s in pairs:
         if s is None:
-            floats.append(w)
-            continue
-        if not getattr(_ext, "int8_weights", False):
-            return f"installed edgelstm_kernels predates int8 weights; {_BUILD_HINT}"
-        if w.dtype != mx.int8 or s.dtype != mx.float32 or s.shape != (w.shape[0],):
+            checked.append(w)
+        elif w.dtype != mx.int8 or s.dtype != mx.float32 or s.shape != (w.shape[0],):
             return "fused kernels take int8 weights with float32 per-row scales only"
-    for a in floats:
-        if a is not None and a.dtype != mx.float32:
-            return "fused kernels support float32 only"
+    if any(a is not None and a.dtype != mx.float32 for a in checked):
+        return "fused kernels support float32 only"
     return None
 
 
-def why_not_lstm(
-    x,
-    Wx,
-    Wh,
-    bias,
-    h0,
-    c0,
-    peephole,
-    clip,
-    input_forget,
-    activations,
-    Wx_scales=None,
-    Wh_scales=None,
-):
-    """Return why :func:`lstm` cannot run these arguments, or ``None`` if it can.
+def fused_cell(kind: str, x, args: dict, h0=None, c0=None, lengths=None, reverse=False,
+               fast: bool | None = None):
+    """The one fused-vs-pure decision for one (layer, direction).
 
-    With ``Wx_scales`` / ``Wh_scales``, ``Wx`` / ``Wh`` are int8 (per-row scales).
+    Every single-direction call (float cells through :mod:`edgelstm.nn.recurrent`,
+    int8 cells, the ONNX runner) asks here; whole stacks ask :func:`plan_stack`,
+    which applies the same :func:`why_not`.
+
+    Returns:
+        The fused result (``y (B, T, H), (h, c)`` for LSTM, ``y, h`` otherwise), or
+        ``None`` when the caller must run its pure-MLX path.
+
+    Raises:
+        UnsupportedError: ``fast=True`` and the kernel cannot run these arguments.
     """
-    if peephole is not None or clip is not None or input_forget:
-        return "fused LSTM has no peephole, clip or input_forget"
-    if tuple(activations) != _LSTM_ACTS:
-        return "fused LSTM supports the default activations (sigmoid, tanh, tanh) only"
-    return _why_not(x, Wh, (bias, h0, c0), ((Wx, Wx_scales), (Wh, Wh_scales)))
+    if fast is False:
+        return None
+    why = why_not(kind, args, x, h0, c0)
+    if why is not None:
+        if fast:
+            from edgelstm.errors import UnsupportedError
+
+            raise UnsupportedError(why)
+        return None
+    q = {"Wx_scales": args.get("Wx_scales"), "Wh_scales": args.get("Wh_scales")}
+    if kind == "lstm":
+        return lstm(x, args["Wx"], args["Wh"], args["bias"], h0, c0, lengths, reverse, **q)
+    if kind == "gru":
+        return gru(x, args["Wx"], args["Wh"], args["bias"], args.get("bhn"), h0, lengths, reverse,
+                   args.get("linear_before_reset", True), **q)
+    return rnn(x, args["Wx"], args["Wh"], args["bias"], h0, lengths, reverse, args["activations"],
+               **q)
+
+
+def _args(Wx, Wh, bias, clip, activations, Wx_scales, Wh_scales, **extra):
+    return {"Wx": Wx, "Wh": Wh, "bias": bias, "clip": clip, "activations": activations,
+            "Wx_scales": Wx_scales, "Wh_scales": Wh_scales, **extra}
+
+
+def why_not_lstm(x, Wx, Wh, bias, h0, c0, peephole, clip, input_forget, activations,
+                 Wx_scales=None, Wh_scales=None):
+    """:func:`why_not` for LSTM, with positional arguments."""
+    a = _args(Wx, Wh, bias, clip, activations, Wx_scales, Wh_scales,
+              peephole=peephole, input_forget=input_forget)
+    return why_not("lstm", a, x, h0, c0)
 
 
 def why_not_gru(x, Wx, Wh, b, bhn, h0, clip, activations, Wx_scales=None, Wh_scales=None):
-    """Return why :func:`gru` cannot run these arguments, or ``None`` if it can."""
-    if clip is not None:
-        return "fused GRU has no clip"
-    if tuple(activations) != _GRU_ACTS:
-        return "fused GRU supports the default activations (sigmoid, tanh) only"
-    return _why_not(x, Wh, (b, bhn, h0), ((Wx, Wx_scales), (Wh, Wh_scales)))
+    """:func:`why_not` for GRU, with positional arguments."""
+    return why_not("gru", _args(Wx, Wh, b, clip, activations, Wx_scales, Wh_scales, bhn=bhn), x, h0)
 
 
 def why_not_rnn(x, Wxh, Whh, bias, h0, clip, activations, Wx_scales=None, Wh_scales=None):
-    """Return why :func:`rnn` cannot run these arguments, or ``None`` if it can."""
-    if clip is not None:
-        return "fused RNN has no clip"
-    if tuple(activations) not in _RNN_ACTS:
-        return "fused RNN supports tanh or relu only"
-    return _why_not(x, Whh, (bias, h0), ((Wxh, Wx_scales), (Whh, Wh_scales)))
+    """:func:`why_not` for RNN, with positional arguments."""
+    return why_not("rnn", _args(Wxh, Whh, bias, clip, activations, Wx_scales, Wh_scales), x, h0)
 
 
 def lstm(x, Wx, Wh, bias, h0, c0, lengths, reverse, Wx_scales=None, Wh_scales=None):
@@ -403,8 +457,6 @@ def plan_stack(model, x, state, fast) -> list[dict] | str:
     if not available():
         return f"fused kernels unavailable: {reason()}"
     kind = model.cell_type
-    if not hasattr(_ext, f"{kind}_stack"):
-        return f"installed edgelstm_kernels predates fused stacks; {_BUILD_HINT}"
     if model.bidirectional:
         return "fused stacks are unidirectional"
     if model.training and model._drop is not None:
@@ -425,7 +477,7 @@ def plan_stack(model, x, state, fast) -> list[dict] | str:
         a = get(fast) if get is not None else None
         if a is None:
             return f"layer {k} has no fused-kernel weights"
-        why = _why_not_layer(kind, a, x, h0, c0)
+        why = why_not(kind, a, x, h0, c0)
         if why is not None:
             return f"layer {k}: {why}"
         plan.append(a)
@@ -483,27 +535,3 @@ def _split_state(kind, state):
     if state is None:
         return None, None
     return tuple(state) if kind == "lstm" else (state, None)
-
-
-def _why_not_layer(kind, a, x, h0, c0):
-    """The per-layer checks (:func:`why_not_lstm` etc.) on one layer's ``kernel_args``."""
-    q = {"Wx_scales": a["Wx_scales"], "Wh_scales": a["Wh_scales"]}
-    if kind == "lstm":
-        return why_not_lstm(
-            x,
-            a["Wx"],
-            a["Wh"],
-            a["bias"],
-            h0,
-            c0,
-            a["peephole"],
-            a["clip"],
-            a["input_forget"],
-            a["activations"],
-            **q,
-        )
-    if kind == "gru":
-        return why_not_gru(
-            x, a["Wx"], a["Wh"], a["bias"], a["bhn"], h0, a["clip"], a["activations"], **q
-        )
-    return why_not_rnn(x, a["Wx"], a["Wh"], a["bias"], h0, a["clip"], a["activations"], **q)

@@ -18,7 +18,7 @@ from mlx.utils import tree_flatten, tree_unflatten
 
 from edgelstm.errors import CheckpointError, ConfigError
 from edgelstm.io.fileio import atomic_output
-from edgelstm.nn.layers import RECURRENT
+from edgelstm.nn.layers import RECURRENT, register_saver
 from edgelstm.nn.model import SequenceModel
 
 CONFIG = "config.json"
@@ -175,3 +175,6 @@ def load(path: str | os.PathLike, **options) -> nn.Module:
     from edgelstm import converters
 
     return converters.import_model(path, fmt, **options)
+
+
+register_saver(save)  # model.save(path) without nn importing io

@@ -15,10 +15,10 @@ from typing import Any
 import mlx.core as mx
 import mlx.nn as nn
 
-from edgelstm.nn import activations as A
-from edgelstm.fast import dispatch as _kernels
-from edgelstm.nn import recurrent as R
 from edgelstm.errors import ConfigError
+from edgelstm.fast import dispatch as _kernels
+from edgelstm.nn import activations as A
+from edgelstm.nn import recurrent as R
 
 GATES = {"lstm": 4, "gru": 3, "rnn": 1}
 
@@ -66,6 +66,7 @@ class _Cell(nn.Module):
 class LSTMCell(_Cell):
     """Weights of one LSTM direction of one layer; runs a whole sequence."""
 
+    kind = "lstm"
     default_activations = R.LSTM_ACTIVATIONS
 
     def __init__(self, input_size, hidden_size, bias=True, peephole=False, **opts):
@@ -94,6 +95,7 @@ class LSTMCell(_Cell):
 class GRUCell(_Cell):
     """Weights of one GRU direction of one layer; runs a whole sequence."""
 
+    kind = "gru"
     default_activations = R.GRU_ACTIVATIONS
 
     def __init__(self, input_size, hidden_size, bias=True, **opts):
@@ -120,6 +122,7 @@ class GRUCell(_Cell):
 class RNNCell(_Cell):
     """Weights of one Elman RNN direction of one layer; runs a whole sequence."""
 
+    kind = "rnn"
     weight_names = ("Wxh", "Whh")
     default_activations = R.RNN_ACTIVATIONS
 
@@ -150,14 +153,20 @@ class _Layer(nn.Module):
             self.reverse = cell_cls(input_size, hidden_size, **kw)
 
 
+_SAVERS: list = []  # filled by edgelstm.io.checkpoint, so nn never imports io
+
+
+def register_saver(fn) -> None:
+    """Install the function behind ``model.save`` (``fn(model, path, force=...)``)."""
+    _SAVERS[:] = [fn]
+
+
 class SaveMixin:
     """``model.save(path)``: write a native checkpoint (see :func:`edgelstm.save`)."""
 
     def save(self, path, force: bool = False):
         """Write this model as a checkpoint directory; see :func:`edgelstm.save`."""
-        from edgelstm.io.checkpoint import save
-
-        return save(self, path, force=force)
+        return _SAVERS[0](self, path, force=force)
 
 
 class Recurrent(SaveMixin, nn.Module):

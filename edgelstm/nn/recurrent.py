@@ -1,9 +1,12 @@
 """The functional recurrent core: LSTM, GRU and RNN over a whole sequence.
 
-Every recurrence in edgelstm runs through these three functions: the layer
-modules, the ONNX graph runner and the streaming engine all call them with
-weights as arguments. Shapes use ``B`` batch, ``T`` time, ``I`` input size,
-``H`` hidden size.
+The layer modules, the ONNX graph runner and the streaming engine call these
+three functions with weights as arguments. Each first asks
+:func:`edgelstm.fast.dispatch.fused_cell` whether the fused C++ kernel takes
+the call; otherwise (and always with ``fast=False``, e.g. for gradients) it runs
+the pure-MLX recurrence below. Whole unidirectional stacks go to the kernel
+from :class:`edgelstm.nn.layers.Recurrent` directly. Shapes use ``B`` batch,
+``T`` time, ``I`` input size, ``H`` hidden size.
 
 Gate orders are MLX/PyTorch ones: LSTM ``i, f, g, o``; GRU ``r, z, n``.
 The input projection is one matmul for all steps (hoisted out of the loop);
@@ -21,9 +24,8 @@ from functools import cache
 
 import mlx.core as mx
 
-from edgelstm.nn import activations as A
 from edgelstm.fast import dispatch as _kernels
-from edgelstm.errors import UnsupportedError
+from edgelstm.nn import activations as A
 
 SIGMOID = A.spec("sigmoid")
 TANH = A.spec("tanh")
@@ -179,14 +181,11 @@ def lstm(
     Returns:
         ``y`` ``(B, T, H)`` and the final ``(h, c)``, each ``(B, H)``.
     """
-    if fast is not False:
-        why = _kernels.why_not_lstm(
-            x, Wx, Wh, bias, h0, c0, peephole, clip, input_forget, activations
-        )
-        if why is None:
-            return _kernels.lstm(x, Wx, Wh, bias, h0, c0, lengths, reverse)
-        if fast:
-            raise UnsupportedError(why)
+    args = {"Wx": Wx, "Wh": Wh, "bias": bias, "peephole": peephole, "clip": clip,
+            "input_forget": input_forget, "activations": activations}
+    fused = _kernels.fused_cell("lstm", x, args, h0, c0, lengths, reverse, fast)
+    if fused is not None:
+        return fused
     H = Wh.shape[-1]
     xp = _project(x, Wx, bias)
     h = _zeros_like_state(x, H) if h0 is None else h0
@@ -241,12 +240,11 @@ def gru(
     Returns:
         ``y`` ``(B, T, H)`` and the final ``h`` ``(B, H)``.
     """
-    if fast is not False:
-        why = _kernels.why_not_gru(x, Wx, Wh, b, bhn, h0, clip, activations)
-        if why is None:
-            return _kernels.gru(x, Wx, Wh, b, bhn, h0, lengths, reverse, linear_before_reset)
-        if fast:
-            raise UnsupportedError(why)
+    args = {"Wx": Wx, "Wh": Wh, "bias": b, "bhn": bhn, "clip": clip, "activations": activations,
+            "linear_before_reset": linear_before_reset}
+    fused = _kernels.fused_cell("gru", x, args, h0, None, lengths, reverse, fast)
+    if fused is not None:
+        return fused
     H = Wh.shape[-1]
     xp = _project(x, Wx, b)
     h = _zeros_like_state(x, H) if h0 is None else h0
@@ -288,12 +286,10 @@ def rnn(
     Returns:
         ``y`` ``(B, T, H)`` and the final ``h`` ``(B, H)``.
     """
-    if fast is not False:
-        why = _kernels.why_not_rnn(x, Wxh, Whh, bias, h0, clip, activations)
-        if why is None:
-            return _kernels.rnn(x, Wxh, Whh, bias, h0, lengths, reverse, activations)
-        if fast:
-            raise UnsupportedError(why)
+    args = {"Wx": Wxh, "Wh": Whh, "bias": bias, "clip": clip, "activations": activations}
+    fused = _kernels.fused_cell("rnn", x, args, h0, None, lengths, reverse, fast)
+    if fused is not None:
+        return fused
     H = Whh.shape[-1]
     xp = _project(x, Wxh, bias)
     h = _zeros_like_state(x, H) if h0 is None else h0

@@ -283,9 +283,9 @@ FSDD_FEATURES = {"kind": "mfcc", "sample_rate": 8000, "frame_ms": 25.0, "hop_ms"
 
 
 def _load_fsdd(rec: Path, split: str, features) -> Dataset:
-    from edgelstm.training.datasets import list_fsdd
     from edgelstm.frontend.features import FeatureConfig
     from edgelstm.frontend.readers import read_wav
+    from edgelstm.training.datasets import list_fsdd
 
     if features is None:
         cfg = FeatureConfig.from_dict(FSDD_FEATURES)

@@ -31,10 +31,10 @@ import mlx.optimizers as optim
 import numpy as np
 from mlx.utils import tree_flatten, tree_map
 
-from edgelstm.training.data import Dataset
 from edgelstm.errors import ConfigError, DataError
 from edgelstm.nn.layers import RECURRENT
 from edgelstm.nn.model import SequenceModel
+from edgelstm.training.data import Dataset
 
 __all__ = ["build_model", "evaluate", "fit_normalization", "predict", "train"]
 
