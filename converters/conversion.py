@@ -45,9 +45,17 @@ def _verify_lengths(rng, batch: int, steps: int, src_takes: bool, dst_takes: boo
     return np.concatenate([[steps], rng.integers(1, steps, batch - 1)]).astype(np.int32)
 
 
-def _onnx_outputs(path_or_proto, model, x: np.ndarray, lengths: np.ndarray | None = None
-                  ) -> dict[str, np.ndarray]:
-    """Run an ONNX graph on ``x`` plus zero states (and ``lengths``) for other graph inputs."""
+def _onnx_outputs(path_or_proto, model, x: np.ndarray, lengths: np.ndarray | None = None,
+                  allow_mlx: bool = False) -> tuple[dict[str, np.ndarray], str]:
+    """Run an ONNX graph on ``x`` plus zero states (and ``lengths``) for other graph inputs.
+
+    ONNX Runtime runs it; only a *source* graph may fall back to edgelstm's MLX
+    runner (``allow_mlx``, e.g. ``layout=1``, which ORT refuses). An output we
+    wrote must load in ORT, or the conversion fails.
+
+    Returns:
+        The outputs by name and the backend that produced them.
+    """
     from edgelstm.converters import onnx_io_names, run_onnx
 
     rnn = getattr(model, "rnn", model)
@@ -61,10 +69,12 @@ def _onnx_outputs(path_or_proto, model, x: np.ndarray, lengths: np.ndarray | Non
             continue
         feeds[name] = np.zeros((rnn.num_layers * rnn.num_directions, batch, rnn.hidden_size),
                                np.float32)
+    if not allow_mlx:
+        return run_onnx(path_or_proto, feeds, backend="onnxruntime"), "onnxruntime"
     try:
-        return run_onnx(path_or_proto, feeds, backend="onnxruntime")
+        return run_onnx(path_or_proto, feeds, backend="onnxruntime"), "onnxruntime"
     except EdgeLSTMError:
-        return run_onnx(path_or_proto, feeds, backend="mlx")
+        return run_onnx(path_or_proto, feeds, backend="mlx"), "edgelstm mlx runner"
 
 
 def verify_outputs(src_out: dict, dst_out: dict, main: str) -> tuple[float, list[str]]:
@@ -150,10 +160,20 @@ def convert(src: str | os.PathLike, dst: str | os.PathLike, opset: int = 17,
             lens = _verify_lengths(rng, VERIFY_BATCH, VERIFY_STEPS,
                                    src_format != "onnx" or _takes_lengths(src),
                                    not to_onnx or _takes_lengths(tmp))
-            src_out = (_onnx_outputs(src, model, x, lens) if src_format == "onnx"
-                       else _native_outputs(model, x, lens))
-            dst_out = (_onnx_outputs(tmp, model, x, lens) if to_onnx
-                       else _native_outputs(load_checkpoint(tmp), x, lens))
+            if src_format == "onnx":
+                src_out, src_by = _onnx_outputs(src, model, x, lens, allow_mlx=True)
+            else:
+                src_out, src_by = _native_outputs(model, x, lens), "edgelstm mlx"
+            if to_onnx:
+                try:
+                    dst_out, dst_by = _onnx_outputs(tmp, model, x, lens)
+                except EdgeLSTMError as exc:
+                    raise ConversionError(f"verification failed: ONNX Runtime cannot run the "
+                                          f"exported graph ({exc}); {dst} was not written"
+                                          ) from None
+            else:
+                dst_out, dst_by = _native_outputs(load_checkpoint(tmp), x, lens), "edgelstm mlx"
+            report["verified_by"] = {"source": src_by, "output": dst_by}
             main = getattr(model, "output_names", ["output"])[0]
             if main not in src_out or main not in dst_out:
                 main = _first_common(src_out, dst_out)

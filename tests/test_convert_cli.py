@@ -41,7 +41,7 @@ def test_checkpoint_to_onnx_verify(ckpt, tmp_path):
     r = _invoke("convert", ckpt, dst, "--verify")
     assert r.exit_code == 0, r.output
     assert r.stdout.startswith("max abs diff ")
-    assert "(tolerance 0.0001; output)" in r.stdout
+    assert "(tolerance 0.0001; output; output run by onnxruntime, source by edgelstm mlx)" in r.stdout
     assert dst.is_file() and onnx.load(str(dst)).opset_import[0].version == 17
 
 
@@ -132,5 +132,31 @@ def test_library_report(ckpt, tmp_path):
     assert report["dst_format"] == "onnx" and report["src_format"] == "checkpoint"
     assert report["architecture"] == "LSTM 2x6, frame head"
     assert 0 <= report["max_abs_diff"] <= report["atol"]
+    assert report["verified_by"] == {"source": "edgelstm mlx", "output": "onnxruntime"}
     report = convert(ckpt, tmp_path / "copy", verify=True)
     assert report["max_abs_diff"] == 0.0 and report["compared"] == ["output", "h_n", "c_n"]
+
+
+def test_verify_never_lets_mlx_stand_in_for_onnxruntime_on_an_output():
+    """A graph ORT refuses (LSTM layout=1) is an error for an output, a fallback for a source."""
+    import onnx
+    from onnx import TensorProto, helper
+
+    from edgelstm.converters.conversion import _onnx_outputs
+    from edgelstm.errors import EdgeLSTMError
+
+    H, I = 3, 2
+    rng = np.random.default_rng(0)
+    inits = [onnx.numpy_helper.from_array(rng.standard_normal(s).astype(np.float32), n)
+             for n, s in (("W", (1, 4 * H, I)), ("R", (1, 4 * H, H)))]
+    node = helper.make_node("LSTM", ["x", "W", "R"], ["y"], hidden_size=H, layout=1)
+    graph = helper.make_graph(
+        [node], "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["B", "T", I])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)], inits)
+    proto = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model = edgelstm.LSTM(I, H, batch_first=True)
+    x = rng.standard_normal((2, 4, I)).astype(np.float32)
+    with pytest.raises(EdgeLSTMError):
+        _onnx_outputs(proto, model, x)
+    out, by = _onnx_outputs(proto, model, x, allow_mlx=True)
+    assert by == "edgelstm mlx runner" and out["y"].shape == (2, 4, 1, H)

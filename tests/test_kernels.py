@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import itertools
+import os
+import subprocess
+import sys
 import zlib
 
 import mlx.core as mx
@@ -265,10 +268,21 @@ def test_bad_shapes_raise_value_error(rng):
         kernels.lstm_seq(mx.zeros((T, 2, 4 * H)), Wh, bias=mx.zeros((4 * H,)))
 
 
-@needs_kernels
-def test_available_reports_a_reason():
-    assert kernels.available() is True
-    assert "edgelstm_kernels" in kernels.reason()
+def test_kernels_are_built_into_this_install():
+    """Not skippable: an install without the extension fails the suite (EDGELSTM_KERNELS=0 opts out)."""
+    if os.environ.get("EDGELSTM_KERNELS", "1") == "0":
+        assert not kernels.available() and kernels.reason() == "disabled by EDGELSTM_KERNELS=0"
+        return
+    assert kernels.available(), kernels.reason()
+    assert kernels.reason().startswith("loaded (") and "BLAS:" in kernels.reason()
+
+
+def test_kernels_can_be_switched_off_by_environment():
+    code = "from edgelstm.fast import dispatch as k; print(k.available(), '|', k.reason())"
+    env = {**os.environ, "EDGELSTM_KERNELS": "0"}
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True,
+                         check=True).stdout.strip()
+    assert out == "False | disabled by EDGELSTM_KERNELS=0"
 
 
 def test_missing_kernels_fall_back_to_pure_mlx(monkeypatch, rng):

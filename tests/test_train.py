@@ -36,7 +36,7 @@ def test_training_learns_sequence_head():
     model, hist = train(model, ds, epochs=12, lr=1e-2, batch_size=16, validation=None)
     after = evaluate(model, test)
     assert hist["loss"][-1] < 0.5 * hist["loss"][0]
-    assert after["accuracy"] > 0.8 > 1 / 3 + 0.3
+    assert after["accuracy"] > 0.8  # chance is 1/3
     assert after["loss"] < before["loss"]
     assert sum(map(sum, after["confusion"])) == after["n"] == test.n
     assert not model.training  # returned in eval mode
@@ -81,8 +81,8 @@ def test_early_stopping_restores_best():
     ds = _toy(n=60)
     _, hist = train({"hidden": 6}, ds, epochs=30, lr=5e-2, batch_size=60, validation=0.3,
                     patience=2)
-    assert len(hist["loss"]) < 30 or hist["best_epoch"] is not None
     best = hist["best_epoch"]
+    assert best is not None and best <= len(hist["loss"])
     assert hist["val_accuracy"][best - 1] == max(hist["val_accuracy"])
 
 
@@ -113,7 +113,8 @@ def test_dataset_checks_and_split():
     rest, held = ds.split(0.2, seed=1)
     assert rest.n + held.n == 90 and abs(held.n - 18) <= 2
     assert set(held.y.tolist()) == {0, 1, 2}  # stratified
-    assert held.x.shape[1] == held.lengths.max() if held.lengths is not None else True
+    assert held.lengths is not None  # _toy makes variable lengths
+    assert held.x.shape[1] == held.lengths.max()  # padding trimmed to the split's longest
     with pytest.raises(DataError, match="lengths"):
         Dataset(np.zeros((2, 3, 1)), np.zeros(2, int), [0, 3])
     with pytest.raises(DataError, match="integer"):

@@ -52,5 +52,7 @@ def convert(src, dst, opset, streaming, lengths, verify, atol, head, nonlinearit
                            force=force, atol=atol, lengths=lengths, **options)
     log(f"wrote {dst} ({report['dst_format']}): {report['architecture']}")
     if verify:
+        by = report["verified_by"]
         click.echo(f"max abs diff {report['max_abs_diff']:.3g} "
-                   f"(tolerance {atol:g}; {', '.join(report['compared'])})")
+                   f"(tolerance {atol:g}; {', '.join(report['compared'])}; "
+                   f"output run by {by['output']}, source by {by['source']})")

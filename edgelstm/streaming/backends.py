@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import os
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -55,6 +56,7 @@ class MLXBackend:
         self._seq = isinstance(model, SequenceModel)
         self._mx = mx
         self._compiled = mx.compile(self._forward) if compile else None
+        self.compile_error: str | None = None  # why the compiled step was dropped, if it was
 
     def _forward(self, x, *state):
         st = tuple(state) if self.is_lstm else state[0]
@@ -85,8 +87,13 @@ class MLXBackend:
         if self._compiled is not None:
             try:
                 out = self._compiled(xa, *state)
-            except Exception:  # e.g. a custom kernel without compile support: go eager
+            except (RuntimeError, ValueError) as exc:
+                # mx.compile refuses some graphs while tracing (MLX raises these two);
+                # run eagerly from now on, and say so once. A bad input fails eagerly too.
                 self._compiled = None
+                self.compile_error = " ".join(str(exc).split())
+                warnings.warn(f"edgelstm: compiled streaming step unavailable, running eagerly "
+                              f"({self.compile_error})", RuntimeWarning, stacklevel=2)
         if out is None:
             out = self._forward(xa, *state)
         mx.eval(out)

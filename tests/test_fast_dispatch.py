@@ -1,0 +1,102 @@
+"""The one fused-vs-pure decision: device placement, and import that never walks folders."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import time
+
+import mlx.core as mx
+import numpy as np
+import pytest
+
+import edgelstm
+from edgelstm.fast import blas
+from edgelstm.fast import dispatch as kernels
+
+needs_kernels = pytest.mark.skipif(
+    not kernels.available(), reason=f"fused kernels unavailable: {kernels.reason()}")
+
+
+@pytest.fixture
+def gpu_default(monkeypatch):
+    """Stand in a GPU as MLX's default device (Linux has none) for the placement rule."""
+    monkeypatch.setattr(kernels, "default_device", lambda: mx.gpu)
+
+
+@needs_kernels
+def test_cpu_default_always_uses_the_kernel():
+    assert kernels.placement(1) == kernels.placement(4096) == "cpu-kernel"
+
+
+@needs_kernels
+def test_gpu_default_keeps_small_batches_on_the_cpu_kernel(gpu_default):
+    limit = kernels.GPU_KERNEL_MAX_BATCH
+    assert kernels.placement(1) == kernels.placement(limit) == "cpu-kernel"
+    assert kernels.placement(limit + 1) == "mlx"
+
+
+@needs_kernels
+@pytest.mark.parametrize("batch", [1, kernels.GPU_KERNEL_MAX_BATCH + 1])
+def test_gpu_default_routes_layer_calls(gpu_default, monkeypatch, batch):
+    """Small batches reach the fused stack, large ones the pure path; same numbers either way."""
+    calls = []
+    real = kernels.run_stack
+    monkeypatch.setattr(kernels, "run_stack", lambda *a, **k: calls.append(1) or real(*a, **k))
+    lstm = edgelstm.LSTM(3, 8, num_layers=2, batch_first=True)
+    lstm.eval()
+    x = mx.array(np.random.default_rng(0).standard_normal((batch, 5, 3)).astype(np.float32))
+    y, (h, c) = lstm(x)
+    y_ref, _ = lstm(x, fast=False)
+    assert len(calls) == (1 if batch == 1 else 0)
+    np.testing.assert_allclose(np.array(y), np.array(y_ref), atol=1e-5)
+    plan = kernels.plan_stack(lstm, x, None, None)
+    if batch == 1:
+        assert isinstance(plan, list) and len(plan) == 2
+    else:
+        assert plan == f"layer 0: batch {batch} > {kernels.GPU_KERNEL_MAX_BATCH} runs pure MLX on the GPU"
+
+
+def _run(code: str, env: dict) -> tuple[str, float]:
+    t0 = time.perf_counter()
+    out = subprocess.run([sys.executable, "-c", code], env={**os.environ, **env},
+                         capture_output=True, text=True, timeout=60, check=True).stdout
+    return out, time.perf_counter() - t0
+
+
+# Records every directory listing/walk/glob the import makes outside Python's own module
+# search (importlib lists the folders on sys.path, which is not a walk).
+_AUDIT = """
+import json, sys
+seen = []
+def hook(event, args):
+    if event in ("glob.glob", "glob.glob/2", "os.scandir", "os.walk"):
+        seen.append([event, str(args[0])])
+sys.addaudithook(hook)
+import edgelstm
+from edgelstm.fast import blas
+print(json.dumps({"seen": seen, "blas": blas.MLX_BLAS}))
+"""
+
+
+@pytest.mark.parametrize("choice", ["", "openblas"])
+def test_import_never_walks_the_filesystem(tmp_path, choice):
+    env = {"EDGELSTM_BLAS": choice, "EDGELSTM_BLAS_DIRS": str(tmp_path)}
+    out, seconds = _run(_AUDIT, env)
+    report = json.loads(out)
+    assert report["seen"] == []
+    assert seconds < 10  # generous for a loaded 2-core CI box; ~0.5 s typical
+    if choice == "openblas" and sys.platform.startswith("linux"):
+        assert "found no system OpenBLAS" in report["blas"]
+
+
+def test_blas_search_tries_fixed_names_only(tmp_path, monkeypatch):
+    monkeypatch.setenv("EDGELSTM_BLAS_DIRS", str(tmp_path))
+    assert blas.find_openblas() is None
+    (tmp_path / "nested").mkdir()
+    (tmp_path / "nested" / "libopenblas.so.0").write_bytes(b"")
+    assert blas.find_openblas() is None  # no descent into subfolders
+    (tmp_path / "libopenblas.so.0").write_bytes(b"")
+    assert blas.find_openblas() == str(tmp_path / "libopenblas.so.0")
