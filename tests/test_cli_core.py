@@ -118,3 +118,16 @@ def test_run_onnx_checks_rank_on_both_backends(model_dir, tmp_path, backend):
                "--backend", backend)
     assert r.exit_code == 1
     assert r.output == "Error: input 'input' must have 3 dims (batch, time, 3), got shape (5, 3)\n"
+
+
+def test_info_without_model_reports_the_environment():
+    from edgelstm.fast import dispatch
+
+    r = CliRunner().invoke(cli, ["info", "--json"])
+    assert r.exit_code == 0, r.output
+    env = json.loads(r.stdout)
+    assert env["kernels"] == dispatch.reason() and env["versions"]["mlx"]
+    assert env["default_device"].startswith("Device(") and isinstance(env["gpu_available"], bool)
+    assert env["placement"].startswith("fused CPU kernel" if dispatch.available() else "pure MLX")
+    r = CliRunner().invoke(cli, ["info"])
+    assert r.exit_code == 0 and "placement" in r.stdout and "mlx blas" in r.stdout

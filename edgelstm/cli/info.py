@@ -21,19 +21,46 @@ def _fmt_io(items) -> str:
     return ", ".join(f"{i['name']} {tuple(i['shape'])}".replace("'", "") for i in items)
 
 
+def _print_rows(rows) -> None:
+    width = max(len(k) for k, _ in rows)
+    for k, v in rows:
+        click.echo(f"{k:<{width}}  {v}")
+
+
+def _environment(as_json: bool) -> None:
+    from edgelstm.runtime.info import environment
+
+    env = environment()
+    if as_json:
+        click.echo(json.dumps(env, indent=2, sort_keys=True))
+        return
+    versions = ", ".join(f"{k} {v}" for k, v in env["versions"].items() if v)
+    _print_rows([("edgelstm", env["edgelstm"]), ("python", env["python"]),
+                 ("platform", f"{env['platform']}, {env['cpu_count']} CPUs"),
+                 ("versions", versions), ("default device", env["default_device"]),
+                 ("gpu", "available" if env["gpu_available"] else "none"),
+                 ("kernels", env["kernels"]), ("mlx blas", env["mlx_blas"]),
+                 ("placement", env["placement"])])
+
+
 @click.command()
-@click.argument("model", type=click.Path(exists=True))
+@click.argument("model", type=click.Path(exists=True), required=False)
 @click.option("--json", "as_json", is_flag=True, help="Print the description as JSON.")
 @handle_errors
 def info(model, as_json):
-    """Describe MODEL: architecture, parameters, size, quantization, I/O.
+    """Describe MODEL (architecture, parameters, size, quantization, I/O), or without
+    MODEL the environment: versions, devices, kernels, BLAS and where calls run.
 
     \b
+        $ edgelstm info
         $ edgelstm info examples/basicmotions/model
         $ edgelstm info model.onnx --json
     """
     from edgelstm.runtime.info import describe
 
+    if model is None:
+        _environment(as_json)
+        return
     d = describe(model)
     if as_json:
         click.echo(json.dumps(d, indent=2, sort_keys=True, default=str))
@@ -55,7 +82,5 @@ def info(model, as_json):
         if d.get("metadata"):
             rows.append(("metadata", ", ".join(sorted(d["metadata"]))))
     rows += [("inputs", _fmt_io(d["inputs"])), ("outputs", _fmt_io(d["outputs"])),
-             ("blas", d["blas"]), ("kernels", d["kernels"])]
-    width = max(len(k) for k, _ in rows)
-    for k, v in rows:
-        click.echo(f"{k:<{width}}  {v}")
+             ("kernels", d["kernels"]), ("mlx blas", d["blas"]), ("placement", d["placement"])]
+    _print_rows(rows)

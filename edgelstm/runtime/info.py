@@ -1,8 +1,11 @@
-"""``describe``: what a model is, for ``edgelstm info`` and scripts."""
+"""``describe`` and ``environment``: what a model is and what runs it, for ``edgelstm info``."""
 
 from __future__ import annotations
 
 import os
+import platform
+import sys
+from importlib import metadata
 from pathlib import Path
 
 import numpy as np
@@ -31,7 +34,8 @@ def describe(path: str | os.PathLike) -> dict:
     from edgelstm.fast import dispatch as kernels
 
     info = {"path": str(path), "format": fmt, "file_bytes": _size_on_disk(path),
-            "blas": _blas.MLX_BLAS, "kernels": kernels.reason()}
+            "blas": _blas.MLX_BLAS, "kernels": kernels.reason(),
+            "placement": placement_rule()}
     if fmt == "onnx":
         info.update(_describe_onnx(path))
     else:
@@ -39,6 +43,53 @@ def describe(path: str | os.PathLike) -> dict:
 
         info.update(describe_model(load(path)))
     return info
+
+
+def placement_rule() -> str:
+    """Where recurrent calls run in this process, in one line."""
+    import mlx.core as mx
+
+    from edgelstm.fast import dispatch as kernels
+
+    device = kernels.default_device()
+    if not kernels.available():
+        return f"pure MLX on {device} (fused kernels unavailable)"
+    if device == mx.cpu:
+        return "fused CPU kernel (default device is the CPU)"
+    return (f"fused CPU kernel for batch <= {kernels.GPU_KERNEL_MAX_BATCH} and streaming, "
+            f"pure MLX on {device} above")
+
+
+def _version(dist: str) -> str | None:
+    try:
+        return metadata.version(dist)
+    except metadata.PackageNotFoundError:
+        return None
+
+
+def environment() -> dict:
+    """What runs models here: versions, devices, kernels, BLAS and the placement rule."""
+    import mlx.core as mx
+
+    from edgelstm import __version__
+    from edgelstm.fast import blas as _blas
+    from edgelstm.fast import dispatch as kernels
+
+    gpu = mx.is_available(mx.gpu)
+    kernels.available()
+    return {
+        "edgelstm": __version__,
+        "python": platform.python_version(),
+        "platform": f"{sys.platform} {platform.machine()}",
+        "cpu_count": os.cpu_count(),
+        "versions": {d: _version(d) for d in ("mlx", "numpy", "onnx", "onnxruntime", "click")},
+        "default_device": str(mx.default_device()),
+        "gpu_available": bool(gpu),
+        "kernels": kernels.reason(),
+        "kernel_blas": kernels.blas_info() if kernels.available() else None,
+        "mlx_blas": _blas.MLX_BLAS,
+        "placement": placement_rule(),
+    }
 
 
 def describe_model(model) -> dict:
