@@ -24,9 +24,8 @@ from typing import Any
 
 import mlx.core as mx
 
-from edgelstm.nn import activations as A
-
-_SIGMOID, _TANH, _RELU = A.spec("sigmoid"), A.spec("tanh"), A.spec("relu")
+# Activation specs as edgelstm.nn.activations.spec builds them (fast sits below nn).
+_SIGMOID, _TANH, _RELU = ("sigmoid", None, None), ("tanh", None, None), ("relu", None, None)
 _LSTM_ACTS = (_SIGMOID, _TANH, _TANH)
 _GRU_ACTS = (_SIGMOID, _TANH)
 _RNN_ACTS = {(_TANH,): False, (_RELU,): True}  # activations -> relu flag

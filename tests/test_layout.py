@@ -1,0 +1,76 @@
+"""The package's import rules (CONTRIBUTING.md): arrows go down, nn never reaches io."""
+
+from __future__ import annotations
+
+import ast
+from pathlib import Path
+
+import pytest
+
+from edgelstm.fast import dispatch
+from edgelstm.nn import activations as A
+
+ROOT = Path(__file__).resolve().parents[1]
+
+# folder -> edgelstm modules its code may import (prefixes)
+ALLOWED = {
+    "edgelstm/fast": ("edgelstm.errors", "edgelstm.fast"),
+    "edgelstm/nn": ("edgelstm.errors", "edgelstm.fast", "edgelstm.nn"),
+    "edgelstm/frontend": ("edgelstm.errors", "edgelstm.frontend"),
+    "edgelstm/io": ("edgelstm.errors", "edgelstm.fast", "edgelstm.nn", "edgelstm.io"),
+}
+# Imports deferred into a function on purpose (optional layers reached at call time).
+DEFERRED_OK = {
+    ("edgelstm/nn/layers.py", "edgelstm.quantize.mlx_quant"),  # MLX's to_quantized protocol
+    ("edgelstm/io/checkpoint.py", "edgelstm.quantize"),  # loading an int8 checkpoint
+    ("edgelstm/io/checkpoint.py", "edgelstm.quantize.mlx_quant"),
+    ("edgelstm/io/checkpoint.py", "edgelstm.converters"),  # load() of ONNX/PyTorch/Keras files
+}
+NOBODY_BELOW_CLI = ("edgelstm/streaming", "edgelstm/training", "edgelstm/runtime",
+                    "converters", "quantize")
+
+
+def _imports(path: Path):
+    """(module, deferred) for every edgelstm import in ``path``."""
+    tree = ast.parse(path.read_text())
+    for node in ast.walk(tree):
+        if isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+            names = [node.module]
+            if node.module == "edgelstm":  # from edgelstm import converters
+                names = [f"edgelstm.{a.name}" for a in node.names]
+        elif isinstance(node, ast.Import):
+            names = [a.name for a in node.names]
+        else:
+            continue
+        for name in names:
+            if name.startswith("edgelstm"):
+                yield name, node.col_offset > 0
+
+
+def _files(folder: str):
+    return sorted((ROOT / folder).rglob("*.py"))
+
+
+@pytest.mark.parametrize("folder", sorted(ALLOWED))
+def test_lower_floors_import_only_below_them(folder):
+    bad = []
+    for path in _files(folder):
+        rel = str(path.relative_to(ROOT))
+        for name, deferred in _imports(path):
+            ok = name.startswith(ALLOWED[folder]) or name in ("edgelstm", "edgelstm._version")
+            if not ok and not (deferred and (rel, name) in DEFERRED_OK):
+                bad.append(f"{rel}: {name}{' (deferred)' if deferred else ''}")
+    assert bad == []
+
+
+@pytest.mark.parametrize("folder", NOBODY_BELOW_CLI)
+def test_only_the_cli_imports_the_cli(folder):
+    bad = [f"{p.relative_to(ROOT)}: {n}" for p in _files(folder) for n, _ in _imports(p)
+           if n.startswith("edgelstm.cli")]
+    assert bad == []
+
+
+def test_fast_activation_constants_match_nn():
+    """fast keeps its own copies of the default activation specs; they must not drift."""
+    assert dispatch._SIGMOID == A.spec("sigmoid") and dispatch._TANH == A.spec("tanh")
+    assert dispatch._RELU == A.spec("relu")
