@@ -1,4 +1,4 @@
-// Python bindings for edgelstm_kernels._ext (nanobind, MLX's ABI domain).
+// Python bindings for edgelstm.fast._kernels (nanobind, MLX's ABI domain).
 
 #include <nanobind/nanobind.h>
 #include <nanobind/stl/optional.h>
@@ -10,7 +10,7 @@
 namespace nb = nanobind;
 using namespace nb::literals;
 
-NB_MODULE(_ext, m) {
+NB_MODULE(_kernels, m) {
   m.doc() = "Whole-sequence LSTM/GRU/RNN primitives for MLX's CPU backend";
 
   m.def(
