@@ -6,15 +6,18 @@ STAMP  := $(VENV)/.installed
 
 .PHONY: demo test lint bench clean
 
-$(STAMP): pyproject.toml kernels/pyproject.toml $(wildcard kernels/src/*)
-	$(PYTHON) -m venv $(VENV)
+# Installed the way a user installs (`pip install .`, not editable), so the suite
+# tests the package pip builds: the fused kernels compiled into edgelstm/fast/
+# against the scipy-openblas32 wheel. Reinstalls when any packaged source changes.
+SOURCES := pyproject.toml setup.py MANIFEST.in kernels/CMakeLists.txt \
+	$(shell find edgelstm converters quantize kernels/src -type f \( -name '*.py' -o -name '*.cpp' -o -name '*.h' -o -name '*.inc' \) 2>/dev/null)
+
+$(STAMP): $(SOURCES)
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --upgrade pip
-	$(BIN)/python -m pip install -q -e ".[dev]"
-	@# Optional fused C++ kernels (kernels/): ~1 min to build; without them the
-	@# pure-MLX path runs and `edgelstm info` says why.
-	$(BIN)/python -m pip install -q "setuptools>=77" "cmake>=3.24" "nanobind>=3.0,<3.1"
-	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/python -m pip install -q --no-build-isolation ./kernels \
-		|| echo "warning: edgelstm_kernels did not build; using the pure-MLX path" >&2
+	@# Builds edgelstm.fast._kernels (~40 s) and fails if it does not build.
+	@# No compiler: EDGELSTM_BUILD_KERNELS=0 make ... (pure-MLX path only).
+	$(BIN)/python -m pip install -q ".[dev]"
 	touch $(STAMP)
 
 # The main job on shipped data: predict, convert to ONNX (verified), quantize to
@@ -33,8 +36,10 @@ demo: $(STAMP)
 	$(BIN)/edgelstm stream examples/fsdd/model examples/fsdd/samples/8_jackson_2.wav
 	$(BIN)/edgelstm stream $(DEMO)/fsdd-stream.onnx examples/fsdd/samples/8_jackson_2.wav
 
+# From tests/, so neither pytest nor the suite's subprocesses import the source
+# tree instead of the installed package (Python puts the cwd first on sys.path).
 test: $(STAMP)
-	$(BIN)/python -m pytest -q
+	cd tests && EDGELSTM_EXPECT_INSTALLED=1 ../$(BIN)/python -m pytest -q
 
 lint: $(STAMP)
 	$(BIN)/ruff check .
@@ -43,4 +48,4 @@ bench: $(STAMP)
 	$(BIN)/python benchmarks/bench_core.py
 
 clean:
-	rm -rf $(VENV) $(DEMO) build kernels/build *.egg-info .pytest_cache
+	rm -rf $(VENV) $(DEMO) build *.egg-info .pytest_cache edgelstm/fast/_kernels*

@@ -1,14 +1,17 @@
-"""Shared test fixtures. ``import edgelstm`` first so OpenBLAS loads before MLX."""
+"""Shared test fixtures, and the header line saying which edgelstm install is under test."""
 
 from __future__ import annotations
 
 from pathlib import Path
 
+import edgelstm  # first: applies EDGELSTM_BLAS before mlx.core is imported
+
+# isort: split
 import mlx.core as mx
 import numpy as np
 import pytest
 
-import edgelstm  # noqa: F401  (loads the BLAS before mlx.core)
+from edgelstm.fast import dispatch
 
 ROOT = Path(__file__).resolve().parents[1]
 SHARED_DATA = ROOT.parent / "shared" / "data"
@@ -26,3 +29,8 @@ def _seed():
 @pytest.fixture
 def rng():
     return np.random.default_rng(0)
+
+
+def pytest_report_header(config):
+    return [f"edgelstm {edgelstm.__version__} from {Path(edgelstm.__file__).parent}",
+            f"kernels: {dispatch.reason()}"]

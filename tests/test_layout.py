@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import ast
+import os
 from pathlib import Path
 
 import pytest
@@ -74,3 +75,15 @@ def test_fast_activation_constants_match_nn():
     """fast keeps its own copies of the default activation specs; they must not drift."""
     assert dispatch._SIGMOID == A.spec("sigmoid") and dispatch._TANH == A.spec("tanh")
     assert dispatch._RELU == A.spec("relu")
+
+
+@pytest.mark.skipif(os.environ.get("EDGELSTM_EXPECT_INSTALLED") != "1",
+                    reason="only under `make test`, which installs with pip install .")
+def test_suite_runs_against_the_pip_installed_package():
+    """make test must exercise what `pip install .` built, not the source tree."""
+    import edgelstm
+
+    where = Path(edgelstm.__file__).resolve().parent
+    assert "site-packages" in where.parts, where
+    assert (where / "converters" / "onnx_exec" / "runner.py").is_file()
+    assert list((where / "fast").glob("_kernels*")), "the fused kernels were not built in"

@@ -43,6 +43,12 @@ def _load() -> tuple[bool, str]:
     if os.environ.get("EDGELSTM_KERNELS", "1").lower() in ("0", "off", "false", "no"):
         return False, "disabled by EDGELSTM_KERNELS=0"
     try:
+        # Loads libscipy_openblas before the extension that links it: a wheel finds it
+        # through its RPATH anyway, an editable build needs this.
+        import scipy_openblas32  # noqa: F401
+    except ImportError:
+        pass  # macOS (Accelerate) has no such wheel
+    try:
         from edgelstm.fast import _kernels as ext
     except ImportError as exc:  # not built (EDGELSTM_BUILD_KERNELS=0) or a broken link
         return False, f"edgelstm.fast._kernels is not importable ({exc}); {_REBUILD_HINT}"

@@ -1,22 +1,36 @@
-// Python bindings for edgelstm_kernels._ext (nanobind, MLX's ABI domain).
+// Python bindings for edgelstm.fast._kernels (nanobind, MLX's ABI domain).
 
 #include <nanobind/nanobind.h>
 #include <nanobind/stl/optional.h>
+#include <nanobind/stl/string.h>
 #include <nanobind/stl/vector.h>
 
+#include "blas.h"
 #include "gates.h"
 #include "recurrent_seq.h"
 
 namespace nb = nanobind;
 using namespace nb::literals;
 
-NB_MODULE(_ext, m) {
+NB_MODULE(_kernels, m) {
   m.doc() = "Whole-sequence LSTM/GRU/RNN primitives for MLX's CPU backend";
 
   m.def(
       "isa",
       [] { return edgelstm::gate_fns().isa; },
       "Instruction set of the gate loops in use: 'avx2' or 'baseline'.");
+  m.def(
+      "blas_info",
+      &edgelstm::blas_info,
+      "The BLAS the kernels call (library, version, config) and its thread\n"
+      "count, e.g. 'scipy-openblas32 0.3.34...: OpenBLAS ...; threads=2'.");
+  m.def(
+      "set_blas_threads",
+      &edgelstm::set_blas_threads,
+      "n"_a,
+      "Set the kernels' BLAS thread count (scipy-openblas32; OPENBLAS_NUM_THREADS\n"
+      "sets it at load). Returns False where the BLAS has no such control\n"
+      "(Accelerate). Call it between evaluations, not while one runs.");
   // Feature flag for edgelstm.kernels: Wh/Wx may be int8 with *_scales.
   m.attr("int8_weights") = true;
   // Every *_seq takes xp, Wh first and ends with the in-primitive

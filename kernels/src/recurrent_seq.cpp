@@ -1,6 +1,7 @@
 // CPU implementation of the whole-sequence recurrent primitives.
 
 #include "recurrent_seq.h"
+#include "blas.h"
 #include "gates.h"
 #include "layer_core.h"
 
@@ -14,28 +15,11 @@
 #include "mlx/allocator.h"
 #include "mlx/backend/cpu/encoder.h"
 
-// Declared here rather than via <cblas.h> (not installed on every box); the
-// symbols resolve to whichever BLAS is loaded first (OpenBLAS when edgelstm
-// loaded it, else MLX's bundled reference BLAS, a dependency of libmlx).
-extern "C" {
-void cblas_sgemm(
-    int order, int transa, int transb, int m, int n, int k, float alpha,
-    const float* a, int lda, const float* b, int ldb, float beta, float* c,
-    int ldc);
-void cblas_sgemv(
-    int order, int trans, int m, int n, float alpha, const float* a, int lda,
-    const float* x, int incx, float beta, float* y, int incy);
-}
-
 namespace edgelstm {
 
 namespace {
 
 using detail::row_major;
-
-constexpr int kRowMajor = 101;
-constexpr int kNoTrans = 111;
-constexpr int kTrans = 112;
 
 // Up to this many rows, fp32 matmuls run the kernel's own single-threaded
 // gemm_nt_small: OpenBLAS sgemm is 2-4x slower at M = 2..7 (EPYC, H = 64-256,
@@ -70,9 +54,10 @@ void matmul_nt(
   } else if (M <= kSmallRows && (beta == 0.0f || beta == 1.0f)) {
     gate_fns().gemm_nt_small(w, a, out, M, N, K, ldc, beta != 0.0f);
   } else if (M == 1) {
-    cblas_sgemv(kRowMajor, kNoTrans, N, K, 1.0f, w, K, a, 1, beta, out, 1);
+    EDGELSTM_CBLAS(sgemv)(
+        kRowMajor, kNoTrans, N, K, 1.0f, w, K, a, 1, beta, out, 1);
   } else {
-    cblas_sgemm(
+    EDGELSTM_CBLAS(sgemm)(
         kRowMajor, kNoTrans, kTrans, M, N, K, 1.0f, a, K, w, K, beta, out,
         ldc);
   }
