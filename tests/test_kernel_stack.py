@@ -213,15 +213,6 @@ def test_state_not_whole_arrays_falls_back(rng, per_layer):
     _close(model(x, per_layer_state), model(x, (h, c)), SAME)
 
 
-def test_extension_without_stack_falls_back(rng, monkeypatch, per_layer):
-    model = _model("rnn_relu", 2)
-    x = mx.array(rng.normal(0, 1, (2, T, I)).astype(np.float32))
-    want = per_layer(lambda: model(x))
-    monkeypatch.delattr(kernels._ext, "rnn_stack")
-    assert "predates fused stacks" in kernels.plan_stack(model, x, None, None)
-    _close(model(x), want, 0)
-
-
 def test_state_carried_across_chunks_and_compiled(rng, stack_only):
     model = _model("lstm", 2)
     x = mx.array(rng.normal(0, 1, (1, 4 * T, I)).astype(np.float32))
