@@ -1,6 +1,7 @@
 """Benchmark the LSTM core: mlx.nn, edgelstm (pure MLX and fused kernel), PyTorch, ORT.
 
-Same process, same weights, OpenBLAS loaded (``import edgelstm`` first).
+Same process, same weights. The kernels use their linked BLAS (scipy-openblas32 on
+Linux); ``EDGELSTM_BLAS=openblas`` also moves MLX's own matmuls to a system OpenBLAS.
 Workloads (see shared/docs/platform-notes.md):
 
 * ``B=32 T=100 I=40 H=256`` forward, one layer;
@@ -19,7 +20,7 @@ import sys
 import time
 from collections.abc import Callable
 
-import edgelstm  # noqa: F401  (loads OpenBLAS before mlx.core)
+import edgelstm  # noqa: F401  (applies EDGELSTM_BLAS before mlx.core)
 
 # isort: split
 import mlx.core as mx
@@ -215,7 +216,7 @@ def _bench(runners: dict[str, Callable], wl, repeat: int) -> dict[str, dict]:
 
 def _print_env(threads: int) -> None:
     """Print the BLAS, MLX and kernel build and the thread cap (the table preamble)."""
-    print(f"BLAS: {_blas.MLX_BLAS}; mlx {mx.__version__}; kernels: {kernels.reason()}")
+    print(f"MLX BLAS: {_blas.MLX_BLAS}; mlx {mx.__version__}; kernels: {kernels.reason()}")
     print(f"threads: {threads if threads > 0 else 'library defaults'}")
 
 
@@ -245,7 +246,8 @@ def _write_json(path: str | None, results: list[dict]) -> None:
     if path:
         with open(path, "w") as fh:
             json.dump(
-                {"blas": _blas.MLX_BLAS, "mlx": mx.__version__, "workloads": results}, fh, indent=2
+                {"mlx_blas": _blas.MLX_BLAS, "kernels": kernels.reason(), "mlx": mx.__version__,
+                 "workloads": results}, fh, indent=2
             )
 
 
@@ -258,10 +260,13 @@ def _set_threads(n: int) -> None:
     THREADS = n
     if n <= 0:
         return
-    if _blas.MLX_BLAS.startswith("OpenBLAS ("):
+    if kernels.available():
+        kernels.set_blas_threads(n)  # the kernels' own (scipy-openblas) pool
+    if _blas.MLX_BLAS.startswith("OpenBLAS ("):  # opt-in EDGELSTM_BLAS=openblas
         import ctypes
 
-        ctypes.CDLL(_blas.MLX_BLAS[len("OpenBLAS (") : -1]).openblas_set_num_threads(n)
+        path = _blas.MLX_BLAS[len("OpenBLAS (") :].split(",")[0]
+        ctypes.CDLL(path).openblas_set_num_threads(n)
     try:
         import torch
 

@@ -72,8 +72,13 @@ def _load() -> tuple[bool, str]:
 
 def blas_info() -> str:
     """The BLAS the kernels were linked with (library, version, threads)."""
-    info = getattr(_ext, "blas_info", None)
-    return info() if info is not None else "unknown"
+    return _ext.blas_info() if _ext is not None else "none (kernels not loaded)"
+
+
+def set_blas_threads(n: int) -> bool:
+    """Set the kernels' BLAS thread count; ``False`` where the BLAS has no such control."""
+    _require()
+    return bool(_ext.set_blas_threads(int(n)))
 
 
 def available() -> bool:
