@@ -112,7 +112,7 @@ def convert(src: str | os.PathLike, dst: str | os.PathLike, opset: int = 17,
         ConversionError: conversion or verification failed; ``dst`` is untouched.
     """
     from edgelstm.io.checkpoint import detect_format, load, load_checkpoint, save
-    from edgelstm.io.fileio import atomic_output, check_writable
+    from edgelstm.io.fileio import atomic_output, check_output_path, check_writable
 
     src, dst = Path(src), Path(dst)
     to_onnx = dst.suffix.lower() == ".onnx"
@@ -120,8 +120,7 @@ def convert(src: str | os.PathLike, dst: str | os.PathLike, opset: int = 17,
         raise ConversionError("--streaming applies to ONNX output only (DST must end in .onnx)")
     if lengths and not to_onnx:
         raise ConversionError("--lengths applies to ONNX output only (DST must end in .onnx)")
-    if src.resolve() == dst.resolve():
-        raise ConversionError("source and destination are the same path")
+    check_output_path(dst, [src])  # not the source, inside it or around it, even with force
     check_writable(dst, force)
     src_format = detect_format(src)
     model = load(src, **options)

@@ -25,10 +25,10 @@ def evaluate(model, data, split, as_json):
         $ edgelstm eval examples/japanesevowels/model ../shared/data/uea/JapaneseVowels
         $ edgelstm eval examples/fsdd/model ../shared/data/fsdd --json
     """
-    from edgelstm.io.checkpoint import load
-    from edgelstm.training.data import load_dataset
     from edgelstm.errors import UnsupportedError
+    from edgelstm.io.checkpoint import load
     from edgelstm.nn.model import SequenceModel
+    from edgelstm.training.data import load_dataset
     from edgelstm.training.train import evaluate as score
 
     net = load(model)
