@@ -26,3 +26,14 @@ def _seed():
 @pytest.fixture
 def rng():
     return np.random.default_rng(0)
+
+
+def pytest_terminal_summary(terminalreporter):
+    """Report how many bad inputs the hostile/fuzz tests fed (tests/hostile.py)."""
+    import sys
+
+    hostile = sys.modules.get("hostile")
+    if hostile is not None and hostile.TRIED:
+        total = sum(hostile.TRIED.values())
+        parts = ", ".join(f"{k} {v}" for k, v in sorted(hostile.TRIED.items()))
+        terminalreporter.write_line(f"hostile inputs tried: {total} ({parts})")
