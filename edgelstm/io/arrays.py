@@ -14,6 +14,7 @@ refusing is the only answer both backends give alike.)
 from __future__ import annotations
 
 import os
+import tokenize
 import zipfile
 from pathlib import Path
 
@@ -34,7 +35,8 @@ def _npy_header(fp, name: str) -> tuple[tuple[int, ...], np.dtype]:
             shape, _, dtype = fmt.read_array_header_2_0(fp)
         else:
             raise ValueError(f"unsupported .npy version {version}")
-    except (ValueError, EOFError, SyntaxError, TypeError, OverflowError) as exc:
+    except (ValueError, EOFError, SyntaxError, TypeError, OverflowError, KeyError,
+            tokenize.TokenError) as exc:  # numpy parses the header dict with ast/tokenize
         raise DataError(f"cannot read {name}: not a .npy array ({_first_line(exc)})") from None
     if dtype.hasobject:
         raise DataError(f"cannot read {name}: it holds Python objects (pickles are not loaded)")

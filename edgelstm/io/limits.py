@@ -95,12 +95,50 @@ def check_recurrent(rc, where: str = "rnn") -> dict:
     bidir = rc.get("bidirectional", False)
     if not isinstance(bidir, bool):
         raise ConfigError(f"{where}.bidirectional must be true or false, got {bidir!r}")
+    _check_options(rc, where)
     params = recurrent_parameters(cell, i, h, n, bidir)
     if params > MAX_PARAMETERS:
         raise LimitError(f"{where}: {cell} {n}x{h} on {i} features has {params:,} weights; "
                          f"the limit is {MAX_PARAMETERS:,}")
     return {"cell": cell, "input_size": i, "hidden_size": h, "num_layers": n,
             "bidirectional": bidir, "parameters": params}
+
+
+_BOOLS = ("bias", "batch_first", "peephole", "input_forget", "linear_before_reset")
+
+
+def _check_options(rc: dict, where: str) -> None:
+    """Types of the recurrent options, so a hostile config fails here, not deep in MLX."""
+    from edgelstm.errors import ConfigError
+
+    for key in _BOOLS:
+        if rc.get(key) is not None and not isinstance(rc[key], bool):
+            raise ConfigError(f"{where}.{key} must be true or false, got {rc[key]!r}")
+    for key, lo, hi in (("dropout", 0.0, 1.0), ("clip", 0.0, math.inf)):
+        v = rc.get(key)
+        if v is not None and (isinstance(v, bool) or not isinstance(v, Real)
+                              or not lo <= v < hi or math.isnan(v)):
+            raise ConfigError(f"{where}.{key} must be a number in [{lo}, {hi}), got {v!r}")
+    acts = rc.get("activations")
+    if acts is not None and (not isinstance(acts, list)
+                             or not all(isinstance(a, str) for a in acts)):
+        raise ConfigError(f"{where}.activations must be null or a list of names, got {acts!r}")
+    nl = rc.get("nonlinearity")
+    if nl is not None and nl not in ("tanh", "relu"):
+        raise ConfigError(f"{where}.nonlinearity must be tanh or relu, got {nl!r}")
+
+
+def _check_names(config: dict) -> None:
+    from edgelstm.errors import ConfigError
+
+    for key in ("labels", "input_names", "output_names"):
+        v = config.get(key)
+        if v is not None and (not isinstance(v, list) or not all(
+                isinstance(s, (str, int)) and not isinstance(s, bool) for s in v)):
+            raise ConfigError(f"{key} must be a list of names, got {v!r}")
+    for key in ("input_names", "output_names"):
+        if config.get(key) is not None and not config[key]:
+            raise ConfigError(f"{key} must not be empty")
 
 
 def check_model_config(config: dict, weights_bytes: int | None = None) -> None:
@@ -115,12 +153,11 @@ def check_model_config(config: dict, weights_bytes: int | None = None) -> None:
 
     kind = config.get("model_type")
     if kind == "sequence":
+        _check_names(config)
         sizes = check_recurrent(config.get("rnn"), "rnn")
         params = sizes["parameters"]
         if config.get("head") is not None:
             labels = config.get("labels")
-            if labels is not None and not isinstance(labels, list):
-                raise ConfigError(f"labels must be a list, got {type(labels).__name__}")
             k = config.get("num_outputs")
             k = len(labels) if k is None and labels else k
             k = check_int("num_outputs", k, 1, MAX_CLASSES)
