@@ -77,8 +77,8 @@ def from_mlx_weights(weights: dict[str, np.ndarray], source: str = "weights",
     """
     import mlx.core as mx
 
-    from edgelstm.io.checkpoint import load_weights
     from edgelstm.converters.torch_import import _with_head
+    from edgelstm.io.checkpoint import load_weights
     from edgelstm.nn.layers import RECURRENT
 
     found = _layers(weights)

@@ -9,8 +9,8 @@ from edgelstm.fast import blas as _blas
 _blas.load()  # must run before mlx.core is imported anywhere
 
 from edgelstm._version import __version__  # noqa: E402
-from edgelstm.io.checkpoint import load, save  # noqa: E402
 from edgelstm.errors import EdgeLSTMError  # noqa: E402
+from edgelstm.io.checkpoint import load, save  # noqa: E402
 from edgelstm.nn.layers import GRU, LSTM, RNN  # noqa: E402
 from edgelstm.nn.model import SequenceModel  # noqa: E402
 from edgelstm.streaming.session import StreamingSession, stream_chunks  # noqa: E402

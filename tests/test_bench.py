@@ -9,9 +9,9 @@ import pytest
 from click.testing import CliRunner
 
 import edgelstm
-from edgelstm.runtime.bench import format_table, run_bench, write_svg
 from edgelstm.cli import cli
 from edgelstm.errors import EdgeLSTMError
+from edgelstm.runtime.bench import format_table, run_bench, write_svg
 
 
 @pytest.fixture

@@ -8,6 +8,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from edgelstm.errors import DataError
 from edgelstm.training.datasets import (
     TSDataset,
     list_fsdd,
@@ -16,7 +17,6 @@ from edgelstm.training.datasets import (
     load_uea,
     pad_sequences,
 )
-from edgelstm.errors import DataError
 
 DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
 needs_data = pytest.mark.skipif(not DATA.exists(), reason="../shared/data not present")

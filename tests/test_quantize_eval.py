@@ -7,8 +7,8 @@ from click.testing import CliRunner
 
 import edgelstm
 from edgelstm.cli import cli
-from edgelstm.training.data import load_dataset
 from edgelstm.quantize import quantize_model
+from edgelstm.training.data import load_dataset
 from edgelstm.training.train import evaluate
 
 

@@ -8,8 +8,8 @@ import pytest
 
 import edgelstm
 from edgelstm.converters import convert, run_onnx
-from edgelstm.runtime.inference import run_model
 from edgelstm.quantize import QuantConfig, quantize_model
+from edgelstm.runtime.inference import run_model
 
 
 @pytest.mark.parametrize("targets", [("Wx", "Wh"), ("Wx", "Wh", "head")])

@@ -10,8 +10,8 @@ from click.testing import CliRunner
 
 import edgelstm
 from edgelstm.cli import cli
-from edgelstm.training.data import Dataset, from_sequences, load_dataset
 from edgelstm.errors import ConfigError, DataError
+from edgelstm.training.data import Dataset, from_sequences, load_dataset
 from edgelstm.training.train import build_model, evaluate, predict, train
 
 

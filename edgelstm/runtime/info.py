@@ -6,8 +6,6 @@ import math
 import os
 from pathlib import Path
 
-import numpy as np
-
 
 def _size_on_disk(path: Path) -> int:
     if path.is_dir():
