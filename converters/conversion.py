@@ -120,10 +120,10 @@ def convert(src: str | os.PathLike, dst: str | os.PathLike, opset: int = 17,
         raise ConversionError("--streaming applies to ONNX output only (DST must end in .onnx)")
     if lengths and not to_onnx:
         raise ConversionError("--lengths applies to ONNX output only (DST must end in .onnx)")
-    check_output_path(dst, [src])  # not the source, inside it or around it, even with force
     check_writable(dst, force)
     src_format = detect_format(src)
-    model = load(src, **options)
+    model = load(src, **options)  # a bad source is reported first; loading writes nothing
+    check_output_path(dst, [src])  # not the source, inside it or around it, even with force
     report = {"src": str(src), "dst": str(dst), "src_format": src_format,
               "dst_format": "onnx" if to_onnx else "checkpoint",
               "architecture": _describe(model), "opset": opset if to_onnx else None,
