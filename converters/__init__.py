@@ -114,11 +114,14 @@ def _load_onnx(path):
     if not Path(path).is_file():
         raise DataError(f"{path} does not exist")
     try:
-        return onnx.load(str(path))
+        model = onnx.load(str(path))
     except Exception as exc:  # protobuf raises assorted types on a bad file
         raise ConversionError(f"{path} is not a readable ONNX model: "
                               f"{str(exc).splitlines()[0] if str(exc) else type(exc).__name__}"
                               ) from None
+    if not model.graph.node and not model.graph.output:  # e.g. a 0-byte file parses as empty
+        raise ConversionError(f"{path} is not an ONNX model: it holds no graph")
+    return model
 
 
 def onnx_io_names(path) -> tuple[list[str], list[str]]:

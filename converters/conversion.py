@@ -122,7 +122,7 @@ def convert(src: str | os.PathLike, dst: str | os.PathLike, opset: int = 17,
         ConversionError: conversion or verification failed; ``dst`` is untouched.
     """
     from edgelstm.io.checkpoint import detect_format, load, load_checkpoint, save
-    from edgelstm.io.fileio import atomic_output, check_writable
+    from edgelstm.io.fileio import atomic_output, check_output_path, check_writable
 
     src, dst = Path(src), Path(dst)
     to_onnx = dst.suffix.lower() == ".onnx"
@@ -130,11 +130,10 @@ def convert(src: str | os.PathLike, dst: str | os.PathLike, opset: int = 17,
         raise ConversionError("--streaming applies to ONNX output only (DST must end in .onnx)")
     if lengths and not to_onnx:
         raise ConversionError("--lengths applies to ONNX output only (DST must end in .onnx)")
-    if src.resolve() == dst.resolve():
-        raise ConversionError("source and destination are the same path")
     check_writable(dst, force)
     src_format = detect_format(src)
-    model = load(src, **options)
+    model = load(src, **options)  # a bad source is reported first; loading writes nothing
+    check_output_path(dst, [src])  # not the source, inside it or around it, even with force
     report = {"src": str(src), "dst": str(dst), "src_format": src_format,
               "dst_format": "onnx" if to_onnx else "checkpoint",
               "architecture": _describe(model), "opset": opset if to_onnx else None,

@@ -140,13 +140,23 @@ def from_keras(path: str | os.PathLike, labels: list[str] | None = None, **_igno
     Raises:
         ConversionError: naming the first layer that cannot be mapped.
     """
+    path = Path(path)
+    try:
+        return _from_keras(path, labels)
+    except (KeyError, TypeError, AttributeError, IndexError) as exc:
+        # the config is untrusted JSON: a missing key or wrong type is a bad file, not a bug
+        what = f"missing key {exc}" if isinstance(exc, KeyError) else str(exc)
+        raise ConversionError(f"{path}: malformed Keras model config ({what})") from None
+
+
+def _from_keras(path: Path, labels):
     import mlx.core as mx
 
     from edgelstm.io.checkpoint import load_weights
+    from edgelstm.io.limits import MAX_HIDDEN, check_int
     from edgelstm.nn.layers import RECURRENT
     from edgelstm.nn.model import SequenceModel
 
-    path = Path(path)
     layers, weights_of = _open(path)
     stack, dense, opts, kind, return_seq = [], None, None, None, True
     for i, layer in enumerate(layers):
@@ -187,7 +197,7 @@ def from_keras(path: str | os.PathLike, labels: list[str] | None = None, **_igno
                                   "direction or activations); a native stack needs identical "
                                   "layers")
         kind, opts = this, this_opts
-        units = int(cfg_dir[0]["units"])
+        units = check_int(f"{where}: units", cfg_dir[0]["units"], 1, MAX_HIDDEN)
         arrays = weights_of(i, layer)
         n = len(arrays) // (2 if bidir else 1)
         if n not in (2, 3):

@@ -294,10 +294,9 @@ class _Walker:
         dirs = 2 if direction == "bidirectional" else 1
         W = ins[1].value
         get = lambda i: ins[i].value if i < len(ins) and ins[i] is not None else None  # noqa: E731
-        self.layers.append(_Layer(cell, node.name or node.output[0], dirs,
-                                  int(attrs["hidden_size"]) if "hidden_size" in attrs
-                                  else ins[2].value.shape[-1], attrs, W, ins[2].value, get(3),
-                                  get(7), states))
+        hidden = _hidden_size(node, attrs, W, ins[2].value, dirs)
+        self.layers.append(_Layer(cell, node.name or node.output[0], dirs, hidden, attrs, W,
+                                  ins[2].value, get(3), get(7), states))
         ylab = ("T", "D", "B", "H") if layout == 0 else ("B", "T", "D", "H")
         slab = ("R", "B", "H") if layout == 0 else ("B", "R", "H")
         rows = [(k, d) for d in range(dirs)]
@@ -461,6 +460,20 @@ class _Walker:
             b = np.ravel(ins[2].value) * a.get("beta", 1.0)
             b = np.broadcast_to(b, (W.shape[0],)) if b.size == 1 else b
         return Seq(x.labels[:-1] + ("C",), "head", head={"W": W, "b": b, "src": x})
+
+
+def _hidden_size(node, attrs, W, R, dirs) -> int:
+    """``hidden_size`` checked against the limits and the real ``W``/``R`` shapes."""
+    from edgelstm.io.limits import MAX_HIDDEN, check_int
+
+    gates = {"LSTM": 4, "GRU": 3, "RNN": 1}[node.op_type]
+    h = attrs.get("hidden_size", R.shape[-1] if R.ndim == 3 else None)
+    h = check_int(f"{_label(node)}: hidden_size", h, 1, MAX_HIDDEN)
+    for name, t, want in (("W", W, None), ("R", R, h)):
+        if t.ndim != 3 or t.shape[:2] != (dirs, gates * h) or (want and t.shape[2] != want):
+            raise ConversionError(f"{_label(node)}: {name} has shape {t.shape}, which does not "
+                                  f"match hidden_size {h} and {dirs} direction(s)")
+    return h
 
 
 def _is_lengths(vi) -> bool:

@@ -11,6 +11,10 @@ __all__ = [
     "ConversionError",
     "DataError",
     "EdgeLSTMError",
+    "LimitError",
+    "NonFiniteError",
+    "OutputPathError",
+    "TrainingError",
     "UnsupportedError",
 ]
 
@@ -37,3 +41,22 @@ class UnsupportedError(EdgeLSTMError):
 
 class DataError(EdgeLSTMError):
     """An input file or stream is unreadable or malformed."""
+
+
+class LimitError(DataError):
+    """A size, count or rate in an input or option is outside edgelstm's limits.
+
+    Raised before anything is allocated; see :mod:`edgelstm.io.limits`.
+    """
+
+
+class NonFiniteError(DataError):
+    """An input array holds NaN or Inf; the message names the first position."""
+
+
+class OutputPathError(EdgeLSTMError):
+    """An output path is, contains or lies inside one of the command's inputs."""
+
+
+class TrainingError(EdgeLSTMError):
+    """Training cannot go on (e.g. the loss is no longer finite)."""

@@ -14,7 +14,8 @@ from pathlib import Path
 
 import numpy as np
 
-from edgelstm.errors import ConfigError, UnsupportedError
+from edgelstm.errors import ConfigError, DataError, UnsupportedError
+from edgelstm.io.limits import check_elements
 from edgelstm.quantize.config import Format, QuantConfig
 from edgelstm.quantize.report import (
     QuantReport,
@@ -64,10 +65,11 @@ def quantize_model(
     Returns:
         :class:`QuantReport`.
     """
-    from edgelstm.io.fileio import check_writable
+    from edgelstm.io.fileio import check_output_path, check_writable
 
     config = config or QuantConfig()
     fmt = config.check_format(output_format(dst, format))
+    check_output_path(dst, [src, eval_data])  # even with force: never replace an input
     check_writable(dst, force)
     data = None
     if eval_data is not None:
@@ -108,6 +110,7 @@ def _float_model(src):
 
 def _to_mlx(src, dst, config, data, force, seed) -> QuantReport:
     from edgelstm.io.checkpoint import load, save
+    from edgelstm.io.fileio import atomic_output
     from edgelstm.quantize.mlx_quant import quantize_mlx
     from edgelstm.runtime.info import describe_model
 
@@ -117,16 +120,18 @@ def _to_mlx(src, dst, config, data, force, seed) -> QuantReport:
     acc_before = accuracy(mlx_predict(model), data) if data is not None else None
     with tempfile.TemporaryDirectory() as tmp:
         before = size_on_disk(save(model, Path(tmp) / "float"))
-    save(quantize_mlx(model, config), dst, force=force)
-    back = load(dst)
-    max_abs, cos = output_error(ref, mlx_predict(back)(x))
+    # read back and score inside the atomic output: a failure leaves no dst behind
+    with atomic_output(dst, force=force, directory=True) as out:
+        save(quantize_mlx(model, config), out, force=True)
+        back = load(out)
+        max_abs, cos = output_error(ref, mlx_predict(back)(x))
+        bits = describe_model(back)["bits_per_weight"]
+        acc_after = accuracy(mlx_predict(back), data) if data is not None else None
     return QuantReport(
         src=str(src), dst=str(dst), format=Format.MLX.value, scheme=config.label,
         bytes_before=before, bytes_after=size_on_disk(dst), max_abs_error=max_abs, cosine=cos,
-        input_shape=x.shape, backend="mlx",
-        bits_per_weight=describe_model(back)["bits_per_weight"],
-        accuracy_before=acc_before,
-        accuracy_after=accuracy(mlx_predict(back), data) if data is not None else None,
+        input_shape=x.shape, backend="mlx", bits_per_weight=bits,
+        accuracy_before=acc_before, accuracy_after=acc_after,
         notes=["4-bit is experimental: check the error and accuracy above"]
         if config.bits == 4 else [])
 
@@ -147,8 +152,14 @@ def ort_predict(path):
         feeds = {first.name: x}
         for i in rest:
             shape = [len(x) if not isinstance(d, int) else d for d in i.shape]
+            check_elements(shape, f"ONNX input {i.name!r}")
             feeds[i.name] = np.zeros(shape, np.float32)
-        return sess.run([sess.get_outputs()[0].name], feeds)[0]
+        try:
+            return sess.run([sess.get_outputs()[0].name], feeds)[0]
+        except Exception as exc:  # ORT's own Fail/InvalidArgument/RuntimeException types
+            from edgelstm.converters import _ort_message
+
+            raise DataError(f"onnxruntime failed on {path}: {_ort_message(exc)}") from None
 
     def predict(x, lengths=None):
         if lengths is None:
@@ -161,39 +172,88 @@ def ort_predict(path):
                 outs[k] = y[j] if y.ndim == 2 else np.pad(y[j], ((0, x.shape[1] - L), (0, 0)))
         return np.stack(outs)
 
-    return predict, first.shape[-1]
+    return predict, (first.shape[-1] if first.shape else None)
+
+
+def _onnx_errors() -> tuple[type[BaseException], ...]:
+    """What onnx raises on a malformed graph: decode, checker and shape-inference errors."""
+    import onnx
+    from google.protobuf.message import DecodeError
+
+    return (DecodeError, onnx.checker.ValidationError, onnx.shape_inference.InferenceError)
+
+
+def check_onnx_source(path) -> None:
+    """Refuse an ONNX file ``quantize`` cannot treat faithfully, before any output exists.
+
+    Raises:
+        ConversionError: unreadable or invalid graph; UnsupportedError: an op
+        outside the standard domain (it would be copied into the output unchecked).
+    """
+    import onnx
+
+    from edgelstm.converters import _load_onnx
+    from edgelstm.errors import ConversionError
+
+    model = _load_onnx(path)
+    try:
+        onnx.checker.check_model(model)
+    except _onnx_errors() as exc:
+        raise ConversionError(f"{path} is not a valid ONNX model: {_line(exc)}") from None
+    for node in model.graph.node:
+        if node.domain not in ("", "ai.onnx"):
+            raise UnsupportedError(f"{path}: node {node.name or node.op_type!r} uses op "
+                                   f"{node.domain}.{node.op_type}; quantize takes standard "
+                                   "ONNX ops only")
+
+
+def _line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return text.splitlines()[0][:300] if text else type(exc).__name__
 
 
 def _to_onnx(src, dst, config, fmt, data, force, seed) -> QuantReport:
     import onnx
 
+    from edgelstm.converters import _load_onnx
+    from edgelstm.errors import ConversionError
     from edgelstm.io.checkpoint import detect_format
     from edgelstm.io.fileio import atomic_output
+    from edgelstm.io.limits import MAX_INPUT_FEATURES, check_int
     from edgelstm.quantize.onnx_ort import ort_quantize
     from edgelstm.quantize.onnx_qdq import qdq_quantize
 
     with tempfile.TemporaryDirectory() as tmp:
         if detect_format(src) == "onnx":
             float_path = Path(src)
+            check_onnx_source(float_path)
         else:
             from edgelstm.converters import to_onnx
 
             float_path = to_onnx(_float_model(src), Path(tmp) / "float.onnx")
-        with atomic_output(dst, force=force) as out:
-            if fmt is Format.ONNX_QDQ:
-                onnx.save(qdq_quantize(onnx.load(str(float_path)), config), str(out))
-            else:
-                ort_quantize(float_path, out, config)
+        # the float graph must run before anything is written
         ref_predict, input_size = ort_predict(float_path)
-        q_predict, _ = ort_predict(dst)
-        x = random_input(int(input_size), seed=seed)
-        max_abs, cos = output_error(ref_predict(x), q_predict(x))
+        x = random_input(check_int("ONNX input features", input_size, 1, MAX_INPUT_FEATURES),
+                         seed=seed)
+        ref = ref_predict(x)
         before = size_on_disk(float_path)
         acc_before = accuracy(ref_predict, data) if data is not None else None
+        with atomic_output(dst, force=force) as out:
+            try:
+                if fmt is Format.ONNX_QDQ:
+                    onnx.save(qdq_quantize(_load_onnx(float_path), config), str(out))
+                else:
+                    ort_quantize(float_path, out, config)
+            except _onnx_errors() as exc:
+                raise ConversionError(f"cannot quantize {src}: {_line(exc)}") from None
+            # score the written file inside the atomic output: a failure leaves no dst
+            q_predict, _ = ort_predict(out)
+            max_abs, cos = output_error(ref, q_predict(x))
+            acc_after = accuracy(q_predict, data) if data is not None else None
     notes = ["ONNX Runtime only: com.microsoft.DynamicQuantizeLSTM"] if (
         fmt is Format.ONNX_ORT) else []
     return QuantReport(
         src=str(src), dst=str(dst), format=fmt.value, scheme=config.label,
         bytes_before=before, bytes_after=size_on_disk(dst), max_abs_error=max_abs, cosine=cos,
         input_shape=x.shape, backend="onnxruntime", accuracy_before=acc_before,
-        accuracy_after=accuracy(q_predict, data) if data is not None else None, notes=notes)
+        accuracy_after=acc_after, notes=notes)

@@ -34,3 +34,14 @@ def rng():
 def pytest_report_header(config):
     return [f"edgelstm {edgelstm.__version__} from {Path(edgelstm.__file__).parent}",
             f"kernels: {dispatch.reason()}"]
+
+
+def pytest_terminal_summary(terminalreporter):
+    """Report how many bad inputs the hostile/fuzz tests fed (tests/hostile.py)."""
+    import sys
+
+    hostile = sys.modules.get("hostile")
+    if hostile is not None and hostile.TRIED:
+        total = sum(hostile.TRIED.values())
+        parts = ", ".join(f"{k} {v}" for k, v in sorted(hostile.TRIED.items()))
+        terminalreporter.write_line(f"hostile inputs tried: {total} ({parts})")

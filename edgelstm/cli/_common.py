@@ -2,15 +2,37 @@
 
 from __future__ import annotations
 
+import errno
 import functools
+import os
 
 import click
 
 from edgelstm.errors import EdgeLSTMError
 
+# File-access failures are the user's environment, not a bug: one line too.
+# Any other OSError, ValueError, ... is a bug and keeps its traceback.
+FILE_ERRORS = (FileNotFoundError, PermissionError, IsADirectoryError, NotADirectoryError,
+               FileExistsError)
+FILE_ERRNOS = {errno.ENOSPC, errno.EROFS, errno.EDQUOT, errno.ENAMETOOLONG, errno.ELOOP}
+
+
+def debug_enabled() -> bool:
+    """``edgelstm --debug ...`` or ``EDGELSTM_DEBUG=1``: show tracebacks of mapped errors."""
+    if os.environ.get("EDGELSTM_DEBUG", "").strip() not in ("", "0"):
+        return True
+    ctx = click.get_current_context(silent=True)
+    return bool(ctx and (ctx.find_root().obj or {}).get("debug"))
+
 
 def handle_errors(fn):
-    """Turn domain errors into ``Error: ...`` (exit 1), never a traceback."""
+    r"""Turn edgelstm's own errors and file-access errors into ``Error: ...`` (exit 1).
+
+    Only :class:`EdgeLSTMError` (raised on purpose at validation points),
+    file-access ``OSError``\ s and ``MemoryError`` are mapped; anything else
+    is a bug and propagates with its traceback. ``--debug`` re-raises the
+    mapped ones too.
+    """
 
     @functools.wraps(fn)
     def wrapper(*args, **kwargs):
@@ -18,14 +40,25 @@ def handle_errors(fn):
             return fn(*args, **kwargs)
         except click.ClickException:
             raise
-        except EdgeLSTMError as exc:
-            raise click.ClickException(_one_line(exc)) from None
-        except (OSError, ValueError) as exc:
-            raise click.ClickException(_one_line(exc)) from None
         except KeyboardInterrupt:
             raise click.Abort() from None
+        except Exception as exc:
+            message = _mapped(exc)
+            if message is None or debug_enabled():
+                raise
+            raise click.ClickException(message) from None
 
     return wrapper
+
+
+def _mapped(exc: Exception) -> str | None:
+    if isinstance(exc, EdgeLSTMError):
+        return _one_line(exc)
+    if isinstance(exc, FILE_ERRORS) or (isinstance(exc, OSError) and exc.errno in FILE_ERRNOS):
+        return _one_line(exc)
+    if isinstance(exc, MemoryError):
+        return "out of memory: " + _one_line(exc)
+    return None
 
 
 def _one_line(exc: BaseException) -> str:

@@ -7,6 +7,7 @@ import json
 import click
 
 from edgelstm.cli._common import force_option, handle_errors, log
+from edgelstm.io.limits import MAX_BATCH, MAX_SEQ_LEN
 
 
 @click.command()
@@ -14,9 +15,10 @@ from edgelstm.cli._common import force_option, handle_errors, log
 @click.option("--backend", "backends", multiple=True,
               type=click.Choice(["mlx", "mlx-pure", "onnxruntime"]),
               help="Repeat to compare; default: mlx and onnxruntime.")
-@click.option("--batch", "batches", multiple=True, type=click.IntRange(min=1), default=(1,),
+@click.option("--batch", "batches", multiple=True, type=click.IntRange(1, MAX_BATCH),
+              default=(1,),
               show_default=True, help="Batch size; repeat for several.")
-@click.option("--seq-len", "seq_lens", multiple=True, type=click.IntRange(min=1),
+@click.option("--seq-len", "seq_lens", multiple=True, type=click.IntRange(1, MAX_SEQ_LEN),
               default=(100,), show_default=True, help="Sequence length; repeat for several.")
 @click.option("--runs", type=click.IntRange(min=3), default=20, show_default=True)
 @click.option("--warmup", type=click.IntRange(min=0), default=3, show_default=True)
@@ -41,14 +43,17 @@ def bench(model, backends, batches, seq_lens, runs, warmup, threads, json_path, 
     """
     from edgelstm.fast import blas as _blas
     from edgelstm.fast import dispatch as kernels
-    from edgelstm.io.fileio import atomic_output, check_writable
+    from edgelstm.io.fileio import atomic_output, check_output_path, check_writable
     from edgelstm.runtime.bench import format_table, run_bench, write_svg
 
     if plot_path and not plot_path.endswith(".svg"):
         raise click.BadParameter("must end in .svg", param_hint="--plot")
     for path in (json_path, plot_path):
         if path:
+            check_output_path(path, [model])
             check_writable(path, force)
+    if json_path and plot_path:
+        check_output_path(json_path, [plot_path])
     log(f"blas: {_blas.MLX_BLAS}; kernels: {kernels.reason()}")
     results = run_bench(model, backends or ("mlx", "onnxruntime"), batches, seq_lens,
                         warmup=warmup, runs=runs, threads=threads)

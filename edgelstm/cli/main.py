@@ -67,7 +67,10 @@ class LazyGroup(click.Group):
 
 @click.group(cls=LazyGroup, context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(__version__, prog_name="edgelstm")
-def cli():
+@click.option("--debug", is_flag=True, envvar="EDGELSTM_DEBUG",
+              help="Show the traceback of errors (also EDGELSTM_DEBUG=1).")
+@click.pass_context
+def cli(ctx, debug):
     """edgelstm: LSTM, GRU and RNN for the edge.
 
     Native MLX inference, ONNX in and out, int8 gate weights, streaming.
@@ -77,6 +80,7 @@ def cli():
         $ edgelstm convert examples/basicmotions/model model.onnx --verify
         $ edgelstm stream examples/fsdd/model examples/fsdd/samples/8_jackson_2.wav --json
     """
+    ctx.obj = {"debug": debug}
 
 
 def main():  # pragma: no cover - entry point

@@ -25,11 +25,12 @@ def run(model, input_path, output_path, backend, force):
         $ edgelstm run model.onnx --input x.npy --output y.npz --backend mlx
     """
     from edgelstm.io.checkpoint import detect_format
-    from edgelstm.io.fileio import atomic_output, check_writable
+    from edgelstm.io.fileio import atomic_output, check_output_path, check_writable
     from edgelstm.runtime.inference import read_inputs, run_model
 
     if not output_path.endswith(".npz"):
         raise click.BadParameter("must end in .npz", param_hint="--output")
+    check_output_path(output_path, [model, input_path])
     check_writable(output_path, force)
     if detect_format(model) == "onnx":
         from edgelstm.converters import onnx_io_names

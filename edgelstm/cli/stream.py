@@ -9,6 +9,7 @@ import sys
 import click
 
 from edgelstm.cli._common import backend_option, handle_errors, log
+from edgelstm.io.limits import MAX_CHUNK_FRAMES, MAX_SAMPLE_RATE, MIN_SAMPLE_RATE
 from edgelstm.streaming.run import STDIN_FORMATS, StopStream
 
 
@@ -17,12 +18,12 @@ from edgelstm.streaming.run import STDIN_FORMATS, StopStream
 @click.argument("input_path", metavar="[INPUT|-]", required=False, default="-")
 @click.option("--chunk-ms", type=click.FloatRange(min=0, min_open=True), default=None,
               help="Chunk length in ms of signal (default 100).")
-@click.option("--chunk-frames", type=click.IntRange(min=1), default=None,
+@click.option("--chunk-frames", type=click.IntRange(1, MAX_CHUNK_FRAMES), default=None,
               help="Chunk length in model frames.")
 @click.option("--json", "as_json", is_flag=True,
               help="One JSON object per chunk (or detection) on stdout.")
 @backend_option
-@click.option("--rate", type=click.IntRange(min=1), default=None,
+@click.option("--rate", type=click.IntRange(MIN_SAMPLE_RATE, MAX_SAMPLE_RATE), default=None,
               help="Sample rate of raw PCM on stdin (default: the model's).")
 @click.option("--stdin-format", type=click.Choice(STDIN_FORMATS), default="auto",
               show_default=True,
@@ -63,6 +64,9 @@ def stream(model, input_path, chunk_ms, chunk_frames, as_json, backend, rate, st
     session = StreamingSession.from_path(model, backend=backend)
     fms = frame_ms or session.frame_ms or DEFAULT_FRAME_MS
     n = chunk_frames or max(1, round((chunk_ms or 100.0) / fms))
+    if n > MAX_CHUNK_FRAMES:
+        raise click.BadParameter(f"{chunk_ms} ms is {n} frames; the limit is "
+                                 f"{MAX_CHUNK_FRAMES}", param_hint="--chunk-ms")
     session = StreamingSession(session.backend, chunk_frames=n)
     cols = None
     if columns:  # indices as ints (CSV and .npy), names as strings (CSV headers)

@@ -7,6 +7,7 @@ import json
 import click
 
 from edgelstm.cli._common import force_option, handle_errors, log
+from edgelstm.io.limits import MAX_BATCH, MAX_HIDDEN, MAX_LAYERS
 
 
 @click.command()
@@ -15,9 +16,9 @@ from edgelstm.cli._common import force_option, handle_errors, log
               help="Checkpoint directory to write.")
 @click.option("--cell", type=click.Choice(["lstm", "gru", "rnn"]), default="lstm",
               show_default=True)
-@click.option("--hidden", type=click.IntRange(1), default=64, show_default=True,
+@click.option("--hidden", type=click.IntRange(1, MAX_HIDDEN), default=64, show_default=True,
               help="Hidden units per direction.")
-@click.option("--layers", type=click.IntRange(1), default=1, show_default=True)
+@click.option("--layers", type=click.IntRange(1, MAX_LAYERS), default=1, show_default=True)
 @click.option("--bidirectional", is_flag=True, help="Add a reverse direction (cannot stream).")
 @click.option("--head", type=click.Choice(["sequence", "frame"]), default=None,
               help="Default: frame for per-frame labels, else sequence.")
@@ -27,7 +28,7 @@ from edgelstm.cli._common import force_option, handle_errors, log
               show_default=True, help="Dropout between stacked layers.")
 @click.option("--epochs", type=click.IntRange(1), default=30, show_default=True)
 @click.option("--lr", type=click.FloatRange(0, min_open=True), default=1e-3, show_default=True)
-@click.option("--batch-size", type=click.IntRange(1), default=32, show_default=True)
+@click.option("--batch-size", type=click.IntRange(1, MAX_BATCH), default=32, show_default=True)
 @click.option("--seed", type=int, default=0, show_default=True)
 @click.option("--val", "val_fraction", type=click.FloatRange(0, 1, max_open=True), default=0.1,
               show_default=True, help="Fraction of the training data held out for early "
@@ -52,11 +53,12 @@ def train(data, output, cell, hidden, layers, bidirectional, head, target, dropo
         $ edgelstm eval jv-model ../shared/data/uea/JapaneseVowels
     """
     from edgelstm.errors import EdgeLSTMError
-    from edgelstm.io.fileio import check_writable
+    from edgelstm.io.fileio import check_output_path, check_writable
     from edgelstm.training.data import load_dataset
     from edgelstm.training.train import evaluate
     from edgelstm.training.train import train as fit
 
+    check_output_path(output, [data])  # `train DATA -o DATA --force` once deleted DATA
     check_writable(output, force)
     dataset = load_dataset(data, "train")
     log(f"{dataset.name}: {dataset.n} sequences, {dataset.input_size} features, "

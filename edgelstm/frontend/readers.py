@@ -18,8 +18,9 @@ from pathlib import Path
 
 import numpy as np
 
-from edgelstm.errors import DataError
+from edgelstm.errors import DataError, LimitError
 from edgelstm.frontend.resample import StreamingResampler, resample
+from edgelstm.io.limits import MAX_SAMPLE_RATE, MIN_SAMPLE_RATE, check_sample_rate
 
 __all__ = [
     "PCM_FORMATS",
@@ -83,6 +84,10 @@ def _parse_fmt(body: bytes, name: str) -> tuple[int, int, int, int]:
         code = struct.unpack("<H", body[24:26])[0]
     if channels == 0 or rate == 0:
         raise DataError(f"{name}: invalid fmt chunk ({channels} channels, {rate} Hz)")
+    if not MIN_SAMPLE_RATE <= rate <= MAX_SAMPLE_RATE:
+        # resampling cost grows with the rate ratio (1 Hz -> 8 kHz is 8000x the input)
+        raise LimitError(f"{name}: sample rate {rate} Hz is outside "
+                         f"[{MIN_SAMPLE_RATE}, {MAX_SAMPLE_RATE}] Hz")
     width = block_align // channels
     if block_align % channels or width != -(-bits // 8):
         raise DataError(f"{name}: inconsistent fmt chunk ({bits}-bit, block align {block_align})")
@@ -163,6 +168,7 @@ def read_wav(
     if mono:
         x = x.mean(axis=1, dtype=np.float32) if x.shape[1] > 1 else x[:, 0]
     if target_rate and int(target_rate) != rate:
+        check_sample_rate(target_rate, "target sample rate")
         x = resample(x, rate, int(target_rate)).astype(np.float32)
         rate = int(target_rate)
     return np.ascontiguousarray(x, dtype=np.float32), rate
@@ -182,7 +188,10 @@ def _is_number(s: str) -> bool:
 def _split(line: str, delimiter: str | None) -> list[str]:
     if delimiter is None:
         return line.split()
-    return [f.strip() for f in next(csv.reader([line], delimiter=delimiter))]
+    try:
+        return [f.strip() for f in next(csv.reader([line], delimiter=delimiter))]
+    except (csv.Error, StopIteration) as exc:  # NUL bytes, unbalanced quotes in random input
+        raise DataError(f"not a CSV line ({exc or 'empty'})") from None
 
 
 def _sniff(line: str) -> str | None:
@@ -231,14 +240,14 @@ class _CSVParser:
         if self.width is None:
             if self.delimiter is None:
                 self.delimiter = _sniff(line)
-            fields = _split(line, self.delimiter)
+            fields = self._fields(line)
             self.width = len(fields)
             if not all(_is_number(f) for f in fields):
                 self.header = fields
                 self.index = _select(self.columns, self.header, self.width, self.name)
                 return None
             self.index = _select(self.columns, None, self.width, self.name)
-        fields = _split(line, self.delimiter)
+        fields = self._fields(line)
         if len(fields) != self.width:
             raise DataError(
                 f"{self.name}: line {self.lineno} has {len(fields)} fields, expected {self.width}"
@@ -249,6 +258,12 @@ class _CSVParser:
             bad = next(f for f in fields if not _is_number(f))
             raise DataError(f"{self.name}: line {self.lineno}: not a number: {bad!r}") from None
         return values if self.index is None else [values[i] for i in self.index]
+
+    def _fields(self, line: str) -> list[str]:
+        try:
+            return _split(line, self.delimiter)
+        except DataError as exc:
+            raise DataError(f"{self.name}: line {self.lineno}: {exc}") from None
 
     def n_out(self) -> int:
         return len(self.index) if self.index is not None else (self.width or 0)
@@ -295,11 +310,18 @@ def read_npy(path: str | os.PathLike) -> np.ndarray:
     Raises:
         DataError: If the file is unreadable, not numeric, or has more than 2 dimensions.
     """
+    from edgelstm.io.arrays import load_npy
+
     path = Path(path)
     try:
-        x = np.load(path, allow_pickle=False)
-    except (OSError, ValueError, EOFError) as e:
-        raise DataError(f"{path}: cannot read .npy ({e})") from None
+        x = load_npy(path)  # the header is checked against the file size first
+    except OSError as e:
+        raise DataError(f"{path}: cannot read .npy ({e.strerror or e})") from None
+    except LimitError:
+        raise
+    except DataError as e:  # keep this reader's "<file>: cannot read .npy (why)" form
+        why = str(e).removeprefix(f"cannot read {path}: ")
+        raise DataError(f"{path}: cannot read .npy ({why})") from None
     if not isinstance(x, np.ndarray) or x.dtype.kind not in "biuf":
         raise DataError(f"{path}: expected a numeric array, got dtype {getattr(x, 'dtype', '?')}")
     if x.ndim == 1:
@@ -413,9 +435,11 @@ class PCMStream:
             self.channels, self.rate = int(channels), rate
         self.out_rate = int(target_rate) if target_rate else self.rate
         if self.out_rate is None:
-            raise ValueError("raw PCM input needs rate (or target_rate)")
+            raise DataError(f"{name}: raw PCM input needs a sample rate (--rate)")
         if self.rate is None:
             self.rate = self.out_rate
+        check_sample_rate(self.rate, f"{name}: sample rate")
+        check_sample_rate(self.out_rate, f"{name}: target sample rate")
         self._rs = (
             StreamingResampler(self.out_rate, self.rate) if self.out_rate != self.rate else None
         )

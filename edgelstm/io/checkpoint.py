@@ -16,8 +16,9 @@ import mlx.core as mx
 import mlx.nn as nn
 from mlx.utils import tree_flatten, tree_unflatten
 
-from edgelstm.errors import CheckpointError, ConfigError
+from edgelstm.errors import CheckpointError, ConfigError, LimitError
 from edgelstm.io.fileio import atomic_output
+from edgelstm.io.limits import check_model_config
 from edgelstm.nn.layers import RECURRENT, register_saver
 from edgelstm.nn.model import SequenceModel
 
@@ -40,6 +41,7 @@ def model_config(model: nn.Module) -> dict:
 
 def build(config: dict) -> nn.Module:
     """Build an (untrained) module from a config dict, applying quantization if any."""
+    check_model_config(config)
     kind = config.get("model_type")
     if kind == "sequence":
         model = SequenceModel.from_config(config)
@@ -94,13 +96,17 @@ def read_config(path: str | os.PathLike) -> dict:
 def load_checkpoint(path: str | os.PathLike) -> nn.Module:
     """Load a native checkpoint directory, checking every tensor name and shape."""
     config = read_config(path)
-    try:
-        model = build(config)
-    except (ConfigError, TypeError, ValueError) as exc:
-        raise CheckpointError(f"{path}/{CONFIG}: {exc}") from None
     file = Path(path) / WEIGHTS
     if not file.is_file():
         raise CheckpointError(f"{path} has no {WEIGHTS}")
+    try:
+        # sizes against the limits and the weights file, before anything is allocated
+        check_model_config(config, weights_bytes=file.stat().st_size)
+        model = build(config)
+    except LimitError as exc:
+        raise LimitError(f"{path}/{CONFIG}: {exc}") from None
+    except (ConfigError, TypeError, ValueError) as exc:
+        raise CheckpointError(f"{path}/{CONFIG}: {exc}") from None
     try:
         weights = mx.load(str(file))
     except Exception as exc:  # MLX raises plain RuntimeError/ValueError on corrupt files

@@ -9,7 +9,7 @@ import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
-from edgelstm.errors import EdgeLSTMError
+from edgelstm.errors import EdgeLSTMError, OutputPathError
 
 
 class OutputExistsError(EdgeLSTMError):
@@ -24,6 +24,51 @@ def check_writable(dst: str | os.PathLike, force: bool = False) -> Path:
     if not dst.parent.exists():
         raise EdgeLSTMError(f"output folder {dst.parent} does not exist")
     return dst
+
+
+def _same_file(a: Path, b: Path) -> bool:
+    """Whether two existing paths are one file (hard links, bind mounts included)."""
+    try:
+        sa, sb = a.stat(), b.stat()
+    except OSError:
+        return False
+    return (sa.st_ino, sa.st_dev) == (sb.st_ino, sb.st_dev)
+
+
+def check_output_path(output: str | os.PathLike, inputs) -> None:
+    """Refuse an output that is, contains or lies inside one of ``inputs``.
+
+    Applies with or without ``--force``: replacing an output must never
+    destroy what the command reads. Symlinks are resolved and hard links are
+    caught by comparing ``(st_ino, st_dev)``.
+
+    Args:
+        output: the path a command will write (file or directory).
+        inputs: paths the command reads (``None`` entries are skipped).
+
+    Raises:
+        OutputPathError: naming the clashing input.
+    """
+    out = Path(os.path.realpath(output))
+    for item in inputs:
+        if item is None:
+            continue
+        src = Path(os.path.realpath(item))
+        if out == src or _same_file(out, src):
+            raise OutputPathError(f"output {output} is the input {item}; "
+                                  "choose another output path")
+        if out in src.parents:
+            raise OutputPathError(f"output {output} contains the input {item}; "
+                                  "choose another output path")
+        if src in out.parents:
+            raise OutputPathError(f"output {output} lies inside the input {item}; "
+                                  "choose another output path")
+        if out.is_dir() and src.is_file() and src.stat().st_nlink > 1:
+            # a hard link to the input somewhere inside an output folder to be replaced
+            for root, _, files in os.walk(out):
+                if any(_same_file(Path(root, f), src) for f in files):
+                    raise OutputPathError(f"output {output} contains a hard link to the "
+                                          f"input {item}; choose another output path")
 
 
 @contextlib.contextmanager

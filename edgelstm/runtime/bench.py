@@ -110,6 +110,11 @@ def run_bench(
     is_onnx = detect_format(model_path) == "onnx"
     model = load(model_path)
     input_size = model.input_size
+    from edgelstm.io.limits import check_elements
+
+    for b in batches:  # each case's input is allocated: refuse absurd ones up front
+        for t in seq_lens:
+            check_elements((b, t, input_size), "bench input")
     runners = {}
     with tempfile.TemporaryDirectory() as tmp:
         for backend in backends:

@@ -19,17 +19,59 @@ BACKENDS = ("mlx", "onnxruntime")
 
 
 def read_inputs(path: str | os.PathLike, input_names: list[str]) -> dict[str, np.ndarray]:
-    """Read ``.npy`` (feeds the first input) or ``.npz`` (feeds inputs by name)."""
+    """Read ``.npy`` (feeds the first input) or ``.npz`` (feeds inputs by name).
+
+    Headers are checked against the file's size before any allocation
+    (:mod:`edgelstm.io.arrays`).
+    """
+    from edgelstm.io.arrays import load_npy, load_npz
+
     path = Path(path)
-    try:
-        if path.suffix == ".npy":
-            return {input_names[0]: np.load(path, allow_pickle=False)}
-        if path.suffix == ".npz":
-            with np.load(path, allow_pickle=False) as data:
-                return {k: data[k] for k in data.files}
-    except (OSError, ValueError) as exc:
-        raise DataError(f"cannot read {path}: {exc}") from None
+    if path.suffix == ".npy":
+        return {input_names[0]: load_npy(path)}
+    if path.suffix == ".npz":
+        return load_npz(path)
     raise DataError(f"input must be .npy or .npz, got {path.name}")
+
+
+def check_feeds(feeds: dict[str, np.ndarray], first: str, batch_first: bool | None = True
+                ) -> None:
+    """The checks every backend shares: finite floats, sizes, ``lengths`` in ``[0, T]``.
+
+    Args:
+        feeds: ``{name: array}``; ``first`` is the main input ``(B, T, I)``/``(T, I)``.
+        batch_first: the layout of ``first`` (``False``: ``(T, B, I)``; ``None``:
+            unknown, as for an ONNX graph, so ``T`` is the larger leading dim).
+
+    Raises:
+        NonFiniteError: NaN/Inf anywhere (the policy of :mod:`edgelstm.io.arrays`).
+        LimitError: an input larger than :data:`~edgelstm.io.limits.MAX_ELEMENTS`.
+        DataError: ``lengths`` not integer, negative or longer than ``T``.
+    """
+    from edgelstm.io.arrays import check_finite
+    from edgelstm.io.limits import check_elements
+
+    for name, value in feeds.items():
+        arr = np.asarray(value)
+        check_elements(arr.shape, f"input {name!r}")
+        check_finite(f"input {name!r}", arr)
+    lengths, x = feeds.get("lengths"), feeds.get(first)
+    if lengths is None:
+        return
+    lengths = np.asarray(lengths)
+    if lengths.size and not np.issubdtype(lengths.dtype, np.integer):
+        if not np.issubdtype(lengths.dtype, np.floating) or (lengths != np.round(lengths)).any():
+            raise DataError(f"lengths must hold integers, got {lengths.dtype}")
+    if lengths.size and lengths.min() < 0:
+        k = int(np.argmin(lengths))
+        raise DataError(f"lengths[{k}] = {lengths.flat[k]} is negative")
+    if x is not None and np.ndim(x) == 3 and lengths.size:
+        shape = np.shape(x)
+        T = max(shape[:2]) if batch_first is None else shape[1 if batch_first else 0]
+        if lengths.max() > T:
+            k = int(np.argmax(lengths))
+            raise DataError(f"lengths[{k}] = {lengths.flat[k]} exceeds the {T} steps of "
+                            f"input {first!r}")
 
 
 def model_io(model) -> tuple[list[str], list[str]]:
@@ -50,6 +92,8 @@ def run_native(model, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         raise DataError(f"unknown input {unknown[0]!r}; this model takes {', '.join(sorted(known))}")
     if ins[0] not in feeds:
         raise DataError(f"missing input {ins[0]!r}")
+    rnn = getattr(model, "rnn", model)
+    check_feeds(feeds, ins[0], batch_first=getattr(rnn, "batch_first", True))
     x = np.asarray(feeds[ins[0]])
     if x.ndim not in (2, 3) or not np.issubdtype(x.dtype, np.floating):
         raise DataError(f"input {ins[0]!r} must be a float array (B, T, I) or (T, I), "
@@ -112,8 +156,10 @@ def run_model(path: str | os.PathLike, feeds: dict[str, np.ndarray] | np.ndarray
     if fmt == "onnx":
         from edgelstm.converters import onnx_io_names, run_onnx
 
+        first = onnx_io_names(path)[0][0]
         if isinstance(feeds, np.ndarray):
-            feeds = {onnx_io_names(path)[0][0]: feeds}
+            feeds = {first: feeds}
+        check_feeds(feeds, first, batch_first=None)  # one policy for both backends
         return run_onnx(path, feeds, backend=backend or "onnxruntime")
     if backend == "onnxruntime":
         raise EdgeLSTMError(f"{path} is not an ONNX file; convert it first "

@@ -2,13 +2,12 @@
 
 from __future__ import annotations
 
+import math
 import os
 import platform
 import sys
 from importlib import metadata
 from pathlib import Path
-
-import numpy as np
 
 
 def _size_on_disk(path: Path) -> int:
@@ -146,6 +145,8 @@ def _describe_onnx(path: Path) -> dict:
         m = onnx.load(str(path), load_external_data=False)
     except Exception as exc:  # onnx raises DecodeError and others on garbage
         raise CheckpointError(f"{path} is not a valid ONNX file: {exc}") from None
+    if not m.graph.node and not m.graph.output:  # a 0-byte file parses as an empty model
+        raise CheckpointError(f"{path} is not an ONNX model: it holds no graph")
 
     def shape(vi):
         dims = vi.type.tensor_type.shape.dim
@@ -156,7 +157,7 @@ def _describe_onnx(path: Path) -> dict:
     for node in m.graph.node:
         key = node.op_type if node.domain in ("", "ai.onnx") else f"{node.domain}.{node.op_type}"
         ops[key] = ops.get(key, 0) + 1
-    n_params = sum(int(np.prod(i.dims)) for i in m.graph.initializer)
+    n_params = sum(math.prod(i.dims) for i in m.graph.initializer)  # no int64 overflow
     return {
         "opset": {(o.domain or "ai.onnx"): o.version for o in m.opset_import},
         "producer": f"{m.producer_name} {m.producer_version}".strip(),

@@ -37,7 +37,7 @@ from typing import Any
 
 import numpy as np
 
-from edgelstm.errors import ConfigError, DataError, EdgeLSTMError
+from edgelstm.errors import ConfigError, DataError, EdgeLSTMError, NonFiniteError
 from edgelstm.streaming.state import (
     export_state,
     import_state,
@@ -315,6 +315,7 @@ class Stream:
         self._fe = ses.frontend.online() if ses.frontend is not None else None
         self._resampler = None  # created when audio arrives at another rate
         self._rate_in = None
+        self._accepted = 0  # samples or frames fed, to place a NaN in the stream
         self._pending = np.zeros((0, ses.input_size), dtype=np.float32)
         self._state = ses.backend.zero_state(1)
         self._fe_seconds = 0.0
@@ -338,6 +339,7 @@ class Stream:
         self._check_open()
         t0 = time.perf_counter()
         x = np.asarray(samples, dtype=np.float32).reshape(-1)
+        self._refuse_nonfinite(x, "sample")
         rate = int(sample_rate or ses.sample_rate)
         if self._rate_in is None:
             self._rate_in = rate
@@ -367,12 +369,25 @@ class Stream:
         if x.shape[1] != self._width_in():
             raise DataError(f"frames have {x.shape[1]} features, the model takes "
                             f"{self._width_in()}")
+        self._refuse_nonfinite(x, "frame")
         if self._fe is not None and not self._session.is_speech:
             try:
                 x = np.array(self._fe.accept(x))
             except ValueError as exc:
                 raise DataError(str(exc)) from None
         self._push(x, t0)
+
+    def _refuse_nonfinite(self, x: np.ndarray, unit: str) -> None:
+        """NaN/Inf input is refused (edgelstm.io.arrays policy), naming its stream position."""
+        seen = self._accepted
+        bad = ~np.isfinite(x)
+        if bad.any():
+            k = np.unravel_index(int(np.argmax(bad)), x.shape)
+            what = "NaN" if np.isnan(x[k]) else "Inf"
+            where = f"{unit} {seen + int(k[0])}" + (f", column {int(k[1])}" if x.ndim == 2 else "")
+            raise NonFiniteError(f"input has {what} at {where} of the stream; edgelstm refuses "
+                                 "non-finite input")
+        self._accepted = seen + len(x)
 
     def accept(self, chunk) -> None:
         """Audio ``(n,)`` for a speech model, else frames ``(t, F)``."""

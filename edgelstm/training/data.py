@@ -23,7 +23,9 @@ from pathlib import Path
 
 import numpy as np
 
-from edgelstm.errors import DataError
+from edgelstm.errors import DataError, LimitError
+from edgelstm.io.arrays import check_finite, load_npz
+from edgelstm.io.limits import MAX_CLASSES
 
 __all__ = ["Dataset", "load_dataset", "from_sequences", "SPLITS"]
 
@@ -63,13 +65,28 @@ class Dataset:
         if self.y.shape not in ((N,), (N, T)):
             raise DataError(f"{self.name}: y must be ({N},) or ({N}, {T}), got {self.y.shape}")
         if self.lengths is not None:
-            self.lengths = np.asarray(self.lengths).astype(np.int32)
+            self.lengths = np.asarray(self.lengths)
+            if self.lengths.size and not np.issubdtype(self.lengths.dtype, np.integer):
+                raise DataError(f"{self.name}: lengths must be integers, "
+                                f"got {self.lengths.dtype}")
+            self.lengths = self.lengths.astype(np.int64)
             if self.lengths.shape != (N,):
                 raise DataError(f"{self.name}: lengths must be ({N},), got {self.lengths.shape}")
             if N and (self.lengths.min() < 1 or self.lengths.max() > T):
                 raise DataError(f"{self.name}: lengths must lie in [1, {T}]")
+            self.lengths = self.lengths.astype(np.int32)
             if N and (self.lengths == T).all():
                 self.lengths = None
+        # before any model is sized from these: a label of 1e9 once meant a 1e9-way head
+        lowest = -1 if self.y.ndim == 2 else 0
+        if self.y.size and self.y.min() < lowest:
+            k = tuple(int(i) for i in np.unravel_index(int(np.argmin(self.y)), self.y.shape))
+            raise DataError(f"{self.name}: label {int(self.y.min())} at index {k} is negative"
+                            + (" (-1 marks ignored frames)" if lowest == -1 else ""))
+        if self.y.size and self.labels is None and int(self.y.max()) >= MAX_CLASSES:
+            raise LimitError(f"{self.name}: label {int(self.y.max())} implies more than "
+                             f"{MAX_CLASSES:,} classes")
+        check_finite(f"{self.name}: x", self.x)
         if self.labels is not None:
             self.labels = [str(s) for s in self.labels]
             if self.y.size and self.y.max() >= len(self.labels):
@@ -222,11 +239,7 @@ def read_npz(path: Path) -> dict[str, np.ndarray]:
     Raises:
         DataError: the file cannot be read, or has no ``x`` or ``y``.
     """
-    try:
-        with np.load(path, allow_pickle=False) as d:
-            arrays = {k: d[k] for k in d.files}
-    except (OSError, ValueError) as exc:
-        raise DataError(f"cannot read {path}: {exc}") from None
+    arrays = load_npz(path)  # member headers checked against their sizes first
     for key in ("x", "y"):
         if key not in arrays:
             raise DataError(f"{path} has no {key!r} array (found {', '.join(sorted(arrays))})")

@@ -127,7 +127,11 @@ def load_ts(path: str | os.PathLike) -> TSDataset:
                 if _flag(header, "timestamps"):
                     raise DataError(f"{path}: time-stamped .ts files are not supported")
                 labelled = _flag(header, "classlabel") or _flag(header, "targetlabel")
-                dims = int(header["dimensions"]) if "dimensions" in header else None
+                try:
+                    dims = int(header["dimensions"]) if "dimensions" in header else None
+                except ValueError:
+                    raise DataError(f"{path}: @dimensions {header['dimensions']!r} is not an "
+                                    "integer") from None
             else:
                 header[key] = value.strip()
             continue

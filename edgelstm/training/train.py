@@ -31,7 +31,7 @@ import mlx.optimizers as optim
 import numpy as np
 from mlx.utils import tree_flatten, tree_map
 
-from edgelstm.errors import ConfigError, DataError
+from edgelstm.errors import ConfigError, DataError, TrainingError
 from edgelstm.nn.layers import RECURRENT
 from edgelstm.nn.model import SequenceModel
 from edgelstm.training.data import Dataset
@@ -105,6 +105,16 @@ def _as_model(model_or_config, dataset: Dataset) -> SequenceModel:
     if not isinstance(model_or_config, dict):
         raise ConfigError("train() takes a SequenceModel or a config dict, "
                           f"got {type(model_or_config).__name__}")
+    # sizes checked before anything is allocated (--hidden 1e9, --layers 1e9)
+    from edgelstm.io.limits import check_model_config, check_recurrent
+
+    cfg = model_or_config
+    if cfg.get("model_type") == "sequence":
+        check_model_config(cfg)
+    else:
+        check_recurrent({"model_type": cfg.get("cell", "lstm"), "input_size": dataset.input_size,
+                         "hidden_size": cfg.get("hidden", 64), "num_layers": cfg.get("layers", 1),
+                         "bidirectional": bool(cfg.get("bidirectional"))}, "model")
     if model_or_config.get("model_type") == "sequence":
         model = SequenceModel.from_config(model_or_config)
     else:
@@ -404,6 +414,9 @@ def train(
                 x, lb = _crop(x, lb, crop, rng)
             loss = step(x, yb, lb)
             mx.eval(loss, model.state, opt.state)
+            if not math.isfinite(float(loss)):  # a NaN model must never be saved
+                raise TrainingError(f"epoch {epoch}: the training loss is {float(loss)}; "
+                                    "training stopped and nothing was saved (lower --lr?)")
             total += float(loss) * len(idx)
             seen += len(idx)
         history["loss"].append(total / seen)
