@@ -153,7 +153,7 @@ def _from_keras(path: Path, labels):
     import mlx.core as mx
 
     from edgelstm.io.checkpoint import load_weights
-    from edgelstm.io.limits import MAX_HIDDEN, check_int
+    from edgelstm.limits import MAX_HIDDEN, check_int
     from edgelstm.nn.layers import RECURRENT
     from edgelstm.nn.model import SequenceModel
 

@@ -464,7 +464,7 @@ class _Walker:
 
 def _hidden_size(node, attrs, W, R, dirs) -> int:
     """``hidden_size`` checked against the limits and the real ``W``/``R`` shapes."""
-    from edgelstm.io.limits import MAX_HIDDEN, check_int
+    from edgelstm.limits import MAX_HIDDEN, check_int
 
     gates = {"LSTM": 4, "GRU": 3, "RNN": 1}[node.op_type]
     h = attrs.get("hidden_size", R.shape[-1] if R.ndim == 3 else None)

@@ -46,7 +46,7 @@ class DataError(EdgeLSTMError):
 class LimitError(DataError):
     """A size, count or rate in an input or option is outside edgelstm's limits.
 
-    Raised before anything is allocated; see :mod:`edgelstm.io.limits`.
+    Raised before anything is allocated; see :mod:`edgelstm.limits`.
     """
 
 

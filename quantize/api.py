@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 
 from edgelstm.errors import ConfigError, DataError, UnsupportedError
-from edgelstm.io.limits import check_elements
+from edgelstm.limits import check_elements
 from edgelstm.quantize.config import Format, QuantConfig
 from edgelstm.quantize.report import (
     QuantReport,
@@ -219,7 +219,7 @@ def _to_onnx(src, dst, config, fmt, data, force, seed) -> QuantReport:
     from edgelstm.errors import ConversionError
     from edgelstm.io.checkpoint import detect_format
     from edgelstm.io.fileio import atomic_output
-    from edgelstm.io.limits import MAX_INPUT_FEATURES, check_int
+    from edgelstm.limits import MAX_INPUT_FEATURES, check_int
     from edgelstm.quantize.onnx_ort import ort_quantize
     from edgelstm.quantize.onnx_qdq import qdq_quantize
 

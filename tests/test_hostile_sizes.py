@@ -11,9 +11,9 @@ import onnx
 import pytest
 from hostile import assert_clean_failure, invoke, run_limited, tiny_data, tiny_model, tried
 
+from edgelstm import limits
 from edgelstm.errors import EdgeLSTMError, LimitError
-from edgelstm.io import limits
-from edgelstm.io.arrays import load_npy, load_npz
+from edgelstm.frontend.arrays import load_npy, load_npz
 from edgelstm.io.checkpoint import load
 
 

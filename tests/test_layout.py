@@ -16,9 +16,10 @@ ROOT = Path(__file__).resolve().parents[1]
 # folder -> edgelstm modules its code may import (prefixes)
 ALLOWED = {
     "edgelstm/fast": ("edgelstm.errors", "edgelstm.fast"),
-    "edgelstm/nn": ("edgelstm.errors", "edgelstm.fast", "edgelstm.nn"),
-    "edgelstm/frontend": ("edgelstm.errors", "edgelstm.frontend"),
-    "edgelstm/io": ("edgelstm.errors", "edgelstm.fast", "edgelstm.nn", "edgelstm.io"),
+    "edgelstm/nn": ("edgelstm.errors", "edgelstm.limits", "edgelstm.fast", "edgelstm.nn"),
+    "edgelstm/frontend": ("edgelstm.errors", "edgelstm.limits", "edgelstm.frontend"),
+    "edgelstm/io": ("edgelstm.errors", "edgelstm.limits", "edgelstm.fast", "edgelstm.nn",
+                    "edgelstm.io"),
 }
 # Imports deferred into a function on purpose (optional layers reached at call time).
 DEFERRED_OK = {

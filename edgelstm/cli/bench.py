@@ -7,7 +7,7 @@ import json
 import click
 
 from edgelstm.cli._common import force_option, handle_errors, log
-from edgelstm.io.limits import MAX_BATCH, MAX_SEQ_LEN
+from edgelstm.limits import MAX_BATCH, MAX_SEQ_LEN
 
 
 @click.command()

@@ -9,7 +9,7 @@ import sys
 import click
 
 from edgelstm.cli._common import backend_option, handle_errors, log
-from edgelstm.io.limits import MAX_CHUNK_FRAMES, MAX_SAMPLE_RATE, MIN_SAMPLE_RATE
+from edgelstm.limits import MAX_CHUNK_FRAMES, MAX_SAMPLE_RATE, MIN_SAMPLE_RATE
 from edgelstm.streaming.run import STDIN_FORMATS, StopStream
 
 

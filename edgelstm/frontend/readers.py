@@ -20,7 +20,7 @@ import numpy as np
 
 from edgelstm.errors import DataError, LimitError
 from edgelstm.frontend.resample import StreamingResampler, resample
-from edgelstm.io.limits import MAX_SAMPLE_RATE, MIN_SAMPLE_RATE, check_sample_rate
+from edgelstm.limits import MAX_SAMPLE_RATE, MIN_SAMPLE_RATE, check_sample_rate
 
 __all__ = [
     "PCM_FORMATS",
@@ -310,7 +310,7 @@ def read_npy(path: str | os.PathLike) -> np.ndarray:
     Raises:
         DataError: If the file is unreadable, not numeric, or has more than 2 dimensions.
     """
-    from edgelstm.io.arrays import load_npy
+    from edgelstm.frontend.arrays import load_npy
 
     path = Path(path)
     try:

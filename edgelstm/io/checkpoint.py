@@ -18,7 +18,7 @@ from mlx.utils import tree_flatten, tree_unflatten
 
 from edgelstm.errors import CheckpointError, ConfigError, LimitError
 from edgelstm.io.fileio import atomic_output
-from edgelstm.io.limits import check_model_config
+from edgelstm.limits import check_model_config
 from edgelstm.nn.layers import RECURRENT, register_saver
 from edgelstm.nn.model import SequenceModel
 

@@ -110,7 +110,7 @@ def run_bench(
     is_onnx = detect_format(model_path) == "onnx"
     model = load(model_path)
     input_size = model.input_size
-    from edgelstm.io.limits import check_elements
+    from edgelstm.limits import check_elements
 
     for b in batches:  # each case's input is allocated: refuse absurd ones up front
         for t in seq_lens:

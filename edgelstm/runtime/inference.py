@@ -22,9 +22,9 @@ def read_inputs(path: str | os.PathLike, input_names: list[str]) -> dict[str, np
     """Read ``.npy`` (feeds the first input) or ``.npz`` (feeds inputs by name).
 
     Headers are checked against the file's size before any allocation
-    (:mod:`edgelstm.io.arrays`).
+    (:mod:`edgelstm.frontend.arrays`).
     """
-    from edgelstm.io.arrays import load_npy, load_npz
+    from edgelstm.frontend.arrays import load_npy, load_npz
 
     path = Path(path)
     if path.suffix == ".npy":
@@ -44,12 +44,12 @@ def check_feeds(feeds: dict[str, np.ndarray], first: str, batch_first: bool | No
             unknown, as for an ONNX graph, so ``T`` is the larger leading dim).
 
     Raises:
-        NonFiniteError: NaN/Inf anywhere (the policy of :mod:`edgelstm.io.arrays`).
-        LimitError: an input larger than :data:`~edgelstm.io.limits.MAX_ELEMENTS`.
+        NonFiniteError: NaN/Inf anywhere (the policy of :mod:`edgelstm.frontend.arrays`).
+        LimitError: an input larger than :data:`~edgelstm.limits.MAX_ELEMENTS`.
         DataError: ``lengths`` not integer, negative or longer than ``T``.
     """
-    from edgelstm.io.arrays import check_finite
-    from edgelstm.io.limits import check_elements
+    from edgelstm.frontend.arrays import check_finite
+    from edgelstm.limits import check_elements
 
     for name, value in feeds.items():
         arr = np.asarray(value)

@@ -378,7 +378,7 @@ class Stream:
         self._push(x, t0)
 
     def _refuse_nonfinite(self, x: np.ndarray, unit: str) -> None:
-        """NaN/Inf input is refused (edgelstm.io.arrays policy), naming its stream position."""
+        """NaN/Inf input is refused (edgelstm.frontend.arrays policy), naming its stream position."""
         seen = self._accepted
         bad = ~np.isfinite(x)
         if bad.any():

@@ -24,8 +24,8 @@ from pathlib import Path
 import numpy as np
 
 from edgelstm.errors import DataError, LimitError
-from edgelstm.io.arrays import check_finite, load_npz
-from edgelstm.io.limits import MAX_CLASSES
+from edgelstm.frontend.arrays import check_finite, load_npz
+from edgelstm.limits import MAX_CLASSES
 
 __all__ = ["Dataset", "load_dataset", "from_sequences", "SPLITS"]
 

@@ -106,7 +106,7 @@ def _as_model(model_or_config, dataset: Dataset) -> SequenceModel:
         raise ConfigError("train() takes a SequenceModel or a config dict, "
                           f"got {type(model_or_config).__name__}")
     # sizes checked before anything is allocated (--hidden 1e9, --layers 1e9)
-    from edgelstm.io.limits import check_model_config, check_recurrent
+    from edgelstm.limits import check_model_config, check_recurrent
 
     cfg = model_or_config
     if cfg.get("model_type") == "sequence":

@@ -3,7 +3,7 @@
 ``np.load`` allocates whatever shape a header claims before it reads a byte,
 so a 200-byte ``.npy`` claiming ``(1e5, 1e5, 6)`` asks for 224 GiB. Here the
 header is read first and checked against the bytes really present (and
-:data:`~edgelstm.io.limits.MAX_ELEMENTS`).
+:data:`~edgelstm.limits.MAX_ELEMENTS`).
 
 Non-finite policy: edgelstm **refuses** NaN and Inf in model inputs and
 training data, on every backend, with a :class:`NonFiniteError` that names the
@@ -21,7 +21,7 @@ from pathlib import Path
 import numpy as np
 
 from edgelstm.errors import DataError, LimitError, NonFiniteError
-from edgelstm.io.limits import MAX_ELEMENTS, MAX_NPZ_RATIO, check_elements
+from edgelstm.limits import MAX_ELEMENTS, MAX_NPZ_RATIO, check_elements
 
 
 def _npy_header(fp, name: str) -> tuple[tuple[int, ...], np.dtype]:
