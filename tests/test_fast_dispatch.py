@@ -7,6 +7,7 @@ import os
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import mlx.core as mx
 import numpy as np
@@ -100,3 +101,31 @@ def test_blas_search_tries_fixed_names_only(tmp_path, monkeypatch):
     assert blas.find_openblas() is None  # no descent into subfolders
     (tmp_path / "libopenblas.so.0").write_bytes(b"")
     assert blas.find_openblas() == str(tmp_path / "libopenblas.so.0")
+
+
+@needs_kernels
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="Linux links scipy-openblas32")
+def test_kernels_link_the_wheel_blas_not_a_system_one():
+    assert kernels.blas_info().startswith("scipy-openblas32 ")
+
+
+WITHOUT_OPENBLAS = Path(__file__).resolve().parents[2] / "shared" / "tools" / "without-openblas"
+
+
+@needs_kernels
+@pytest.mark.skipif(not WITHOUT_OPENBLAS.is_file(), reason="../shared/tools/without-openblas absent")
+def test_fresh_machine_without_system_openblas(tmp_path):
+    """As on a machine with no OpenBLAS: import is quick, kernels load, info says so."""
+    code = ("import time; t = time.perf_counter(); import edgelstm; "
+            "from edgelstm.fast import dispatch as k; "
+            "print(k.available(), round(time.perf_counter() - t, 2), k.blas_info())")
+    try:
+        out = subprocess.run(["bash", str(WITHOUT_OPENBLAS), sys.executable, "-c", code],
+                             capture_output=True, text=True, timeout=120, cwd=tmp_path)
+    except OSError as exc:
+        pytest.skip(f"cannot run without-openblas here: {exc}")
+    if out.returncode != 0 and "unshare" in out.stderr:
+        pytest.skip(f"no mount namespaces here: {out.stderr.strip().splitlines()[-1]}")
+    assert out.returncode == 0, out.stderr
+    ok, seconds, blas = out.stdout.split(" ", 2)
+    assert ok == "True" and float(seconds) < 10 and blas.startswith("scipy-openblas32")
