@@ -38,8 +38,12 @@ demo: $(STAMP)
 
 # From tests/, so neither pytest nor the suite's subprocesses import the source
 # tree instead of the installed package (Python puts the cwd first on sys.path).
+# The second run keeps the pure-MLX path (what a GPU or a kernel-less install runs)
+# tested end to end through the layers, streaming, quantized cells and ONNX runner.
+PURE_TESTS := test_kernels.py test_layers.py test_streaming.py test_quantize.py test_onnx_runner.py
 test: $(STAMP)
 	cd tests && EDGELSTM_EXPECT_INSTALLED=1 ../$(BIN)/python -m pytest -q
+	cd tests && EDGELSTM_KERNELS=0 ../$(BIN)/python -m pytest -q $(PURE_TESTS)
 
 lint: $(STAMP)
 	$(BIN)/ruff check .
