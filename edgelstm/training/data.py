@@ -124,7 +124,11 @@ class Dataset:
         return replace(self, x=self.x[idx, :T], y=y, lengths=lengths, meta=dict(self.meta))
 
     def split(self, fraction: float, seed: int = 0) -> tuple[Dataset, Dataset]:
-        """``(rest, held_out)`` with about ``fraction`` of each class held out."""
+        """``(rest, held_out)`` with about ``fraction`` of each class held out.
+
+        A class with two or more sequences gives at least one and keeps at least
+        one (10% of 5 is then 1, not 0); a single-sequence class stays in ``rest``.
+        """
         if not 0.0 < fraction < 1.0:
             raise DataError(f"split fraction must be in (0, 1), got {fraction}")
         rng = np.random.default_rng(seed)
@@ -132,13 +136,14 @@ class Dataset:
         held = []
         for c in np.unique(key):
             members = rng.permutation(np.flatnonzero(key == c))
-            k = int(round(fraction * len(members)))
+            k = min(max(1, int(round(fraction * len(members)))), len(members) - 1)
             if 0 < k < len(members):
                 held.extend(members[:k].tolist())
         mask = np.zeros(self.n, dtype=bool)
         mask[held] = True
         if not mask.any() or mask.all():
-            raise DataError(f"{self.name}: too few sequences to hold out {fraction:.0%}")
+            raise DataError(f"{self.name}: too few sequences to hold out {fraction:.0%} "
+                            "(every class has a single sequence)")
         return self.subset(np.flatnonzero(~mask)), self.subset(np.flatnonzero(mask))
 
     def valid_frames(self) -> np.ndarray:
