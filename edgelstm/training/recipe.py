@@ -96,3 +96,58 @@ def provenance(dataset: Dataset, validation: Dataset | None, settings: dict,
         "settings": settings,
         "machine": f"{platform.system()} {platform.machine()}",
     }
+
+
+# A few configurations around the default, within the recurrent family.
+SEARCH_SPACES = {
+    "small": [{}, {"pool": "mean"}, {"hidden_scale": 2}, {"hidden_scale": 0.5}],
+}
+
+
+def search(spec: dict | None, dataset: Dataset, space: str = "small", *,
+           validation: float = 0.2, seed: int = 0, time_budget: float | None = None,
+           log: Callable[[str], None] | None = None, **train_kwargs):
+    """Train a few configurations on one validation split and keep the best.
+
+    The split comes from ``dataset`` only (never a test split). Each candidate
+    is ``spec`` with one change from :data:`SEARCH_SPACES` and gets an equal
+    share of ``time_budget``; the winner (best validation accuracy, then
+    loss) is returned as trained, with the table in its provenance.
+
+    Returns:
+        ``(model, history)`` as :func:`~edgelstm.training.train.train`.
+    """
+    from edgelstm.errors import ConfigError
+    from edgelstm.training.train import train
+
+    if space not in SEARCH_SPACES:
+        raise ConfigError(f"search space must be one of {', '.join(SEARCH_SPACES)}, got {space!r}")
+    base = dict(spec or {})
+    rest, held = holdout(dataset, validation, seed, log)
+    if held is None:
+        raise DataError("--search needs a validation split, and this data has a single "
+                        "sequence per class")
+    table, best = [], None
+    share = time_budget / len(SEARCH_SPACES[space]) if time_budget else None
+    for change in SEARCH_SPACES[space]:
+        cand = dict(base)
+        if "hidden_scale" in change:
+            cand["hidden"] = max(4, int(round(base.get("hidden", 64) * change["hidden_scale"])))
+        cand.update({k: v for k, v in change.items() if k != "hidden_scale"})
+        if cand.get("pool") == "mean" and cand.get("head") == "frame":
+            continue
+        model, history = train(cand, rest, seed=seed, validation=held, time_budget=share,
+                               **train_kwargs)
+        k = history["best_epoch"]
+        score = (history["val_accuracy"][k - 1], -history["val_loss"][k - 1]) if k else (0, 0)
+        row = {"config": {k2: v for k2, v in cand.items() if k2 != "features"},
+               "val_accuracy": round(score[0], 6), "val_loss": round(-score[1], 6)}
+        table.append(row)
+        if log is not None:
+            log(f"search: {row['config']} -> val_acc {score[0]:.4f}, val_loss {-score[1]:.4f}")
+        if best is None or score > best[0]:
+            best = (score, model, history)
+    _, model, history = best
+    model.provenance = {**model.provenance, "data": dataset.meta.get("source", dataset.name),
+                        "search": {"space": space, "candidates": table}}
+    return model, history

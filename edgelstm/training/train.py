@@ -303,7 +303,7 @@ def evaluate(model: SequenceModel, dataset: Dataset, batch_size: int = 256) -> d
 def train(
     model: SequenceModel | dict | None,
     dataset: Dataset,
-    epochs: int | None = 30,
+    epochs: int | None = None,
     lr: float = 3e-3,
     batch_size: int | None = None,
     seed: int = 0,
