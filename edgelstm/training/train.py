@@ -466,7 +466,10 @@ def train(
                 history["val_accuracy"].append(metrics["accuracy"])
                 line += f", val_loss {metrics['loss']:.4f}, val_acc {metrics['accuracy']:.4f}"
                 score = (metrics["accuracy"], -metrics["loss"])
-                if best is None or score > best:
+                # a loss tie-break must beat the best by 1% (or 1e-4): loss creeping down
+                # at 100% validation accuracy would otherwise never trigger patience
+                if best is None or score[0] > best[0] or (
+                        score[0] == best[0] and -score[1] < -best[1] - max(1e-4, 0.01 * -best[1])):
                     best, waited = score, 0
                     history["best_epoch"] = epoch
                     best_params = tree_map(lambda a: mx.array(a), model.parameters())
