@@ -5,7 +5,9 @@ node uses ``layout=0`` (ONNX Runtime's CPU kernels refuse ``layout=1``) with
 ``Transpose`` nodes around the stack. Normalisation is ``Sub``/``Div``, a
 frame head ``MatMul``+``Add``, a sequence head ``Gemm`` on the last layer's
 final hidden state(s) ``Y_h`` (directions concatenated, as
-``SequenceModel._last_step``). Batch and time axes are dynamic.
+``SequenceModel._last_step``); a mean-pooling head (``pool: "mean"``)
+``ReduceSum`` over time divided by the lengths (or ``T``), then ``Gemm``.
+Batch and time axes are dynamic.
 
 A streaming export adds ``h0``/``c0`` inputs and ``h_n``/``c_n`` outputs,
 each ``(layers*dirs, B, H)``, as icefall/sherpa-onnx do; the config is
@@ -255,6 +257,25 @@ def build_onnx(model, opset: int = DEFAULT_OPSET, streaming: bool = False,
         Wt = g.init("head.weight_t", _head_weight(seq.head).T)
         y = g.node("MatMul", [y, Wt])
         y = g.node("Add", [y, g.init("head.bias", _np(seq.head.bias))], outputs=[out_name])
+    elif head == "sequence" and getattr(seq, "pool", "last") == "mean":
+        if streaming:
+            raise UnsupportedError("a mean-pooling model cannot stream: its head averages the "
+                                   "whole sequence; export it without --streaming")
+        t_axis = 1 if rnn.batch_first else 0
+        # Y is zero past each length (sequence_lens), so the sum covers valid steps only
+        total = g.node("ReduceSum", [y, g.init("pool_axes", np.array([t_axis], np.int64))],
+                       keepdims=0)  # (B, F)
+        if lengths:
+            count = g.node("Cast", [LENGTHS_INPUT], to=TensorProto.FLOAT)
+            count = g.node("Unsqueeze", [count, g.init("pool_unsq", np.array([1], np.int64))])
+        else:
+            shape = g.node("Shape", [y])
+            count = g.node("Gather", [shape, g.init("pool_t_idx", np.array([t_axis], np.int64))])
+            count = g.node("Cast", [count], to=TensorProto.FLOAT)  # (1,)
+        pooled = g.node("Div", [total, count])
+        y = g.node("Gemm", [pooled, g.init("head.weight", _head_weight(seq.head)),
+                            g.init("head.bias", _np(seq.head.bias))],
+                   outputs=[out_name], transB=1)
     elif head == "sequence":
         last = g.node("Transpose", [y_h[-1]], perm=[1, 0, 2])  # (B, dirs, H)
         last = g.node("Reshape", [last, g.init("shape_B_merge", np.array([0, -1], np.int64))])

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import os
+import sys
 
 import click
 
@@ -26,52 +28,99 @@ from edgelstm.limits import MAX_BATCH, MAX_HIDDEN, MAX_LAYERS
               show_default=True, help="Frames a frame head is trained on, for sequence labels.")
 @click.option("--dropout", type=click.FloatRange(0, 1, max_open=True), default=0.0,
               show_default=True, help="Dropout between stacked layers.")
-@click.option("--epochs", type=click.IntRange(1), default=30, show_default=True)
-@click.option("--lr", type=click.FloatRange(0, min_open=True), default=1e-3, show_default=True)
-@click.option("--batch-size", type=click.IntRange(1, MAX_BATCH), default=32, show_default=True)
+@click.option("--epochs", type=click.IntRange(1), default=None,
+              help="Maximum epochs (default: 200, cut short by early stopping or --time-budget).")
+@click.option("--lr", type=click.FloatRange(0, min_open=True), default=3e-3, show_default=True,
+              help="Peak learning rate (warm-up, then cosine decay).")
+@click.option("--batch-size", type=click.IntRange(1, MAX_BATCH), default=None,
+              help="Sequences per step (default: 8-32 from the data size).")
 @click.option("--seed", type=int, default=0, show_default=True)
 @click.option("--val", "val_fraction", type=click.FloatRange(0, 1, max_open=True), default=0.1,
               show_default=True, help="Fraction of the training data held out for early "
               "stopping (0: none).")
-@click.option("--patience", type=click.IntRange(1), default=10, show_default=True)
+@click.option("--patience", type=click.IntRange(1), default=20, show_default=True)
 @click.option("--crop", type=click.FloatRange(0, 1, min_open=True), default=None,
               help="Augment with random windows of at least this fraction of each sequence.")
+@click.option("--augment", default="auto", show_default=True,
+              help="Comma-separated crop,jitter,scale,warp,mix,mask, or none; auto: mask for "
+              "audio, jitter,scale otherwise.")
+@click.option("--pool", type=click.Choice(["last", "mean"]), default="last", show_default=True,
+              help="Sequence head input: last valid step (streams) or mean over valid steps.")
+@click.option("--weight-decay", type=click.FloatRange(0), default=1e-4, show_default=True)
+@click.option("--time-budget", type=click.FloatRange(0, min_open=True), default=None,
+              help="Seconds of training; the epochs are picked to fit.")
+@click.option("--search", "search_space", type=click.Choice(["small"]), default=None,
+              help="Try a few configurations on the validation split and keep the best.")
+@click.option("--features", "feature_kind", type=click.Choice(["mfcc", "logmel"]), default=None,
+              help="Audio front end for WAV data (default: mfcc).")
+@click.option("--n-mels", type=click.IntRange(1, 512), default=None, help="Mel filters (audio).")
+@click.option("--n-mfcc", type=click.IntRange(1, 512), default=None, help="MFCCs kept (audio).")
+@click.option("--progress/--no-progress", default=None,
+              help="Progress bar on stderr (default: when stderr is a terminal).")
 @click.option("--json", "as_json", is_flag=True, help="Print the history and test metrics as JSON.")
 @force_option
 @handle_errors
 def train(data, output, cell, hidden, layers, bidirectional, head, target, dropout, epochs, lr,
-          batch_size, seed, val_fraction, patience, crop, as_json, force):
+          batch_size, seed, val_fraction, patience, crop, augment, pool, weight_decay,
+          time_budget, search_space, feature_kind, n_mels, n_mfcc, progress, as_json, force):
     """Train a classifier on DATA and save it to OUTPUT.
 
     DATA is a UEA .ts file or folder (its TRAIN split is used), the FSDD
-    folder (takes 5-49, MFCC features stored in the model) or an .npz with
+    folder (takes 5-49, MFCC features stored in the model), a folder of
+    class folders of WAVs (data/yes/*.wav, data/no/*.wav) or an .npz with
     x (N, T, I), y (N,) or (N, T) and optional lengths. When DATA has a test
-    split its accuracy is reported at the end.
+    split its accuracy is reported at the end. Ctrl-C stops training and
+    saves the best epoch so far.
 
     \b
         $ edgelstm train ../shared/data/uea/JapaneseVowels -o jv-model --epochs 60
         $ edgelstm eval jv-model ../shared/data/uea/JapaneseVowels
     """
-    from edgelstm.errors import EdgeLSTMError
+    from edgelstm.errors import ConfigError, EdgeLSTMError
     from edgelstm.io.fileio import check_output_path, check_writable
     from edgelstm.training.data import load_dataset
+    from edgelstm.training.recipe import search
     from edgelstm.training.train import evaluate
     from edgelstm.training.train import train as fit
 
     check_output_path(output, [data])  # `train DATA -o DATA --force` once deleted DATA
     check_writable(output, force)
-    dataset = load_dataset(data, "train")
+    features = {k: v for k, v in (("kind", {"logmel": "fbank"}.get(feature_kind, feature_kind)),
+                                  ("n_mels", n_mels), ("n_mfcc", n_mfcc)) if v is not None}
+    dataset = load_dataset(data, "train", features=features or None)
+    if features and (dataset.features or {}).get("kind") not in ("mfcc", "fbank"):
+        raise ConfigError("--features, --n-mels and --n-mfcc apply to WAV data only")
+    dataset.meta["source"] = os.path.basename(os.path.abspath(data))
     log(f"{dataset.name}: {dataset.n} sequences, {dataset.input_size} features, "
         f"{dataset.num_classes} classes")
     # a dict, so train() seeds before it builds the model: --seed fixes the init too
     spec = {"cell": cell, "hidden": hidden, "layers": layers, "bidirectional": bidirectional,
-            "head": head, "dropout": dropout}
-    model, history = fit(spec, dataset, epochs=epochs, lr=lr, batch_size=batch_size, seed=seed,
-                         validation=val_fraction or None, patience=patience, target=target,
-                         crop=crop, log=log)
-    model.save(output, force=force)
+            "head": head, "dropout": dropout, "pool": pool}
+    if progress is None:
+        progress = sys.stderr.isatty()
+    bar = _Progress() if progress else None
+    kwargs = dict(epochs=epochs, lr=lr, batch_size=batch_size, seed=seed, patience=patience,
+                  target=target, crop=crop, augment=augment, weight_decay=weight_decay,
+                  time_budget=time_budget, log=bar.log if bar else log,
+                  progress=bar.update if bar else None)
+    try:
+        if search_space:
+            model, history = search(spec, dataset, search_space, validation=val_fraction or 0.2,
+                                    **kwargs)
+        else:
+            model, history = fit(spec, dataset, validation=val_fraction or None, **kwargs)
+    finally:
+        if bar:
+            bar.close()
     summary = {"history": history, "output": str(output)}
-    log(f"saved {output}")
+    best = history["best_epoch"]
+    ran = len(history["loss"])
+    if history.get("interrupted"):
+        log(f"interrupted in epoch {history['interrupted']}; "
+            + (f"restored epoch {best} (best validation)" if best else
+               f"kept the weights after epoch {ran}"))
+    elif best:
+        log(f"restored epoch {best} of {ran} (val_acc {history['val_accuracy'][best - 1]:.4f})")
     try:
         test = load_dataset(data, "test", features=model.features)
     except (EdgeLSTMError, OSError):  # no separate test split: nothing more to report
@@ -79,6 +128,38 @@ def train(data, output, cell, hidden, layers, bidirectional, head, target, dropo
     if test is not None and test.name != dataset.name:
         metrics = evaluate(model, test)
         summary["test"] = {k: metrics[k] for k in ("accuracy", "n")}
-        log(f"test accuracy {metrics['accuracy']:.4f} on {metrics['n']} ({test.name})")
+        model.provenance["test_accuracy"] = round(metrics["accuracy"], 6)
+        model.provenance["test"] = test.name
+    model.save(output, force=force)
+    log(f"saved {output}")
+    if "test" in summary:
+        log(f"test accuracy {summary['test']['accuracy']:.4f} on {summary['test']['n']} "
+            f"({test.name})")
     if as_json:
         click.echo(json.dumps(summary, indent=2, sort_keys=True))
+
+
+class _Progress:
+    """One click progress bar per epoch on stderr; epoch lines printed between bars."""
+
+    def __init__(self):
+        self.bar, self.epoch, self.done = None, None, 0
+
+    def update(self, epoch: int, done: int, total: int) -> None:
+        if epoch != self.epoch:
+            self.close()
+            self.epoch, self.done = epoch, 0
+            self.bar = click.progressbar(length=total, label=f"epoch {epoch}", file=sys.stderr,
+                                         show_eta=True, show_percent=True)
+            self.bar.__enter__()
+        self.bar.update(done - self.done)
+        self.done = done
+
+    def log(self, line: str) -> None:
+        self.close()
+        log(line)
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.__exit__(None, None, None)
+            self.bar = None

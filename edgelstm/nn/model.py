@@ -4,7 +4,10 @@
 recurrent stack's config under ``rnn``, the head (``"frame"``: one output
 per step; ``"sequence"``: one output per sequence from its last valid
 step; ``None``: the stack's output as is), labels, the front-end settings
-under ``features`` and the input/output names.
+under ``features`` and the input/output names. A sequence head reads the
+last valid step (``pool: "last"``, the default, omitted from the config) or
+the mean over valid steps (``pool: "mean"``; offline only, it cannot
+stream). ``provenance`` (optional) records how the weights were trained.
 """
 
 from __future__ import annotations
@@ -18,6 +21,7 @@ from edgelstm.errors import ConfigError
 from edgelstm.nn.layers import RECURRENT, Recurrent, SaveMixin
 
 HEADS = ("frame", "sequence", None)
+POOLS = ("last", "mean")
 
 
 class Normalize(nn.Module):
@@ -45,6 +49,10 @@ class SequenceModel(SaveMixin, nn.Module):
         normalize: keep input mean/std (``norm.mean``, ``norm.std``).
         features: front-end settings stored with the model (a dict).
         input_names, output_names: names used by ONNX export and ``run``.
+        pool: how a sequence head summarises the steps: ``"last"`` (the
+            final hidden state, streams) or ``"mean"`` (mean of the last
+            layer's outputs over valid steps; whole sequences only).
+        provenance: JSON-able training record stored in ``config.json``.
     """
 
     def __init__(
@@ -57,10 +65,18 @@ class SequenceModel(SaveMixin, nn.Module):
         features: dict | None = None,
         input_names: list[str] | None = None,
         output_names: list[str] | None = None,
+        pool: str = "last",
+        provenance: dict | None = None,
     ):
         super().__init__()
         if head not in HEADS:
             raise ConfigError(f"head must be one of 'frame', 'sequence' or null, got {head!r}")
+        if pool not in POOLS:
+            raise ConfigError(f"pool must be 'last' or 'mean', got {pool!r}")
+        if pool != "last" and head != "sequence":
+            raise ConfigError(f"pool={pool!r} needs head='sequence'")
+        if provenance is not None and not isinstance(provenance, dict):
+            raise ConfigError("provenance must be an object")
         if labels is not None:
             labels = [str(x) for x in labels]
             num_outputs = num_outputs or len(labels)
@@ -75,6 +91,8 @@ class SequenceModel(SaveMixin, nn.Module):
         self.features = dict(features) if features else None
         self.input_names = list(input_names or ["input"])
         self.output_names = list(output_names or ["output"])
+        self.pool = pool
+        self.provenance = dict(provenance) if provenance else None
         if normalize:
             self.norm = Normalize(rnn.input_size)
         if head is not None:
@@ -92,7 +110,15 @@ class SequenceModel(SaveMixin, nn.Module):
             "num_outputs": self.num_outputs, "labels": self.labels,
             "normalize": "norm" in self, "features": self.features,
             "input_names": self.input_names, "output_names": self.output_names,
+            # optional keys only when set: older checkpoints' configs stay byte-identical
+            **({"pool": self.pool} if self.pool != "last" else {}),
+            **({"provenance": self.provenance} if self.provenance else {}),
         }
+
+    @property
+    def can_stream(self) -> bool:
+        """Whether a chunk-by-chunk session gives the offline result."""
+        return not self.rnn.bidirectional and self.pool == "last"
 
     @classmethod
     def from_config(cls, config: dict) -> SequenceModel:
@@ -106,6 +132,7 @@ class SequenceModel(SaveMixin, nn.Module):
             head=config.get("head"), labels=config.get("labels"),
             normalize=bool(config.get("normalize")), features=config.get("features"),
             input_names=config.get("input_names"), output_names=config.get("output_names"),
+            pool=config.get("pool") or "last", provenance=config.get("provenance"),
         )
 
     def zero_state(self, batch_size: int):
@@ -129,7 +156,9 @@ class SequenceModel(SaveMixin, nn.Module):
         if "norm" in self:
             x = self.norm(x)
         y, final = self.rnn(x, state, lengths=lengths, fast=fast)
-        if self.head_type == "sequence":
+        if self.head_type == "sequence" and self.pool == "mean":
+            y = self.head(_mean_steps(y, lengths))
+        elif self.head_type == "sequence":
             y = self.head(self._last_step(y, final))
         elif self.head_type == "frame":
             y = self.head(y)
@@ -141,3 +170,15 @@ class SequenceModel(SaveMixin, nn.Module):
         dirs = self.rnn.num_directions
         last = h[-dirs:]  # (dirs, B, H) or (dirs, H) when unbatched
         return mx.concatenate(list(last), axis=-1)
+
+
+def _mean_steps(y, lengths):
+    """Mean of ``y`` ``(B, T, F)`` (or ``(T, F)``) over each sequence's valid steps -> ``(B, F)``."""
+    if y.ndim == 2:
+        return y.mean(axis=0)
+    if lengths is None:
+        return y.mean(axis=1)
+    lengths = mx.array(lengths) if not isinstance(lengths, mx.array) else lengths
+    mask = (mx.arange(y.shape[1])[None, :] < lengths[:, None]).astype(y.dtype)
+    total = (y * mask[:, :, None]).sum(axis=1)
+    return total / mx.maximum(lengths.astype(y.dtype), 1.0)[:, None]

@@ -21,6 +21,9 @@ from edgelstm.errors import UnsupportedError
 
 BIDIRECTIONAL = ("cannot stream a bidirectional model: its reverse direction needs the "
                  "whole sequence before it emits the first output; use a unidirectional model")
+MEAN_POOL = ("cannot stream a mean-pooling model (pool: mean): its head averages every step "
+             "of the whole sequence; run it offline with `edgelstm run`, or train with the "
+             "last-step head (--pool last) to stream")
 
 
 class MLXBackend:
@@ -45,6 +48,8 @@ class MLXBackend:
                                    "not an edgelstm model")
         if rnn.bidirectional:
             raise UnsupportedError(BIDIRECTIONAL)
+        if getattr(model, "pool", "last") != "last":
+            raise UnsupportedError(MEAN_POOL)
         model.eval()
         self.model = model
         self.config = model.config()
@@ -135,6 +140,8 @@ class ORTBackend:
                       if n.op_type in ("LSTM", "GRU", "RNN")}
         if rnn_cfg.get("bidirectional") or b"bidirectional" in directions:
             raise UnsupportedError(BIDIRECTIONAL)
+        if self.config.get("pool", "last") != "last":
+            raise UnsupportedError(MEAN_POOL)
         init = {i.name for i in proto.graph.initializer}
         inputs = [i for i in proto.graph.input if i.name not in init]
         names = [i.name for i in inputs]

@@ -7,6 +7,9 @@
 - the Free Spoken Digit Dataset (its root or its ``recordings/`` folder):
   8 kHz WAVs become MFCC frames through :mod:`edgelstm.frontend.features`, with the
   official split (takes 0-4 test, 5-49 train);
+- a labelled folder tree of WAVs (``data/yes/*.wav``, ``data/no/*.wav``):
+  one class per sub-folder, features as for FSDD (at the first file's rate
+  unless ``features`` says otherwise); it has no test split;
 - an ``.npz`` with ``x (N, T, I)``, ``y (N,)`` or ``(N, T)`` and optional
   ``lengths (N,)`` and ``labels (C,)``.
 
@@ -124,7 +127,11 @@ class Dataset:
         return replace(self, x=self.x[idx, :T], y=y, lengths=lengths, meta=dict(self.meta))
 
     def split(self, fraction: float, seed: int = 0) -> tuple[Dataset, Dataset]:
-        """``(rest, held_out)`` with about ``fraction`` of each class held out."""
+        """``(rest, held_out)`` with about ``fraction`` of each class held out.
+
+        A class with two or more sequences gives at least one and keeps at least
+        one (10% of 5 is then 1, not 0); a single-sequence class stays in ``rest``.
+        """
         if not 0.0 < fraction < 1.0:
             raise DataError(f"split fraction must be in (0, 1), got {fraction}")
         rng = np.random.default_rng(seed)
@@ -132,13 +139,14 @@ class Dataset:
         held = []
         for c in np.unique(key):
             members = rng.permutation(np.flatnonzero(key == c))
-            k = int(round(fraction * len(members)))
+            k = min(max(1, int(round(fraction * len(members)))), len(members) - 1)
             if 0 < k < len(members):
                 held.extend(members[:k].tolist())
         mask = np.zeros(self.n, dtype=bool)
         mask[held] = True
         if not mask.any() or mask.all():
-            raise DataError(f"{self.name}: too few sequences to hold out {fraction:.0%}")
+            raise DataError(f"{self.name}: too few sequences to hold out {fraction:.0%} "
+                            "(every class has a single sequence)")
         return self.subset(np.flatnonzero(~mask)), self.subset(np.flatnonzero(mask))
 
     def valid_frames(self) -> np.ndarray:
@@ -229,8 +237,13 @@ def load_dataset(spec: str | os.PathLike, split: str = "train", features=None) -
         ts = sorted(path.glob("*_TRAIN.ts")) + sorted(path.glob("*_TEST.ts"))
         if ts:
             return _load_uea(path, split)
+        classes = sorted((d for d in path.iterdir() if d.is_dir() and any(d.glob("*.wav"))),
+                         key=lambda d: _natural(d.name))
+        if classes:
+            return _load_wav_tree(path, classes, split, features)
     raise DataError(f"cannot tell what {spec} holds: expected a .ts file, a folder of "
-                    "*_TRAIN.ts/*_TEST.ts, a folder of FSDD .wav recordings, or an .npz")
+                    "*_TRAIN.ts/*_TEST.ts, a folder of FSDD .wav recordings, a folder of "
+                    "class folders of .wav files (data/yes/*.wav, data/no/*.wav), or an .npz")
 
 
 def read_npz(path: Path) -> dict[str, np.ndarray]:
@@ -295,19 +308,48 @@ FSDD_FEATURES = {"kind": "mfcc", "sample_rate": 8000, "frame_ms": 25.0, "hop_ms"
                  "n_mels": 40, "n_mfcc": 13}
 
 
-def _load_fsdd(rec: Path, split: str, features) -> Dataset:
+def _feature_config(features, default: dict):
     from edgelstm.frontend.features import FeatureConfig
-    from edgelstm.frontend.readers import read_wav
-    from edgelstm.training.datasets import list_fsdd
 
     if features is None:
-        cfg = FeatureConfig.from_dict(FSDD_FEATURES)
+        cfg = FeatureConfig.from_dict(default)
     elif isinstance(features, dict):
-        cfg = FeatureConfig.from_dict(features)
+        cfg = FeatureConfig.from_dict({**default, **features})
     else:
         cfg = features
     if cfg.kind not in ("mfcc", "fbank"):
         raise DataError(f"audio data needs an mfcc or fbank front end, got {cfg.kind!r}")
+    return cfg
+
+
+def _load_wav_tree(root: Path, classes: list[Path], split: str, features) -> Dataset:
+    from edgelstm.frontend.readers import read_wav
+
+    if split == "test":
+        raise DataError(f"{root} is one labelled folder tree: it has no test split")
+    files = [(f, d.name) for d in classes for f in sorted(d.glob("*.wav"))]
+    _, rate = read_wav(files[0][0])
+    cfg = _feature_config(features, {**FSDD_FEATURES, "sample_rate": int(rate)})
+    seqs, labels, skipped = [], [], 0
+    for f, label in files:
+        samples, _ = read_wav(f, target_rate=cfg.sample_rate)
+        feats = np.array(cfg.compute(samples))
+        if len(feats) == 0:
+            skipped += 1  # shorter than one frame
+            continue
+        seqs.append(feats)
+        labels.append(label)
+    ds = from_sequences(seqs, labels, [d.name for d in classes], features=cfg.to_dict(),
+                        name=f"{root.name} ({split})")
+    ds.meta["skipped"] = skipped
+    return ds
+
+
+def _load_fsdd(rec: Path, split: str, features) -> Dataset:
+    from edgelstm.frontend.readers import read_wav
+    from edgelstm.training.datasets import list_fsdd
+
+    cfg = _feature_config(features, FSDD_FEATURES)
     seqs, labels, skipped = [], [], 0
     for item in list_fsdd(rec, split):
         samples, _ = read_wav(item.path, target_rate=cfg.sample_rate)

@@ -1,7 +1,8 @@
 """Training and evaluation of sequence classifiers.
 
-:func:`train` fits a :class:`~edgelstm.nn.model.SequenceModel` with Adam and
-cross-entropy; :func:`evaluate` reports accuracy and a confusion matrix.
+:func:`train` fits a :class:`~edgelstm.nn.model.SequenceModel` with AdamW and
+cross-entropy (warm-up + cosine schedule, clipping, augmentation, early
+stopping on a stratified split; see :mod:`edgelstm.training.recipe`); :func:`evaluate` reports accuracy and a confusion matrix.
 
 Targets follow the model's head and the dataset's labels:
 
@@ -51,6 +52,7 @@ def build_model(
     dropout: float = 0.0,
     normalize: bool = True,
     features: dict | None = None,
+    pool: str = "last",
     **cell_options: Any,
 ) -> SequenceModel:
     """An untrained classifier sized for ``dataset``.
@@ -67,6 +69,8 @@ def build_model(
         dropout: dropout between stacked layers (training only).
         normalize: store and apply per-feature mean/std of the training data.
         features: front-end settings to store (default: the dataset's).
+        pool: ``"last"`` (last valid step; streams) or ``"mean"`` (mean over
+            valid steps; offline only) for a sequence head.
         cell_options: extra recurrent options (``clip``, ``peephole``, ...).
 
     Returns:
@@ -81,7 +85,7 @@ def build_model(
     rnn = RECURRENT[cell](dataset.input_size, hidden, num_layers=layers,
                           bidirectional=bidirectional, dropout=dropout, **cell_options)
     return SequenceModel(rnn, num_outputs=dataset.num_classes, head=head,
-                         labels=dataset.labels, normalize=normalize,
+                         labels=dataset.labels, normalize=normalize, pool=pool,
                          features=features if features is not None else dataset.features)
 
 
@@ -188,28 +192,20 @@ def _batches(lengths: np.ndarray | None, n: int, batch_size: int, rng, shuffle: 
     return batches
 
 
-def _slice(dataset: Dataset, idx: np.ndarray, y: np.ndarray, pad_multiple: int):
-    """Batch arrays cropped to the batch's longest sequence (rounded up)."""
+def _slice(dataset: Dataset, idx: np.ndarray, y: np.ndarray, pad_multiple: int,
+           augmenter=None, mean=None, std=None, rng=None):
+    """Batch arrays cropped to the batch's longest sequence (rounded up), augmented if asked."""
     lengths = dataset.lengths[idx] if dataset.lengths is not None else None
     T = dataset.x.shape[1]
     if lengths is not None:
         T = min(T, int(math.ceil(int(lengths.max()) / pad_multiple) * pad_multiple))
-    x = mx.array(dataset.x[idx, :T])
+    xb = dataset.x[idx, :T]
     yb = y[idx, :T] if y.ndim == 2 else y[idx]
-    return x, mx.array(yb), (mx.array(lengths.astype(np.int32)) if lengths is not None else None)
-
-
-def _crop(x: mx.array, lengths, min_fraction: float, rng):
-    """Random windows (at least ``min_fraction`` of each sequence) moved to step 0."""
-    xb = np.array(x)
-    B, T = xb.shape[:2]
-    full = np.array(lengths) if lengths is not None else np.full(B, T, dtype=np.int32)
-    new_len = np.maximum(1, np.ceil(full * rng.uniform(min_fraction, 1.0, size=B))).astype(np.int32)
-    start = (rng.uniform(size=B) * (full - new_len + 1)).astype(np.int32)
-    out = np.zeros_like(xb)
-    for k in range(B):
-        out[k, : new_len[k]] = xb[k, start[k]: start[k] + new_len[k]]
-    return mx.array(out), mx.array(new_len)
+    if augmenter is not None:
+        full = lengths if lengths is not None else np.full(len(idx), T, dtype=np.int32)
+        xb, lengths = augmenter(xb, full, yb if yb.ndim == 1 else None, mean, std, rng)
+    return mx.array(xb), mx.array(yb), (mx.array(lengths.astype(np.int32))
+                                        if lengths is not None else None)
 
 
 def predict(model: SequenceModel, x, lengths=None, batch_size: int = 256) -> np.ndarray:
@@ -307,24 +303,28 @@ def evaluate(model: SequenceModel, dataset: Dataset, batch_size: int = 256) -> d
 def train(
     model: SequenceModel | dict | None,
     dataset: Dataset,
-    epochs: int = 30,
-    lr: float = 1e-3,
-    batch_size: int = 32,
+    epochs: int | None = None,
+    lr: float = 3e-3,
+    batch_size: int | None = None,
     seed: int = 0,
     *,
     validation: Dataset | float | None = 0.1,
-    patience: int | None = 10,
+    patience: int | None = 20,
     clip_norm: float | None = 1.0,
-    weight_decay: float = 0.0,
+    weight_decay: float = 1e-4,
     cosine: bool = True,
+    warmup: float = 0.05,
     target: str = "last",
     pad_multiple: int = 8,
     compile: bool = True,
     fit_norm: bool = True,
     crop: float | None = None,
+    augment: str | list | None = "auto",
+    time_budget: float | None = None,
     log: Callable[[str], None] | None = None,
+    progress: Callable[[int, int, int], None] | None = None,
 ) -> tuple[SequenceModel, dict]:
-    """Train a sequence classifier with Adam(W) and cross-entropy.
+    """Train a sequence classifier with AdamW and cross-entropy.
 
     Args:
         model: a :class:`SequenceModel`, its ``config()`` dict, or keyword
@@ -332,61 +332,91 @@ def train(
             "hidden": 32}``); ``None`` means :func:`build_model` defaults.
         dataset: training data (``x (N, T, I)``, ``y (N,)`` or ``(N, T)``,
             optional ``lengths (N,)``).
-        epochs: maximum passes over the training data.
+        epochs: maximum passes over the training data (``None``: 200, for a
+            ``time_budget`` or early stopping to cut short).
         lr: peak learning rate.
-        batch_size: sequences per step.
-        seed: seeds init, the validation split, shuffling and dropout.
+        batch_size: sequences per step (``None``: 8-32 from the data size).
+        seed: seeds init, the validation split, shuffling, augmentation and dropout.
         validation: a held-out :class:`Dataset`, a fraction of ``dataset``
-            to hold out (stratified by class), or ``None``/``0`` for none.
+            to hold out (stratified, at least one per class that has two;
+            none, with a message, when that is impossible), or ``None``/``0``.
         patience: stop after this many epochs without a better validation
             score (accuracy, then loss); the best weights are restored.
             ``None`` trains all epochs (still restoring the best).
         clip_norm: clip the global gradient norm; ``None`` disables it.
-        weight_decay: AdamW decoupled weight decay (0: plain Adam).
-        cosine: cosine-decay the learning rate to 1% over ``epochs``.
+        weight_decay: AdamW decoupled weight decay.
+        cosine: cosine-decay the learning rate to 1% (after the warm-up).
+        warmup: fraction of the steps with a linear warm-up from 10% of ``lr``.
         target: where sequence labels supervise a frame head (see module doc).
         pad_multiple: batches are padded to a multiple of this many steps,
             which bounds the number of compiled shapes.
         compile: ``mx.compile`` the training step.
         fit_norm: set the model's normalisation from the training data.
-        crop: augment sequence-labelled data with random windows covering
-            at least this fraction of each sequence (e.g. ``0.5``), resampled
-            every batch; ``None`` trains on whole sequences.
-        log: called with one progress line per epoch.
+        crop: shorthand for the ``crop`` augmentation with this minimum fraction.
+        augment: augmentations (:mod:`edgelstm.training.augment` names, a
+            comma-separated string or list); ``"auto"`` picks from the data
+            (:func:`~edgelstm.training.recipe.auto_augment`); ``None``: none.
+        time_budget: seconds of training; after the first epoch the number
+            of epochs is set to what fits (at most ``epochs``).
+        log: called with one progress line per epoch (and notices).
+        progress: called ``(epoch, sequences_done, sequences_total)`` after each step.
+
+    Ctrl-C stops training after the current step: the best weights so far are
+    restored and ``history["interrupted"]`` holds the epoch it stopped in.
 
     Returns:
-        ``(model, history)``; ``model`` is in eval mode, ``history`` holds
-        per-epoch lists ``loss``, ``val_loss``, ``val_accuracy``, ``seconds``
-        plus ``best_epoch`` (1-based, ``None`` without validation).
+        ``(model, history)``; ``model`` is in eval mode with ``provenance``
+        set, ``history`` holds per-epoch lists ``loss``, ``val_loss``,
+        ``val_accuracy``, ``seconds`` plus ``best_epoch`` (1-based, ``None``
+        without validation), ``epochs`` (the planned number) and ``interrupted``.
     """
+    from edgelstm.training.augment import Augmenter, parse_augment
+    from edgelstm.training.recipe import auto_augment, auto_batch_size, holdout, lr_at, provenance
+
     if target not in TARGETS:
         raise ConfigError(f"target must be one of {', '.join(TARGETS)}, got {target!r}")
     if crop is not None and not 0.0 < crop <= 1.0:
         raise ConfigError(f"crop must be in (0, 1], got {crop!r}")
+    if epochs is None:
+        epochs = 200
+    if batch_size is None:
+        batch_size = auto_batch_size(dataset.n)
     if epochs < 1 or batch_size < 1 or lr <= 0:
         raise ConfigError("need epochs >= 1, batch_size >= 1 and lr > 0")
-    mx.random.seed(seed)
-    rng = np.random.default_rng(seed)
-    if isinstance(validation, float) and validation > 0:
-        dataset, validation = dataset.split(validation, seed=seed)
-    elif not isinstance(validation, Dataset):
-        validation = None
+    if time_budget is not None and time_budget <= 0:
+        raise ConfigError(f"time_budget must be positive seconds, got {time_budget!r}")
     if crop and dataset.frame_labels:
         raise ConfigError("crop needs sequence labels, not per-frame labels")
+    names = auto_augment(dataset) if augment == "auto" else parse_augment(augment)
+    if crop:
+        names = ("crop", *[n for n in names if n != "crop"])
+    if dataset.frame_labels and set(names) & {"crop", "warp", "mix"}:
+        raise ConfigError("crop, warp and mix need sequence labels, not per-frame labels")
+    augmenter = Augmenter(names, crop_min=crop or 0.5) if names else None
+    mx.random.seed(seed)
+    rng = np.random.default_rng(seed)
+    source = dataset
+    split = "given" if isinstance(validation, Dataset) else None
+    if isinstance(validation, float) and validation > 0:
+        dataset, validation = holdout(dataset, validation, seed, log)
+        split = (f"stratified {validation.n}/{source.n} held out, seed {seed}"
+                 if validation is not None else "none (too few sequences per class)")
+    elif not isinstance(validation, Dataset):
+        validation = None
     model = _as_model(model, dataset)
     _check(model, dataset)
     if fit_norm:
         fit_normalization(model, dataset)
     if "norm" in model:
         model.norm.freeze()  # statistics, not trainable weights
+    frames = dataset.valid_frames()
+    mean, std = frames.mean(axis=0), np.maximum(frames.std(axis=0), 1e-6)
     y_train = class_indices(model, dataset)
     mx.eval(model.parameters())
     model.train()
 
     steps_per_epoch = math.ceil(dataset.n / batch_size)
-    schedule = (optim.cosine_decay(lr, epochs * steps_per_epoch, lr * 0.01) if cosine else lr)
-    opt = (optim.AdamW(schedule, weight_decay=weight_decay) if weight_decay
-           else optim.Adam(schedule))
+    opt = optim.AdamW(lr, weight_decay=weight_decay)
     head, frame_labels = model.head_type, dataset.frame_labels
     loss_and_grad = nn.value_and_grad(
         model, partial(_loss_fn, head=head, frame_labels=frame_labels, target=target))
@@ -403,45 +433,79 @@ def train(
         step = mx.compile(step, inputs=state, outputs=state)
 
     history: dict[str, Any] = {"loss": [], "val_loss": [], "val_accuracy": [], "seconds": [],
-                               "best_epoch": None}
-    best, best_params, waited = None, None, 0
-    for epoch in range(1, epochs + 1):
-        t0 = time.perf_counter()
-        total, seen = 0.0, 0
-        for idx in _batches(dataset.lengths, dataset.n, batch_size, rng, shuffle=True):
-            x, yb, lb = _slice(dataset, idx, y_train, pad_multiple)
-            if crop:
-                x, lb = _crop(x, lb, crop, rng)
-            loss = step(x, yb, lb)
-            mx.eval(loss, model.state, opt.state)
-            if not math.isfinite(float(loss)):  # a NaN model must never be saved
-                raise TrainingError(f"epoch {epoch}: the training loss is {float(loss)}; "
-                                    "training stopped and nothing was saved (lower --lr?)")
-            total += float(loss) * len(idx)
-            seen += len(idx)
-        history["loss"].append(total / seen)
-        line = f"epoch {epoch}/{epochs}: loss {total / seen:.4f}"
-        if validation is not None:
-            metrics = evaluate(model, validation)
-            history["val_loss"].append(metrics["loss"])
-            history["val_accuracy"].append(metrics["accuracy"])
-            line += f", val_loss {metrics['loss']:.4f}, val_acc {metrics['accuracy']:.4f}"
-            score = (metrics["accuracy"], -metrics["loss"])
-            if best is None or score > best:
-                best, waited = score, 0
-                history["best_epoch"] = epoch
-                best_params = tree_map(lambda a: mx.array(a), model.parameters())
-            else:
-                waited += 1
-        history["seconds"].append(time.perf_counter() - t0)
+                               "best_epoch": None, "epochs": epochs, "interrupted": None}
+    best, best_params, waited, done_steps = None, None, 0, 0
+    started = time.perf_counter()
+    epoch = 0
+    try:
+        while epoch < epochs:
+            epoch += 1
+            t0 = time.perf_counter()
+            total, seen = 0.0, 0
+            for idx in _batches(dataset.lengths, dataset.n, batch_size, rng, shuffle=True):
+                peak_progress = done_steps / max(1, epochs * steps_per_epoch)
+                opt.learning_rate = (lr_at(peak_progress, lr, warmup) if cosine
+                                     else lr * min(1.0, 0.1 + 0.9 * peak_progress / warmup)
+                                     if warmup else lr)
+                x, yb, lb = _slice(dataset, idx, y_train, pad_multiple, augmenter, mean, std, rng)
+                loss = step(x, yb, lb)
+                mx.eval(loss, model.state, opt.state)
+                done_steps += 1
+                if not math.isfinite(float(loss)):  # a NaN model must never be saved
+                    raise TrainingError(f"epoch {epoch}: the training loss is {float(loss)}; "
+                                        "training stopped and nothing was saved (lower --lr?)")
+                total += float(loss) * len(idx)
+                seen += len(idx)
+                if progress is not None:
+                    progress(epoch, seen, dataset.n)
+            history["loss"].append(total / seen)
+            line = f"epoch {epoch}/{epochs}: loss {total / seen:.4f}"
+            if validation is not None:
+                metrics = evaluate(model, validation)
+                history["val_loss"].append(metrics["loss"])
+                history["val_accuracy"].append(metrics["accuracy"])
+                line += f", val_loss {metrics['loss']:.4f}, val_acc {metrics['accuracy']:.4f}"
+                score = (metrics["accuracy"], -metrics["loss"])
+                # a loss tie-break must beat the best by 1% (or 1e-4): loss creeping down
+                # at 100% validation accuracy would otherwise never trigger patience
+                if best is None or score[0] > best[0] or (
+                        score[0] == best[0] and -score[1] < -best[1] - max(1e-4, 0.01 * -best[1])):
+                    best, waited = score, 0
+                    history["best_epoch"] = epoch
+                    best_params = tree_map(lambda a: mx.array(a), model.parameters())
+                else:
+                    waited += 1
+            history["seconds"].append(time.perf_counter() - t0)
+            if time_budget is not None and epoch == 1:
+                # the first epoch includes compilation: later ones are a little faster
+                fit = int(time_budget / max(history["seconds"][0], 1e-3))
+                epochs = max(1, min(epochs, fit))
+                history["epochs"] = epochs
+                if log is not None:
+                    log(f"time budget {time_budget:g}s: {epochs} epochs "
+                        f"({history['seconds'][0]:.1f}s for the first)")
+            if log is not None:
+                log(line + f" ({history['seconds'][-1]:.1f}s)")
+            if patience is not None and validation is not None and waited >= patience:
+                break
+            if time_budget is not None and time.perf_counter() - started > time_budget:
+                break
+    except KeyboardInterrupt:
+        history["interrupted"] = epoch
         if log is not None:
-            log(line + f" ({history['seconds'][-1]:.1f}s)")
-        if patience is not None and validation is not None and waited >= patience:
-            break
+            kept = (f"restoring epoch {history['best_epoch']} (best validation)"
+                    if best_params is not None else "keeping the weights as they are")
+            log(f"interrupted in epoch {epoch}: {kept}")
     if best_params is not None:
         model.update(best_params)
     model.eval()
     mx.eval(model.parameters())
+    settings = {"epochs": history["epochs"], "lr": lr, "batch_size": batch_size,
+                "weight_decay": weight_decay, "clip_norm": clip_norm, "warmup": warmup,
+                "cosine": cosine, "patience": patience, "target": target,
+                "time_budget": time_budget, "split": split,
+                "augment": augmenter.settings() if augmenter else None}
+    model.provenance = provenance(source, validation, settings, history, seed)
     return model, history
 
 

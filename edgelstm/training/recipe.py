@@ -1,0 +1,153 @@
+"""The training defaults that must hold on small and odd data.
+
+- :func:`holdout`: a stratified validation split that keeps at least one
+  sequence of every class that has two or more, and says what it did when it
+  cannot hold anything out (then training runs without early stopping).
+- :func:`lr_at`: linear warm-up then cosine decay to 1% of the peak, as a
+  function of progress, so a time budget can change the number of epochs
+  after the first one without restarting the schedule.
+- :func:`auto_batch_size`, :func:`auto_augment`: sizes and augmentation picked
+  from the data (small sets get smaller batches; audio features get
+  SpecAugment-style masking; other sequence-labelled data jitter and scaling).
+"""
+
+from __future__ import annotations
+
+import math
+import platform
+from collections.abc import Callable
+
+import numpy as np
+
+from edgelstm.errors import DataError
+from edgelstm.training.data import Dataset
+
+__all__ = ["auto_augment", "auto_batch_size", "holdout", "lr_at", "provenance"]
+
+AUDIO_KINDS = ("mfcc", "fbank", "logmel")
+
+
+def holdout(dataset: Dataset, fraction: float, seed: int,
+            log: Callable[[str], None] | None = None) -> tuple[Dataset, Dataset | None]:
+    """``(train, validation)``: about ``fraction`` of each class held out.
+
+    Every class with at least two sequences gives at least one; a class with a
+    single sequence stays in training. When nothing can be held out (one
+    sequence per class) the validation set is ``None`` and ``log`` says so.
+    """
+    try:
+        rest, held = dataset.split(fraction, seed=seed)
+    except DataError as exc:
+        if log is not None:
+            log(f"no validation split ({exc}): training every epoch without early stopping")
+        return dataset, None
+    if log is not None and not dataset.frame_labels:
+        missing = sorted(set(np.unique(dataset.y).tolist()) - set(np.unique(held.y).tolist()))
+        if missing:
+            names = [dataset.labels[k] if dataset.labels else str(k) for k in missing]
+            log(f"validation has no sequence of class {', '.join(names[:5])}"
+                f"{' ...' if len(names) > 5 else ''} (a single training sequence)")
+    return rest, held
+
+
+def lr_at(progress: float, peak: float, warmup: float = 0.05, floor: float = 0.01) -> float:
+    """Learning rate at ``progress`` in [0, 1]: linear warm-up over ``warmup``, then cosine."""
+    progress = min(max(progress, 0.0), 1.0)
+    if warmup > 0 and progress < warmup:
+        return peak * (0.1 + 0.9 * progress / warmup)
+    span = max(1e-9, 1.0 - warmup)
+    t = (progress - warmup) / span
+    return peak * (floor + (1 - floor) * 0.5 * (1 + math.cos(math.pi * t)))
+
+
+def auto_batch_size(n: int) -> int:
+    """Sequences per step for ``n`` training sequences: at least ~8 steps per epoch, 8..32."""
+    return int(min(32, max(8, n // 8)))
+
+
+def auto_augment(dataset: Dataset) -> tuple[str, ...]:
+    """The augmentations used when none are named (see :mod:`edgelstm.training.augment`)."""
+    kind = (dataset.features or {}).get("kind")
+    if kind in AUDIO_KINDS:
+        return ("mask",)
+    if dataset.frame_labels:
+        return ("jitter", "scale")  # time warping or crops would misalign per-frame labels
+    return ("jitter", "scale")
+
+
+def provenance(dataset: Dataset, validation: Dataset | None, settings: dict,
+               history: dict, seed: int) -> dict:
+    """The training record stored in ``config.json`` (``provenance``)."""
+    from edgelstm._version import __version__
+
+    best = history.get("best_epoch")
+    val = history.get("val_accuracy") or []
+    return {
+        "edgelstm_version": __version__,
+        "data": dataset.meta.get("source", dataset.name),
+        "train_sequences": dataset.n,
+        "validation_sequences": validation.n if validation is not None else 0,
+        "split": settings.get("split"),
+        "seed": seed,
+        "epochs_run": len(history.get("loss", [])),
+        "best_epoch": best,
+        "val_accuracy": (round(float(val[best - 1]), 6) if best and len(val) >= best else None),
+        "interrupted": history.get("interrupted"),
+        "settings": settings,
+        "machine": f"{platform.system()} {platform.machine()}",
+    }
+
+
+# A few configurations around the default, within the recurrent family.
+SEARCH_SPACES = {
+    "small": [{}, {"pool": "mean"}, {"hidden_scale": 2}, {"hidden_scale": 0.5}],
+}
+
+
+def search(spec: dict | None, dataset: Dataset, space: str = "small", *,
+           validation: float = 0.2, seed: int = 0, time_budget: float | None = None,
+           log: Callable[[str], None] | None = None, **train_kwargs):
+    """Train a few configurations on one validation split and keep the best.
+
+    The split comes from ``dataset`` only (never a test split). Each candidate
+    is ``spec`` with one change from :data:`SEARCH_SPACES` and gets an equal
+    share of ``time_budget``; the winner (best validation accuracy, then
+    loss) is returned as trained, with the table in its provenance.
+
+    Returns:
+        ``(model, history)`` as :func:`~edgelstm.training.train.train`.
+    """
+    from edgelstm.errors import ConfigError
+    from edgelstm.training.train import train
+
+    if space not in SEARCH_SPACES:
+        raise ConfigError(f"search space must be one of {', '.join(SEARCH_SPACES)}, got {space!r}")
+    base = dict(spec or {})
+    rest, held = holdout(dataset, validation, seed, log)
+    if held is None:
+        raise DataError("--search needs a validation split, and this data has a single "
+                        "sequence per class")
+    table, best = [], None
+    share = time_budget / len(SEARCH_SPACES[space]) if time_budget else None
+    for change in SEARCH_SPACES[space]:
+        cand = dict(base)
+        if "hidden_scale" in change:
+            cand["hidden"] = max(4, int(round(base.get("hidden", 64) * change["hidden_scale"])))
+        cand.update({k: v for k, v in change.items() if k != "hidden_scale"})
+        if cand.get("pool") == "mean" and cand.get("head") == "frame":
+            continue
+        model, history = train(cand, rest, seed=seed, validation=held, time_budget=share,
+                               **train_kwargs)
+        k = history["best_epoch"]
+        score = (history["val_accuracy"][k - 1], -history["val_loss"][k - 1]) if k else (0, 0)
+        row = {"config": {k2: v for k2, v in cand.items() if k2 != "features"},
+               "val_accuracy": round(score[0], 6), "val_loss": round(-score[1], 6)}
+        table.append(row)
+        if log is not None:
+            log(f"search: {row['config']} -> val_acc {score[0]:.4f}, val_loss {-score[1]:.4f}")
+        if best is None or score > best[0]:
+            best = (score, model, history)
+    _, model, history = best
+    model.provenance = {**model.provenance, "data": dataset.meta.get("source", dataset.name),
+                        "search": {"space": space, "candidates": table}}
+    return model, history
