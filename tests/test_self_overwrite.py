@@ -104,7 +104,7 @@ def test_bench_json_onto_model(files):
 
 
 def test_convert_into_source(files):
-    _refused(["convert", files["ckpt"], os.path.join(files["ckpt"], "model.safetensors"),
+    _refused(["convert", files["ckpt"], os.path.join(files["ckpt"], "inner"),
               "--force"], [files["ckpt"]])
     _refused(["convert", files["onnx"], files["onnx"], "--force"], [files["onnx"]])
 

@@ -6,7 +6,7 @@ import json
 
 import click
 
-from edgelstm.cli._common import force_option, handle_errors, log
+from edgelstm.cli._common import AliasOption, force_option, handle_errors, log
 from edgelstm.limits import MAX_BATCH, MAX_HIDDEN, MAX_LAYERS
 
 
@@ -28,7 +28,10 @@ from edgelstm.limits import MAX_BATCH, MAX_HIDDEN, MAX_LAYERS
               show_default=True, help="Dropout between stacked layers.")
 @click.option("--epochs", type=click.IntRange(1), default=30, show_default=True)
 @click.option("--lr", type=click.FloatRange(0, min_open=True), default=1e-3, show_default=True)
-@click.option("--batch-size", type=click.IntRange(1, MAX_BATCH), default=32, show_default=True)
+@click.option("--batch", "--batch-size", "batch_size", type=click.IntRange(1, MAX_BATCH), default=32,
+              show_default=True, help="Sequences per training step.",
+              cls=AliasOption,
+              hidden_aliases=("--batch-size",))
 @click.option("--seed", type=int, default=0, show_default=True)
 @click.option("--val", "val_fraction", type=click.FloatRange(0, 1, max_open=True), default=0.1,
               show_default=True, help="Fraction of the training data held out for early "
