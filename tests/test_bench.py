@@ -125,3 +125,26 @@ def test_cli_plot(model_dir, tmp_path, suffix):
 def test_cli_plot_suffix(model_dir, tmp_path):
     r = CliRunner().invoke(cli, ["bench", model_dir, "--plot", str(tmp_path / "p.pdf")])
     assert r.exit_code == 2 and "Invalid value for --plot: must end in .png or .svg" in r.output
+
+
+@pytest.mark.parametrize("cell", ["lstm", "gru", "rnn"])
+def test_forms_compute_the_same_model(tmp_path, cell):
+    """mlx.nn and PyTorch forms are the same weights: outputs agree with edgelstm's."""
+    import mlx.core as mx
+    import numpy as np
+
+    from edgelstm.runtime.bench_forms import build
+
+    rnn = {"lstm": edgelstm.LSTM, "gru": edgelstm.GRU, "rnn": edgelstm.RNN}[cell]
+    model = edgelstm.SequenceModel(rnn(3, 8, num_layers=2), head="frame", num_outputs=2,
+                                   normalize=True).eval()
+    model.norm.mean, model.norm.std = mx.array([0.1, -0.2, 0.3]), mx.array([1.5, 0.5, 2.0])
+    x = np.random.default_rng(0).standard_normal((2, 7, 3)).astype(np.float32)
+    want = np.array(model(mx.array(x)))
+    names = ["mlx-nn"] + (["torch"] if importlib.util.find_spec("torch") else [])
+    for name in names:
+        form = build(name, model, None, False, tmp_path, None, np.random.default_rng(0))
+        got = form.batch(x)()
+        got = np.array(got[0]) if name == "torch" else None
+        if name == "torch":
+            np.testing.assert_allclose(got, want, atol=1e-5, err_msg=name)

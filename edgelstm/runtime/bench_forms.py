@@ -280,6 +280,8 @@ def _torch(backend, model, model_path, is_onnx, tmp, threads, rng):
     with torch.no_grad():
         for k, layer in enumerate(rnn.layers):
             p = {n: np.array(v) for n, v in layer.forward.parameters().items()}
+            p.setdefault("Wx", p.get("Wxh"))  # mlx.nn.RNN names them Wxh, Whh
+            p.setdefault("Wh", p.get("Whh"))
             H = rnn.hidden_size
             getattr(net, f"weight_ih_l{k}").copy_(torch.from_numpy(p["Wx"]))
             getattr(net, f"weight_hh_l{k}").copy_(torch.from_numpy(p["Wh"]))
