@@ -17,6 +17,29 @@ from edgelstm.errors import ConversionError, EdgeLSTMError
 VERIFY_BATCH, VERIFY_STEPS = 2, 8
 LENGTHS = "lengths"  # graph input of a --lengths export (onnx_export.LENGTHS_INPUT)
 
+# The one table of what ``convert`` can write, by destination suffix; a path
+# without a suffix is a native checkpoint directory. Any other suffix
+# (``.pt``, ``.keras``, ``.tflite`` ...) is refused rather than silently
+# becoming a checkpoint directory of that name. A new writer adds its row here.
+OUTPUT_FORMATS = {".onnx": "onnx", "": "checkpoint"}
+
+
+def output_format(dst: str | os.PathLike) -> str:
+    """The format ``convert`` writes to ``dst``: ``"onnx"`` or ``"checkpoint"``.
+
+    Raises:
+        UnsupportedError: ``dst`` has a suffix that is not an output format.
+    """
+    from edgelstm.errors import UnsupportedError
+
+    suffix = Path(dst).suffix.lower()
+    if suffix not in OUTPUT_FORMATS:
+        named = ", ".join(repr(k) for k in OUTPUT_FORMATS if k)
+        raise UnsupportedError(
+            f"cannot write {Path(dst).name}: {suffix!r} is not an output format; DST must end "
+            f"in {named} or be a directory name without a suffix (a native checkpoint)")
+    return OUTPUT_FORMATS[suffix]
+
 
 def _native_outputs(model, x: np.ndarray, lengths: np.ndarray | None = None
                     ) -> dict[str, np.ndarray]:
@@ -101,7 +124,8 @@ def convert(src: str | os.PathLike, dst: str | os.PathLike, opset: int = 17,
     Args:
         src: checkpoint directory, ``.onnx``, PyTorch (``.pt``/``.pth``/
             ``.safetensors``) or Keras (``.keras``/``.h5``) file.
-        dst: ``*.onnx`` writes ONNX; any other path a checkpoint directory.
+        dst: ``*.onnx`` writes ONNX; a path without a suffix a checkpoint
+            directory; other suffixes are refused (:data:`OUTPUT_FORMATS`).
         opset: ONNX opset (14 or newer). Default: ``17``.
         streaming: ONNX with ``h0``/``c0`` inputs and ``h_n``/``c_n`` outputs.
         verify: run source and result on the same random input
@@ -125,7 +149,7 @@ def convert(src: str | os.PathLike, dst: str | os.PathLike, opset: int = 17,
     from edgelstm.io.fileio import atomic_output, check_output_path, check_writable
 
     src, dst = Path(src), Path(dst)
-    to_onnx = dst.suffix.lower() == ".onnx"
+    to_onnx = output_format(dst) == "onnx"
     if streaming and not to_onnx:
         raise ConversionError("--streaming applies to ONNX output only (DST must end in .onnx)")
     if lengths and not to_onnx:

@@ -113,11 +113,13 @@ def test_run_onnx_checks_rank_on_both_backends(model_dir, tmp_path, backend):
     from edgelstm.converters import to_onnx
 
     to_onnx(edgelstm.load(model_dir), tmp_path / "m.onnx")
-    np.save(tmp_path / "x.npy", np.zeros((5, 3), np.float32))
+    # (T, F) is one unbatched sequence on every backend, as for checkpoints (issue 11)
+    np.save(tmp_path / "x.npy", np.zeros((2, 5, 2, 3), np.float32))
     r = invoke("run", tmp_path / "m.onnx", "-i", tmp_path / "x.npy", "-o", tmp_path / "o.npz",
                "--backend", backend)
     assert r.exit_code == 1
-    assert r.output == "Error: input 'input' must have 3 dims (batch, time, 3), got shape (5, 3)\n"
+    assert r.output == ("Error: input 'input' must have 3 dims (batch, time, 3), "
+                        "got shape (2, 5, 2, 3)\n")
 
 
 def test_info_without_model_reports_the_environment():

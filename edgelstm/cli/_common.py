@@ -76,3 +76,23 @@ force_option = click.option("--force", is_flag=True, help="Overwrite an existing
 backend_option = click.option(
     "--backend", type=click.Choice(["mlx", "onnxruntime"]), default=None,
     help="Execution backend (default: mlx for checkpoints, onnxruntime for .onnx).")
+
+
+class AliasOption(click.Option):
+    """An option whose extra names work but stay out of ``--help`` (renamed options).
+
+    ``click.option("--batch", "--batch-size", "batch_size", cls=AliasOption,
+    hidden_aliases=("--batch-size",))`` accepts both and documents ``--batch``.
+    """
+
+    def __init__(self, *args, hidden_aliases: tuple[str, ...] = (), **kwargs):
+        super().__init__(*args, **kwargs)
+        self.hidden_aliases = tuple(hidden_aliases)
+
+    def get_help_record(self, ctx):
+        shown = [o for o in self.opts if o not in self.hidden_aliases]
+        saved, self.opts = self.opts, shown
+        try:
+            return super().get_help_record(ctx)
+        finally:
+            self.opts = saved

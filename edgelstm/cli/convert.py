@@ -29,7 +29,9 @@ from edgelstm.cli._common import force_option, handle_errors, log
 @force_option
 @handle_errors
 def convert(src, dst, opset, streaming, lengths, verify, atol, head, nonlinearity, force):
-    """Convert SRC to DST; DST ending in .onnx writes ONNX, else a checkpoint directory.
+    """Convert SRC to DST: DST ending in .onnx writes ONNX, a name without suffix a checkpoint.
+
+    Any other DST suffix (.pt, .keras, .tflite, ...) is refused.
 
     SRC is a checkpoint directory, .onnx, a PyTorch state dict
     (.pt/.pth/.safetensors), mlx.nn weights (.safetensors) or Keras (.keras/.h5).

@@ -14,7 +14,8 @@ from edgelstm.cli._common import handle_errors
 @click.argument("data", type=click.Path(exists=True))
 @click.option("--split", type=click.Choice(["test", "train", "all"]), default="test",
               show_default=True, help="Split of DATA when it has one.")
-@click.option("--json", "as_json", is_flag=True, help="Print the metrics as JSON.")
+@click.option("--json", "as_json", is_flag=True,
+              help="Print the metrics as JSON, with each misclassified example.")
 @handle_errors
 def evaluate(model, data, split, as_json):
     """Accuracy of MODEL on DATA (a .ts file or folder, the FSDD folder, or an .npz).
@@ -38,6 +39,9 @@ def evaluate(model, data, split, as_json):
     metrics = score(net, dataset)
     metrics["data"] = dataset.name
     if as_json:
+        from edgelstm.runtime.evaluation import misclassified
+
+        metrics["misclassified"] = misclassified(net, dataset)
         click.echo(json.dumps(metrics, indent=2, sort_keys=True))
         return
     click.echo(f"accuracy {metrics['accuracy']:.4f} ({_correct(metrics)}/{metrics['n']}) "

@@ -8,7 +8,7 @@ import sys
 
 import click
 
-from edgelstm.cli._common import force_option, handle_errors, log
+from edgelstm.cli._common import AliasOption, force_option, handle_errors, log
 from edgelstm.limits import MAX_BATCH, MAX_HIDDEN, MAX_LAYERS
 
 
@@ -32,8 +32,9 @@ from edgelstm.limits import MAX_BATCH, MAX_HIDDEN, MAX_LAYERS
               help="Maximum epochs (default: 200, cut short by early stopping or --time-budget).")
 @click.option("--lr", type=click.FloatRange(0, min_open=True), default=3e-3, show_default=True,
               help="Peak learning rate (warm-up, then cosine decay).")
-@click.option("--batch-size", type=click.IntRange(1, MAX_BATCH), default=None,
-              help="Sequences per step (default: 8-32 from the data size).")
+@click.option("--batch", "--batch-size", "batch_size", type=click.IntRange(1, MAX_BATCH),
+              default=None, help="Sequences per step (default: 8-32 from the data size).",
+              cls=AliasOption, hidden_aliases=("--batch-size",))
 @click.option("--seed", type=int, default=0, show_default=True)
 @click.option("--val", "val_fraction", type=click.FloatRange(0, 1, max_open=True), default=0.1,
               show_default=True, help="Fraction of the training data held out for early "

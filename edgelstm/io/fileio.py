@@ -94,6 +94,7 @@ def atomic_output(dst: str | os.PathLike, force: bool = False, directory: bool =
         tmp = Path(name)
     try:
         yield tmp
+        _apply_umask(tmp)
         if dst.exists():
             backup = parent / f".{dst.name}.old"
             _remove(backup)
@@ -105,6 +106,26 @@ def atomic_output(dst: str | os.PathLike, force: bool = False, directory: bool =
     except BaseException:
         _remove(tmp)
         raise
+
+
+def _current_umask() -> int:
+    # os.umask is the only portable reader, and it sets while it reads: set it back at once.
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
+def _apply_umask(tmp: Path) -> None:
+    """Give a temporary output the mode a plain ``open``/``mkdir`` would have.
+
+    ``mkstemp``/``mkdtemp`` create 0600/0700 whatever the umask; without this
+    the rename would leak that mode onto every output (and into an output
+    folder's top level).
+    """
+    if tmp.is_symlink() or not tmp.exists():
+        return
+    mask = _current_umask()
+    os.chmod(tmp, (0o777 if tmp.is_dir() else 0o666) & ~mask)
 
 
 def _remove(path: Path) -> None:

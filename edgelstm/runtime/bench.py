@@ -1,43 +1,86 @@
 """Latency and throughput harness behind ``edgelstm bench``.
 
-Each case runs the model on random input of one (batch, seq_len) shape on
-one backend: warm-up runs first, then timed runs, synchronised with
-``mx.eval`` (MLX) or the returned arrays (ONNX Runtime). All backends run
-in this one process on the same weights, so ratios are like for like.
+Two modes, every backend in this one process on the same weights, so ratios
+are like for like:
+
+- ``batch``: whole sequences ``(B, T, I)`` per call; ms per call, frames/s.
+- ``stream``: ``chunk`` frames per call at batch 1, the recurrent state
+  carried from call to call; chunk latency percentiles and the real-time
+  factor (chunk time / the audio or sensor time the chunk covers).
+
+Warm-up calls run first, then timed calls (each synchronised: ``mx.eval``,
+or the arrays ONNX Runtime / PyTorch return), until ``runs`` calls or the
+time budget. The forms of the model each backend runs are made on the fly
+(:mod:`edgelstm.runtime.bench_forms`); an unavailable one is skipped with
+its reason in :attr:`BenchReport.skipped`.
 """
 
 from __future__ import annotations
 
 import os
-import statistics
+import platform
+import resource
+import sys
 import tempfile
 import time
-from dataclasses import asdict, dataclass
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import numpy as np
 
 from edgelstm.errors import EdgeLSTMError
+from edgelstm.runtime.bench_forms import BACKENDS, Unavailable, build
 
-BACKENDS = ("mlx", "mlx-pure", "onnxruntime")
+MODES = ("batch", "stream")
+DEFAULT_FRAME_MS = 10.0
 
 
 @dataclass
 class BenchResult:
-    """One measured case; times in milliseconds."""
+    """One measured case; times in milliseconds, memory in MB, size in bytes."""
 
     backend: str
+    mode: str
     batch: int
-    seq_len: int
+    seq_len: int | None
+    chunk: int | None
     runs: int
-    median_ms: float
+    p50_ms: float
     p90_ms: float
+    p99_ms: float
     min_ms: float
     frames_per_s: float
+    rtf: float | None
+    peak_mem_mb: float | None
+    mlx_peak_mb: float | None
+    size_bytes: int
+    times_ms: list[float] = field(default_factory=list, repr=False)
 
     def as_dict(self) -> dict:
-        """The result as a JSON-able dict."""
-        return asdict(self)
+        """The result as a JSON-able dict (without the raw times)."""
+        d = asdict(self)
+        d.pop("times_ms")
+        return d
+
+
+@dataclass
+class BenchReport:
+    """Everything one ``edgelstm bench`` run measured."""
+
+    model: str
+    frame_ms: float
+    frame_ms_source: str
+    results: list[BenchResult]
+    skipped: list[dict]
+    machine: dict
+
+    def as_dict(self) -> dict:
+        """The JSON document ``edgelstm bench --json`` prints."""
+        return {"model": self.model, "frame_ms": self.frame_ms,
+                "frame_ms_source": self.frame_ms_source,
+                "results": [r.as_dict() for r in self.results],
+                "skipped": self.skipped, "machine": self.machine}
 
 
 def _time(fn, warmup: int, runs: int, budget_s: float) -> list[float]:
@@ -53,28 +96,83 @@ def _time(fn, warmup: int, runs: int, budget_s: float) -> list[float]:
     return times
 
 
-def _mlx_runner(model, fast):
-    import mlx.core as mx
+def _reset_peak_rss() -> bool:
+    """Reset the kernel's peak-RSS mark (Linux ``clear_refs``); False where unsupported."""
+    try:
+        with open("/proc/self/clear_refs", "w") as fh:
+            fh.write("5")
+        return True
+    except OSError:
+        return False
 
-    def make(x):
-        xa = mx.array(x)
-        mx.eval(xa)
-        return lambda: mx.eval(model(xa, fast=fast))
 
-    return make
+def _peak_rss_mb() -> float:
+    try:
+        with open("/proc/self/status") as fh:
+            for line in fh:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) / 1024.0
+    except OSError:
+        pass
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss  # since start: bytes on macOS
+    return peak / (1024.0 * 1024.0 if sys.platform == "darwin" else 1024.0)
 
 
-def _ort_runner(onnx_path: str, input_name: str, threads: int | None):
-    import onnxruntime as ort
+def frame_duration_ms(model, fallback: float | None = None) -> tuple[float, str]:
+    """``(ms per model frame, where it came from)``: the front end's hop or sensor rate."""
+    features = getattr(model, "features", None) or {}
+    if fallback:
+        return float(fallback), "--frame-ms"
+    if features.get("hop_ms"):
+        return float(features["hop_ms"]), "model front end (hop_ms)"
+    if features.get("rate"):
+        return 1000.0 / float(features["rate"]), "model sensor rate"
+    return DEFAULT_FRAME_MS, f"assumed ({DEFAULT_FRAME_MS:g} ms; the model does not say)"
 
-    opts = ort.SessionOptions()
-    if threads:
-        opts.intra_op_num_threads = threads
-    sess = ort.InferenceSession(onnx_path, opts, providers=["CPUExecutionProvider"])
-    names = {i.name for i in sess.get_inputs()}
-    if names != {input_name}:
-        raise EdgeLSTMError(f"benchmarking needs a single-input ONNX model; it takes {sorted(names)}")
-    return lambda x: (lambda: sess.run(None, {input_name: x}))
+
+def cpu_model() -> str:
+    """The CPU's marketing name, where the OS tells it."""
+    try:
+        with open("/proc/cpuinfo") as fh:
+            for line in fh:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    if sys.platform == "darwin":
+        import subprocess
+
+        try:
+            return subprocess.run(["sysctl", "-n", "machdep.cpu.brand_string"],
+                                  capture_output=True, text=True, timeout=5).stdout.strip()
+        except (OSError, subprocess.SubprocessError):
+            pass
+    return platform.processor() or platform.machine()
+
+
+def machine_info(threads: int | None) -> dict:
+    """The ``machine`` block: CPU, cores, threads, BLAS, kernels, library versions."""
+    from edgelstm.runtime.info import _version, environment
+
+    env = environment()
+    env["versions"]["torch"] = _version("torch")
+    env.update({
+        "cpu_model": cpu_model(),
+        "threads": {"onnxruntime": threads or "library default",
+                    "OPENBLAS_NUM_THREADS": os.environ.get("OPENBLAS_NUM_THREADS"),
+                    "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS")},
+    })
+    return env
+
+
+def plan(backends, modes, batches, seq_lens, chunks) -> list[tuple]:
+    """Cases in run order: ``(mode, batch, seq_len, chunk, backend)``."""
+    cases = []
+    if "batch" in modes:
+        cases += [("batch", b, t, None, be) for b in batches for t in seq_lens for be in backends]
+    if "stream" in modes:
+        cases += [("stream", 1, None, c, be) for c in chunks for be in backends]
+    return cases
 
 
 def run_bench(
@@ -86,109 +184,119 @@ def run_bench(
     runs: int = 20,
     budget_s: float = 5.0,
     threads: int | None = None,
-) -> list[BenchResult]:
-    """Benchmark a model on each backend x batch x sequence length.
+    modes: tuple[str, ...] = ("batch",),
+    chunks: tuple[int, ...] = (10,),
+    frame_ms: float | None = None,
+    progress: Callable[[str], None] | None = None,
+) -> BenchReport:
+    """Benchmark a model on each backend, mode and shape.
 
     Args:
         model_path: checkpoint directory (any loadable format) or ``.onnx``.
-        backends: from ``mlx`` (fused kernel when available), ``mlx-pure``
-            (per-step MLX ops) and ``onnxruntime`` (a native model is
-            exported to a temporary ONNX file first).
-        batches, seq_lens: input shapes ``(B, T, I)`` to time.
-        warmup, runs: untimed and timed runs per case.
+        backends: from :data:`~edgelstm.runtime.bench_forms.BACKENDS`.
+        batches, seq_lens: ``batch`` mode input shapes ``(B, T, I)``.
+        warmup, runs: untimed and timed calls per case.
         budget_s: stop timing a case after this many seconds (min 3 runs).
-        threads: ONNX Runtime intra-op threads (default: its own choice).
+        threads: intra-op threads of ONNX Runtime and PyTorch (default: theirs).
+        modes: ``"batch"`` and/or ``"stream"``.
+        chunks: ``stream`` mode frames per call ``(1, chunk, I)``.
+        frame_ms: duration of one frame for the real-time factor (default:
+            from the model's front end, else 10 ms).
+        progress: called with a case's label after it is timed.
 
     Returns:
-        One :class:`BenchResult` per case.
+        A :class:`BenchReport`.
     """
-    from edgelstm.io.checkpoint import detect_format, load
+    import mlx.core as mx
 
-    unknown = [b for b in backends if b not in BACKENDS]
-    if unknown:
-        raise EdgeLSTMError(f"unknown backend {unknown[0]!r}; choose from {', '.join(BACKENDS)}")
-    is_onnx = detect_format(model_path) == "onnx"
-    model = load(model_path)
-    input_size = model.input_size
+    from edgelstm.io.checkpoint import detect_format, load
     from edgelstm.limits import check_elements
 
+    for name, given, known in (("backend", backends, BACKENDS), ("mode", modes, MODES)):
+        unknown = [b for b in given if b not in known]
+        if unknown:
+            raise EdgeLSTMError(f"unknown {name} {unknown[0]!r}; choose from {', '.join(known)}")
+    is_onnx = detect_format(model_path) == "onnx"
+    model = load(model_path)
+    width = model.input_size
     for b in batches:  # each case's input is allocated: refuse absurd ones up front
         for t in seq_lens:
-            check_elements((b, t, input_size), "bench input")
-    runners = {}
+            check_elements((b, t, width), "bench input")
+    for c in chunks:
+        check_elements((1, c, width), "bench chunk")
+    fms, fms_source = frame_duration_ms(model, frame_ms)
+    results, skipped, forms = [], [], {}
+    rng = np.random.default_rng(0)
     with tempfile.TemporaryDirectory() as tmp:
         for backend in backends:
-            if backend == "onnxruntime":
-                path = str(model_path)
-                if not is_onnx:
-                    from edgelstm.converters import to_onnx
+            try:
+                forms[backend] = build(backend, model, model_path, is_onnx, Path(tmp),
+                                       threads, rng)
+            except Unavailable as exc:
+                skipped.append({"backend": backend, "mode": None, "reason": str(exc)})
+        for mode, batch, seq_len, chunk, backend in plan(backends, modes, batches, seq_lens,
+                                                          chunks):
+            form = forms.get(backend)
+            label = f"{backend} {mode} " + (f"B={batch} T={seq_len}" if mode == "batch"
+                                            else f"chunk={chunk}")
+            if form is None:
+                continue
+            try:
+                if mode == "batch":
+                    x = rng.standard_normal((batch, seq_len, width)).astype(np.float32)
+                    fn = form.batch(x)
+                else:
+                    if form.stream is None:
+                        raise Unavailable("a bidirectional model cannot stream")
+                    fn = form.stream(chunk)
+            except Unavailable as exc:
+                if not any(s["backend"] == backend and s["mode"] == mode for s in skipped):
+                    skipped.append({"backend": backend, "mode": mode, "reason": str(exc)})
+                continue
+            tracked = _reset_peak_rss()
+            is_mlx = backend.startswith("mlx")
+            if is_mlx:
+                mx.reset_peak_memory()
+            times = _time(fn, warmup, runs, budget_s)
+            frames = batch * (seq_len if mode == "batch" else chunk)
+            p50 = float(np.percentile(times, 50))
+            results.append(BenchResult(
+                backend=backend, mode=mode, batch=batch, seq_len=seq_len, chunk=chunk,
+                runs=len(times), p50_ms=round(p50, 4),
+                p90_ms=round(float(np.percentile(times, 90)), 4),
+                p99_ms=round(float(np.percentile(times, 99)), 4), min_ms=round(min(times), 4),
+                frames_per_s=round(frames / (p50 / 1e3), 1),
+                rtf=float(f"{p50 / (chunk * fms):.4g}") if mode == "stream" else None,
+                peak_mem_mb=round(_peak_rss_mb(), 2) if tracked else None,
+                mlx_peak_mb=round(mx.get_peak_memory() / 2**20, 3) if is_mlx else None,
+                size_bytes=form.size_bytes, times_ms=[round(t, 5) for t in times]))
+            if progress:
+                progress(label)
+    return BenchReport(str(model_path), fms, fms_source, results, skipped,
+                       machine_info(threads))
 
-                    path = str(Path(tmp) / "model.onnx")
-                    to_onnx(model, path)
-                name = getattr(model, "input_names", ["input"])[0]
-                runners[backend] = _ort_runner(path, name, threads)
-            else:
-                runners[backend] = _mlx_runner(model, fast=None if backend == "mlx" else False)
-        results = []
-        rng = np.random.default_rng(0)
-        for batch in batches:
-            for seq_len in seq_lens:
-                x = rng.standard_normal((batch, seq_len, input_size)).astype(np.float32)
-                for backend, make in runners.items():
-                    times = _time(make(x), warmup, runs, budget_s)
-                    med = statistics.median(times)
-                    results.append(BenchResult(
-                        backend, batch, seq_len, len(times), round(med, 4),
-                        round(float(np.percentile(times, 90)), 4), round(min(times), 4),
-                        round(batch * seq_len / (med / 1e3), 1)))
-    return results
 
-
-def format_table(results: list[BenchResult]) -> str:
-    """A plain-text table, with each case's ratio to the fastest backend."""
-    best = {}
+def format_table(report: BenchReport) -> str:
+    """A plain-text table, with each case's ratio to the fastest backend, then skips."""
+    results = report.results
+    best: dict = {}
     for r in results:
-        key = (r.batch, r.seq_len)
-        best[key] = min(best.get(key, r.median_ms), r.median_ms)
-    head = f"{'backend':<12} {'batch':>5} {'seq':>6} {'median ms':>10} {'p90 ms':>9} " \
-           f"{'frames/s':>11} {'vs best':>8}"
+        key = (r.mode, r.batch, r.seq_len, r.chunk)
+        best[key] = min(best.get(key, r.p50_ms), r.p50_ms)
+    head = (f"{'backend':<21} {'mode':<6} {'shape':>12} {'p50 ms':>9} {'p90 ms':>9} "
+            f"{'p99 ms':>9} {'frames/s':>11} {'RTF':>8} {'size KB':>8} {'vs best':>8}")
     lines = [head, "-" * len(head)]
     for r in results:
-        ratio = r.median_ms / best[(r.batch, r.seq_len)]
-        lines.append(f"{r.backend:<12} {r.batch:>5} {r.seq_len:>6} {r.median_ms:>10.3f} "
-                     f"{r.p90_ms:>9.3f} {r.frames_per_s:>11,.0f} {ratio:>7.2f}x")
+        shape = f"B={r.batch} T={r.seq_len}" if r.mode == "batch" else f"chunk={r.chunk}"
+        ratio = r.p50_ms / best[(r.mode, r.batch, r.seq_len, r.chunk)]
+        rtf = f"{r.rtf:.3g}" if r.rtf is not None else "-"
+        lines.append(f"{r.backend:<21} {r.mode:<6} {shape:>12} {r.p50_ms:>9.3f} {r.p90_ms:>9.3f} "
+                     f"{r.p99_ms:>9.3f} {r.frames_per_s:>11,.0f} {rtf:>8} "
+                     f"{r.size_bytes / 1024:>8.1f} {ratio:>7.2f}x")
+    if any(r.mode == "stream" for r in results):
+        lines.append(f"RTF: p50 chunk time / chunk duration at {report.frame_ms:g} ms per frame "
+                     f"({report.frame_ms_source})")
+    for s in report.skipped:
+        lines.append(f"skipped {s['backend']}{' ' + s['mode'] if s['mode'] else ''}: "
+                     f"{s['reason']}")
     return "\n".join(lines)
-
-
-def write_svg(results: list[BenchResult], path: str | os.PathLike) -> None:
-    """A dependency-free SVG bar chart of median latency per case and backend."""
-    cases = sorted({(r.batch, r.seq_len) for r in results})
-    backends = list(dict.fromkeys(r.backend for r in results))
-    colours = ["#4269d0", "#efb118", "#ff725c", "#6cc5b0", "#a463f2"]
-    top = max(r.median_ms for r in results) or 1.0
-    bar, gap, height, left = 22, 18, 260, 60
-    width = left + len(cases) * (len(backends) * bar + gap) + 160
-    out = [f'<svg xmlns="http://www.w3.org/2000/svg" width="{width}" height="{height + 70}" '
-           'font-family="sans-serif" font-size="11">',
-           f'<text x="{left}" y="16" font-size="13">median latency (ms), lower is better</text>']
-    lookup = {(r.batch, r.seq_len, r.backend): r.median_ms for r in results}
-    for ci, case in enumerate(cases):
-        x0 = left + ci * (len(backends) * bar + gap)
-        for bi, backend in enumerate(backends):
-            ms = lookup.get((*case, backend))
-            if ms is None:
-                continue
-            h = max(1.0, (height - 40) * ms / top)
-            x = x0 + bi * bar
-            out.append(f'<rect x="{x}" y="{height - h:.1f}" width="{bar - 3}" height="{h:.1f}" '
-                       f'fill="{colours[bi % len(colours)]}"><title>{backend}: {ms:.3f} ms'
-                       '</title></rect>')
-            out.append(f'<text x="{x}" y="{height - h - 3:.1f}" font-size="9">{ms:.2g}</text>')
-        out.append(f'<text x="{x0}" y="{height + 16}">B={case[0]} T={case[1]}</text>')
-    lx = width - 150
-    for bi, backend in enumerate(backends):
-        y = 40 + bi * 16
-        out.append(f'<rect x="{lx}" y="{y - 9}" width="10" height="10" '
-                   f'fill="{colours[bi % len(colours)]}"/><text x="{lx + 14}" y="{y}">{backend}</text>')
-    out.append("</svg>")
-    Path(path).write_text("\n".join(out) + "\n")

@@ -130,6 +130,41 @@ def run_native(model, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
     return {k: np.array(v) for k, v in result.items()}
 
 
+def _onnx_dims(path) -> dict[str, list]:
+    import onnx
+
+    m = onnx.load(str(path), load_external_data=False)
+    inits = {t.name for t in m.graph.initializer}
+    return {v.name: [d.dim_param or (d.dim_value if d.HasField("dim_value") else None)
+                     for d in v.type.tensor_type.shape.dim]
+            for v in [*m.graph.input, *m.graph.output] if v.name not in inits}
+
+
+def _rank(path, name: str) -> int:
+    return len(_onnx_dims(path)[name])
+
+
+def _onnx_batch_axes(path) -> dict[str, int]:
+    """``{input or output name: batch axis}`` of a rank-3 main-input graph.
+
+    The batch axis of the first input is the symbolic dim named like a batch
+    (``batch``, ``B``, ``N``), else axis 0; every other tensor with the same
+    symbolic dim has its batch axis there. Empty when the first input is not
+    rank 3 or has no symbolic batch dim (then inputs pass through unchanged).
+    """
+    dims = _onnx_dims(path)
+    names = list(dims)
+    if not names or len(dims[names[0]]) != 3:
+        return {}
+    first = dims[names[0]]
+    axis = next((k for k, d in enumerate(first) if isinstance(d, str)
+                 and d.lower() in ("batch", "batch_size", "b", "n")), None)
+    if axis is None:
+        return {}
+    sym = first[axis]
+    return {n: d.index(sym) for n, d in dims.items() if sym in d}
+
+
 def _cell_type(model) -> str:
     rnn = getattr(model, "rnn", model)
     return getattr(rnn, "cell_type", "")
@@ -160,7 +195,18 @@ def run_model(path: str | os.PathLike, feeds: dict[str, np.ndarray] | np.ndarray
         if isinstance(feeds, np.ndarray):
             feeds = {first: feeds}
         check_feeds(feeds, first, batch_first=None)  # one policy for both backends
-        return run_onnx(path, feeds, backend=backend or "onnxruntime")
+        batched = _onnx_batch_axes(path)
+        axis = batched.get(first)
+        if axis is None or np.ndim(feeds.get(first)) != 2:
+            return run_onnx(path, feeds, backend=backend or "onnxruntime")
+        # One rule with native models: a (T, F) input is one unbatched sequence,
+        # run as batch 1 and returned without the batch axis.
+        feeds = {k: (np.expand_dims(v, batched[k]) if k in batched and k != first
+                     and np.ndim(v) == _rank(path, k) - 1 else v) for k, v in feeds.items()}
+        feeds[first] = np.expand_dims(feeds[first], axis)
+        outputs = run_onnx(path, feeds, backend=backend or "onnxruntime")
+        return {k: (np.squeeze(v, batched[k]) if k in batched and np.ndim(v) > batched[k]
+                    and np.shape(v)[batched[k]] == 1 else v) for k, v in outputs.items()}
     if backend == "onnxruntime":
         raise EdgeLSTMError(f"{path} is not an ONNX file; convert it first "
                             "(edgelstm convert MODEL model.onnx) or use --backend mlx")

@@ -91,6 +91,41 @@ def environment() -> dict:
     }
 
 
+def count_parameters(model) -> int:
+    """Logical weights of a native model: each weight once, int8 ones as one each.
+
+    The one count ``info`` gives for a checkpoint and for its ONNX export
+    (which is counted by importing it, see :func:`_onnx_parameters`).
+    """
+    from mlx.utils import tree_flatten
+
+    logical = getattr(model, "logical_parameter_count", None)
+    if callable(logical):
+        return int(logical())
+    return int(sum(v.size for _, v in tree_flatten(model.parameters())))
+
+
+def _onnx_parameters(path: Path, m) -> tuple[int, str]:
+    """``(count, how)``: an importable graph is counted as the model it imports to.
+
+    Raw initializers would count what the graph format adds, not the model:
+    the all-zero recurrence half of an LSTM's ``B``, shape constants, int8
+    scales and zero points. A graph ``from_onnx`` cannot map falls back to
+    the float initializers.
+    """
+    try:
+        from edgelstm.converters import from_onnx
+
+        return count_parameters(from_onnx(str(path))), "model"
+    except Exception:  # any graph the importer cannot map: count its float tensors
+        import onnx
+
+        floats = {onnx.TensorProto.FLOAT, onnx.TensorProto.FLOAT16, onnx.TensorProto.DOUBLE,
+                  onnx.TensorProto.BFLOAT16}
+        return sum(math.prod(i.dims) for i in m.graph.initializer
+                   if i.data_type in floats), "float initializers"
+
+
 def describe_model(model) -> dict:
     """Summarise a loaded native model (see :func:`describe`)."""
     import mlx.core as mx
@@ -102,8 +137,7 @@ def describe_model(model) -> dict:
     params = dict(tree_flatten(model.parameters()))
     config = model_config(model)
     quant = config.get("quantization")
-    logical = getattr(model, "logical_parameter_count", None)
-    n_params = logical() if callable(logical) else sum(v.size for v in params.values())
+    n_params = count_parameters(model)
     n_bytes = sum(v.nbytes for v in params.values())
     rnn = getattr(model, "rnn", model)
     dirs = rnn.num_directions
@@ -157,12 +191,13 @@ def _describe_onnx(path: Path) -> dict:
     for node in m.graph.node:
         key = node.op_type if node.domain in ("", "ai.onnx") else f"{node.domain}.{node.op_type}"
         ops[key] = ops.get(key, 0) + 1
-    n_params = sum(math.prod(i.dims) for i in m.graph.initializer)  # no int64 overflow
+    n_params, counted = _onnx_parameters(path, m)
     return {
         "opset": {(o.domain or "ai.onnx"): o.version for o in m.opset_import},
         "producer": f"{m.producer_name} {m.producer_version}".strip(),
         "ops": ops,
         "parameters": n_params,
+        "parameters_counted_as": counted,
         "inputs": [{"name": i.name, "shape": shape(i)} for i in m.graph.input
                    if i.name not in inits],
         "outputs": [{"name": o.name, "shape": shape(o)} for o in m.graph.output],
