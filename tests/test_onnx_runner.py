@@ -13,10 +13,10 @@ from onnx import helper, numpy_helper
 from onnx.reference import ReferenceEvaluator
 
 import edgelstm  # noqa: F401  (loads BLAS before mlx)
-from edgelstm.nn import recurrent
 from edgelstm.converters import gates
 from edgelstm.converters.onnx_exec.runner import OnnxMLXRunner, run_onnx
 from edgelstm.errors import DataError, UnsupportedError
+from edgelstm.nn import recurrent
 
 RTOL, ATOL = 1e-5, 1e-5
 N_GATES = {"LSTM": 4, "GRU": 3, "RNN": 1}
@@ -717,7 +717,7 @@ def test_unsupported_glue_values():
     node = helper.make_node("Cast", ["x"], ["y"], name="c", to=TP.STRING)
     with pytest.raises(
         UnsupportedError,
-        match=r"^Cast node 'c': attribute 'to' = TensorProto.STRING is not supported$",
+        match=r"^Cast node 'c': attribute 'to': tensor type STRING is not supported$",
     ):
         run_onnx(_model([node], [_vi("x", shape=[2])], [_vi("y")]), {"x": np.zeros(2, np.float32)})
 

@@ -11,11 +11,11 @@ from __future__ import annotations
 import mlx.core as mx
 import numpy as np
 
-from edgelstm.nn import activations as A
-from edgelstm.nn import recurrent
 from edgelstm.converters import gates
 from edgelstm.converters.onnx_exec.ops import NodeCtx, register, to_mx, to_np
 from edgelstm.errors import ConversionError
+from edgelstm.nn import activations as A
+from edgelstm.nn import recurrent
 
 _COMMON = ("activation_alpha", "activation_beta", "activations", "clip", "direction", "hidden_size")
 _DIRECTIONS = {"forward": 1, "reverse": 1, "bidirectional": 2}
