@@ -717,7 +717,7 @@ def test_unsupported_glue_values():
     node = helper.make_node("Cast", ["x"], ["y"], name="c", to=TP.STRING)
     with pytest.raises(
         UnsupportedError,
-        match=r"^Cast node 'c': attribute 'to' = TensorProto.STRING is not supported$",
+        match=r"^Cast node 'c': attribute 'to': tensor type STRING is not supported$",
     ):
         run_onnx(_model([node], [_vi("x", shape=[2])], [_vi("y")]), {"x": np.zeros(2, np.float32)})
 

@@ -1,4 +1,4 @@
-"""Execute an ONNX graph with MLX: recurrent ops on edgelstm.nn.recurrent, glue ops on mx.
+"""Execute an ONNX graph with MLX: recurrent ops on edgelstm.nn.recurrent, the rest on mx.
 
 >>> runner = OnnxMLXRunner("model.onnx")
 >>> outputs = runner.run({"x": x})          # {output name: np.ndarray}
@@ -8,29 +8,52 @@ The runner is built once (attributes checked, constant subgraphs folded,
 static recurrent weights converted on first use and cached) and can be run
 many times, e.g. by the streaming engine. Anything it does not implement
 exactly raises :class:`edgelstm.errors.UnsupportedError` naming the node.
+Subgraphs of ``If``/``Loop``/``Scan`` are prepared the same way and see the
+names of every enclosing graph (outer scope).
 """
 
 from __future__ import annotations
 
+from collections import ChainMap
 from os import PathLike
 from typing import Any
 
 import mlx.core as mx
 import numpy as np
 import onnx
-from onnx import helper, numpy_helper
+from onnx import AttributeProto, helper, numpy_helper
 
-from edgelstm.converters.onnx_exec import qdq_ops, rnn_ops  # noqa: F401  (register ops)
-from edgelstm.converters.onnx_exec.ops import DTYPES, REGISTRY, NodeCtx, to_mx, to_np
+from edgelstm.converters.onnx_exec import (  # noqa: F401  (register ops)
+    ops_control,
+    ops_elementwise,
+    ops_nn,
+    ops_reduce,
+    ops_shape,
+    ops_signal,
+    ops_tensor,
+    qdq_ops,
+    rnn_ops,
+)
+from edgelstm.converters.onnx_exec.ops import (
+    DTYPES,
+    REGISTRY,
+    NodeCtx,
+    check_type,
+    to_mx,
+    to_np,
+    type_name,
+)
 from edgelstm.errors import ConversionError, DataError, UnsupportedError
 
 __all__ = ["OnnxMLXRunner", "run_onnx", "supported_ops"]
 
 _DEFAULT_DOMAINS = ("", "ai.onnx")
+# attributes naming an output element type, checked at load time
+_TYPE_ATTRS = ("to", "dtype", "output_dtype", "output_datatype")
 
 
 def supported_ops() -> list[str]:
-    """Names of the ops the runner executes (``domain.Op`` outside the default domain)."""
+    """Sorted names of the ops the runner executes (``domain.Op`` outside the default domain)."""
     return sorted(op if not dom else f"{dom}.{op}" for dom, op in REGISTRY)
 
 
@@ -41,6 +64,123 @@ def _load(model: onnx.ModelProto | str | PathLike) -> onnx.ModelProto:
         return onnx.load(str(model))
     except Exception as e:  # protobuf raises assorted types on bad files
         raise ConversionError(f"cannot read ONNX model {str(model)!r}: {e}") from e
+
+
+def _check_value_info(vi, what: str) -> None:
+    kind = vi.type.WhichOneof("value")
+    if kind is None:
+        return
+    if kind != "tensor_type":
+        kind = kind.removesuffix("_type")
+        raise UnsupportedError(f"{what} '{vi.name}': {kind} values are not supported")
+    check_type(vi.type.tensor_type.elem_type, f"{what} '{vi.name}'")
+
+
+class _Graph:
+    """A graph or subgraph prepared for execution.
+
+    Args:
+        graph: the ``GraphProto``.
+        opsets: domain -> opset version of the model.
+        outer_known: names visible from enclosing graphs.
+        outer_consts: static values of enclosing graphs (name -> numpy).
+    """
+
+    def __init__(self, graph, opsets: dict[str, int], outer_known=frozenset(), outer_consts=None):
+        self.opsets = opsets
+        for t in graph.initializer:
+            check_type(t.data_type, f"initializer '{t.name}'")
+        for vi in graph.input:
+            _check_value_info(vi, "input")
+        for vi in graph.output:
+            _check_value_info(vi, "output")
+        for vi in graph.value_info:
+            _check_value_info(vi, "value")
+        inits = {t.name: numpy_helper.to_array(t) for t in graph.initializer}
+        self.input_names = [i.name for i in graph.input if i.name not in inits]
+        self.optional_input_names = [i.name for i in graph.input if i.name in inits]
+        self.output_names = [o.name for o in graph.output]
+        self.input_types = {
+            i.name: i.type.tensor_type.elem_type
+            for i in graph.input
+            if i.type.HasField("tensor_type")
+        }
+        self.defaults = {n: inits[n] for n in self.optional_input_names}
+        # static values: initializers that cannot be overridden, plus folded constants
+        own = {k: v for k, v in inits.items() if k not in self.defaults}
+        self.consts = ChainMap(own, outer_consts if outer_consts is not None else {})
+        # names bound by this graph hide outer constants of the same name
+        for n in list(self.input_names) + list(self.optional_input_names):
+            if n in self.consts and n not in own:
+                own[n] = None
+        self.plan: list[tuple[NodeCtx, Any]] = []
+        self.known = set(outer_known) | set(inits) | set(self.input_names)
+        for node in graph.node:
+            self._prepare(node)
+        for name in self.output_names:
+            if name not in self.known:
+                raise ConversionError(
+                    f"graph output '{name}' is not produced by any node, input or initializer"
+                )
+        self._own = {k: v for k, v in own.items() if v is not None}
+
+    def _is_static(self, name: str) -> bool:
+        return name == "" or self.consts.get(name) is not None
+
+    def _prepare(self, node) -> None:
+        domain = "" if node.domain in _DEFAULT_DOMAINS else node.domain
+        ctx = NodeCtx(node=node, opset=self.opsets.get(domain, 1))
+        entry = REGISTRY.get((domain, node.op_type))
+        if entry is None:
+            where = f" (domain '{domain}')" if domain else ""
+            raise UnsupportedError(f"{ctx.label}: op '{node.op_type}'{where} is not supported")
+        fn, allowed = entry
+        for name in node.input:
+            if name and name not in self.known:
+                raise ConversionError(f"{ctx.label}: input '{name}' is not produced before use")
+        for attr in node.attribute:
+            if attr.name not in allowed:
+                raise UnsupportedError(f"{ctx.label}: attribute '{attr.name}' is not supported")
+            if attr.type == AttributeProto.GRAPH:
+                ctx.graphs[attr.name] = _Graph(attr.g, self.opsets, self.known, self.consts)
+                continue
+            if attr.type == AttributeProto.TENSOR:
+                check_type(attr.t.data_type, f"{ctx.label}: attribute '{attr.name}'")
+            elif attr.name in _TYPE_ATTRS and attr.type == AttributeProto.INT:
+                check_type(attr.i, f"{ctx.label}: attribute '{attr.name}'")
+            ctx.attrs[attr.name] = helper.get_attribute_value(attr)
+        self.known.update(node.output)
+        ctx.static = tuple(self._is_static(n) for n in node.input)
+        foldable = node.input or node.op_type == "Constant"
+        if all(ctx.static) and foldable and not ctx.graphs:
+            outs = fn(ctx, [self.consts.get(n) if n else None for n in node.input])
+            for name, v in zip(node.output, outs, strict=False):
+                if name:
+                    self.consts.maps[0][name] = to_np(v)
+            return
+        self.plan.append((ctx, fn))
+
+    def run(self, env: ChainMap) -> list:
+        """Execute the plan in ``env`` (inputs and outer names bound); outputs in graph order."""
+        for ctx, fn in self.plan:
+            ins = [env[n] if n else None for n in ctx.node.input]
+            if ctx.graphs:
+                ctx.scope = env
+            outs = fn(ctx, ins)
+            ctx.scope = None
+            for name, v in zip(ctx.node.output, outs, strict=False):
+                if name:
+                    env[name] = v
+        return [env[n] for n in self.output_names]
+
+    def scope(self, outer: ChainMap | None, bound: dict) -> ChainMap:
+        """A fresh environment: ``bound`` inputs, this graph's constants, then ``outer``."""
+        return ChainMap({}, bound, self._own, *(outer.maps if outer is not None else ()))
+
+    def call(self, outer: ChainMap | None, values: list) -> list:
+        """Run as a subgraph: ``values`` bind the inputs in order."""
+        bound = dict(zip(self.input_names, values, strict=False))
+        return self.run(self.scope(outer, bound))
 
 
 class OnnxMLXRunner:
@@ -55,67 +195,39 @@ class OnnxMLXRunner:
         output_names: graph outputs, in graph order.
 
     Raises:
-        UnsupportedError: an op, attribute or attribute value is not implemented.
-        ConversionError: the file cannot be read.
+        UnsupportedError: an op, attribute, attribute value or tensor type
+            (float8, int4, string, ...) is not implemented.
+        ConversionError: the file cannot be read, or a name is used before
+            any node, input or initializer produces it.
     """
 
     def __init__(self, model: onnx.ModelProto | str | PathLike):
         model = _load(model)
-        graph = model.graph
         self.opsets = {
             ("" if o.domain in _DEFAULT_DOMAINS else o.domain): o.version
             for o in model.opset_import
         }
-        inits = {t.name: numpy_helper.to_array(t) for t in graph.initializer}
-        self.input_names = [i.name for i in graph.input if i.name not in inits]
-        self.optional_input_names = [i.name for i in graph.input if i.name in inits]
-        self.output_names = [o.name for o in graph.output]
-        self._input_types = {
-            i.name: i.type.tensor_type.elem_type
-            for i in graph.input
-            if i.type.HasField("tensor_type")
-        }
-        self._defaults = {n: inits[n] for n in self.optional_input_names}
-        # static values: initializers that cannot be overridden, plus folded constants
-        self._consts: dict[str, Any] = {k: v for k, v in inits.items() if k not in self._defaults}
-        self._plan: list[tuple[NodeCtx, Any]] = []
-        self._known = set(inits) | set(self.input_names)
-        for node in graph.node:
-            self._prepare(node)
-
-    def _prepare(self, node) -> None:
-        domain = "" if node.domain in _DEFAULT_DOMAINS else node.domain
-        ctx = NodeCtx(node=node, opset=self.opsets.get(domain, 1))
-        entry = REGISTRY.get((domain, node.op_type))
-        if entry is None:
-            where = f" (domain '{domain}')" if domain else ""
-            raise UnsupportedError(f"{ctx.label}: op '{node.op_type}'{where} is not supported")
-        fn, allowed = entry
-        for name in node.input:
-            if name and name not in self._known:
-                raise ConversionError(f"{ctx.label}: input '{name}' is not produced before use")
-        self._known.update(node.output)
-        for attr in node.attribute:
-            if attr.name not in allowed:
-                raise UnsupportedError(f"{ctx.label}: attribute '{attr.name}' is not supported")
-            ctx.attrs[attr.name] = helper.get_attribute_value(attr)
-        ctx.static = tuple(n == "" or n in self._consts for n in node.input)
-        if all(ctx.static) and (node.input or node.op_type == "Constant"):
-            outs = fn(ctx, [self._consts.get(n) for n in node.input])
-            for name, v in zip(node.output, outs, strict=False):
-                if name:
-                    self._consts[name] = to_np(v)
-            return
-        self._plan.append((ctx, fn))
+        self._graph = _Graph(model.graph, self.opsets)
+        self.input_names = self._graph.input_names
+        self.optional_input_names = self._graph.optional_input_names
+        self.output_names = self._graph.output_names
 
     def _feed(self, name: str, value) -> mx.array:
+        if isinstance(value, mx.array):
+            value = to_np(value)
         arr = np.asarray(value)
-        want = DTYPES.get(self._input_types.get(name, 0))
+        t = self._graph.input_types.get(name, 0)
+        want = DTYPES.get(t)
         if want is not None and arr.dtype != want[0]:
             if not (np.issubdtype(arr.dtype, np.number) or arr.dtype == np.bool_):
                 raise DataError(f"input '{name}': cannot use dtype {arr.dtype}")
             arr = arr.astype(want[0])
-        return mx.array(arr)
+        try:
+            return to_mx(arr)
+        except UnsupportedError:
+            raise DataError(
+                f"input '{name}': cannot use dtype {arr.dtype} (declared {type_name(t)})"
+            ) from None
 
     def run(self, feeds: dict[str, Any]) -> dict[str, np.ndarray]:
         """Run the graph.
@@ -142,18 +254,11 @@ class OnnxMLXRunner:
         missing = [n for n in self.input_names if n not in feeds]
         if missing:
             raise DataError(f"missing input(s) {missing}")
-        env: dict[str, Any] = dict(self._consts)
-        env.update(self._defaults)
+        bound = dict(self._graph.defaults)
         for name, value in feeds.items():
-            env[name] = self._feed(name, value)
-        for ctx, fn in self._plan:
-            ins = [env[n] if n else None for n in ctx.node.input]
-            outs = fn(ctx, ins)
-            for name, v in zip(ctx.node.output, outs, strict=False):
-                if name:
-                    env[name] = v
-        result = {n: env[n] for n in self.output_names}
-        result = {n: to_mx(v) for n, v in result.items()}
+            bound[name] = self._feed(name, value)
+        outs = self._graph.run(self._graph.scope(None, bound))
+        result = {n: to_mx(v) for n, v in zip(self.output_names, outs, strict=True)}
         mx.eval(list(result.values()))
         return result
 
