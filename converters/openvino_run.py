@@ -91,17 +91,30 @@ def run_openvino(path_or_proto, feeds: dict) -> dict[str, np.ndarray]:
     Returns:
         ``{output name: array}`` for every graph output, in graph order.
     """
+    from edgelstm.converters import onnx_io_names
+
+    ins, outs = onnx_io_names(path_or_proto)
     compiled = compile_onnx(path_or_proto)
-    names = [p.get_any_name() for p in compiled.inputs]
-    unknown = sorted(set(feeds) - set(names))
+    unknown = sorted(set(feeds) - set(ins))
     if unknown:
-        raise DataError(f"unknown input {unknown[0]!r}; the model takes {', '.join(names)}")
+        raise DataError(f"unknown input {unknown[0]!r}; the model takes {', '.join(ins)}")
+    # a port holds a set of tensor names (OpenVINO merges names across fused nodes)
+    arrays = {}
+    for port in compiled.inputs:
+        name = next((n for n in ins if n in port.get_names()), None)
+        if name is None or name not in feeds:
+            raise DataError(f"missing input {name or port.get_any_name()!r}")
+        arrays[port] = np.ascontiguousarray(feeds[name])
     try:
-        result = compiled({k: np.ascontiguousarray(v) for k, v in feeds.items()})
+        result = compiled(arrays)
     except Exception as exc:
         raise DataError(f"OpenVINO failed on {_where(path_or_proto)}: {_first_line(exc)}"
                         ) from None
-    return {p.get_any_name(): np.asarray(result[p]) for p in compiled.outputs}
+    by_name = {}
+    for port in compiled.outputs:
+        for n in port.get_names():
+            by_name[n] = np.asarray(result[port])
+    return {n: by_name[n] for n in outs}
 
 
 def _where(path_or_proto) -> str:
