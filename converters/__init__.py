@@ -57,15 +57,15 @@ def from_onnx(path, **options):
 
 def convert(src, dst, opset: int = 17, streaming: bool = False, verify: bool = False,
             force: bool = False, atol: float = DEFAULT_ATOL, lengths: bool = False,
-            **options) -> dict:
-    """Convert ``src`` (any format) to ``dst`` (``.onnx`` or checkpoint directory).
+            verify_on=("onnxruntime",), **options) -> dict:
+    """Convert ``src`` (any format) to ``dst`` (``.onnx``, ``.tflite`` or checkpoint directory).
 
     See :func:`edgelstm.converters.conversion.convert`.
     """
     from edgelstm.converters.conversion import convert as _convert
 
     return _convert(src, dst, opset=opset, streaming=streaming, verify=verify, force=force,
-                    atol=atol, lengths=lengths, **options)
+                    atol=atol, lengths=lengths, verify_on=verify_on, **options)
 
 
 def import_model(path: str | os.PathLike, fmt: str, **options):
@@ -138,7 +138,8 @@ def run_onnx(path, feeds: dict, backend: str = "onnxruntime") -> dict[str, np.nd
     Args:
         path: ``.onnx`` file (or an ``onnx.ModelProto``).
         feeds: ``{input name: array}``.
-        backend: ``"onnxruntime"`` (CPU provider) or ``"mlx"`` (edgelstm's
+        backend: ``"onnxruntime"`` (CPU provider), ``"openvino"`` (CPU plugin,
+            float32; the optional extra ``openvino``) or ``"mlx"`` (edgelstm's
             MLX executor of ONNX graphs).
 
     Returns:
@@ -153,8 +154,14 @@ def run_onnx(path, feeds: dict, backend: str = "onnxruntime") -> dict[str, np.nd
 
         model = path if not isinstance(path, (str, os.PathLike)) else _load_onnx(path)
         return _run_mlx(model, _check_feeds(_proto_inputs(model), feeds))
+    if backend == "openvino":
+        from edgelstm.converters.openvino_run import run_openvino
+
+        model = path if not isinstance(path, (str, os.PathLike)) else _load_onnx(path)
+        return run_openvino(model, _check_feeds(_proto_inputs(model), feeds))
     if backend != "onnxruntime":
-        raise UnsupportedError(f"unknown backend {backend!r}; choose mlx or onnxruntime")
+        raise UnsupportedError(f"unknown backend {backend!r}; choose mlx, onnxruntime or "
+                               "openvino")
     return _run_ort(path, feeds)
 
 

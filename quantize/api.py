@@ -14,7 +14,7 @@ from pathlib import Path
 
 import numpy as np
 
-from edgelstm.errors import ConfigError, DataError, UnsupportedError
+from edgelstm.errors import ConfigError, DataError, EdgeLSTMError, UnsupportedError
 from edgelstm.limits import check_elements
 from edgelstm.quantize.config import Format, QuantConfig
 from edgelstm.quantize.report import (
@@ -48,6 +48,7 @@ def quantize_model(
     eval_data: str | os.PathLike | None = None,
     force: bool = False,
     seed: int = 0,
+    verify_on: tuple[str, ...] | list[str] | str = ("onnxruntime",),
 ) -> QuantReport:
     """Quantize the model at ``src`` and write it to ``dst``.
 
@@ -61,14 +62,29 @@ def quantize_model(
             folder; its test split): accuracy before and after goes in the report.
         force: overwrite ``dst``.
         seed: seed of the random comparison input.
+        verify_on: runtimes that run an ONNX ``dst`` (``"onnxruntime,openvino"``
+            or a list); ONNX Runtime always runs. Each other runtime must agree
+            with ONNX Runtime on the quantized file within
+            :data:`edgelstm.converters.DEFAULT_ATOL` (``report.runtimes``).
 
     Returns:
         :class:`QuantReport`.
     """
+    from edgelstm.converters.conversion import parse_runtimes
     from edgelstm.io.fileio import check_output_path, check_writable
 
     config = config or QuantConfig()
     fmt = config.check_format(output_format(dst, format))
+    try:
+        runtimes = parse_runtimes(verify_on)
+    except EdgeLSTMError as exc:
+        raise ConfigError(str(exc)) from None
+    if runtimes != ("onnxruntime",) and fmt is Format.MLX:
+        raise ConfigError("--verify-on applies to ONNX output only (DST must end in .onnx)")
+    if "openvino" in runtimes:
+        from edgelstm.converters.openvino_run import _openvino
+
+        _openvino()  # missing OpenVINO is reported before anything is written
     check_output_path(dst, [src, eval_data])  # even with force: never replace an input
     check_writable(dst, force)
     data = None
@@ -79,7 +95,7 @@ def quantize_model(
     if fmt is Format.MLX:
         report = _to_mlx(src, dst, config, data, force, seed)
     else:
-        report = _to_onnx(src, dst, config, fmt, data, force, seed)
+        report = _to_onnx(src, dst, config, fmt, data, force, seed, runtimes)
     if data is not None:
         report.eval_data, report.eval_samples = str(eval_data), len(data["x"])
     return report
@@ -212,7 +228,8 @@ def _line(exc: BaseException) -> str:
     return text.splitlines()[0][:300] if text else type(exc).__name__
 
 
-def _to_onnx(src, dst, config, fmt, data, force, seed) -> QuantReport:
+def _to_onnx(src, dst, config, fmt, data, force, seed, runtimes=("onnxruntime",)
+             ) -> QuantReport:
     import onnx
 
     from edgelstm.converters import _load_onnx
@@ -248,12 +265,52 @@ def _to_onnx(src, dst, config, fmt, data, force, seed) -> QuantReport:
                 raise ConversionError(f"cannot quantize {src}: {_line(exc)}") from None
             # score the written file inside the atomic output: a failure leaves no dst
             q_predict, _ = ort_predict(out)
-            max_abs, cos = output_error(ref, q_predict(x))
+            q_out = q_predict(x)
+            max_abs, cos = output_error(ref, q_out)
             acc_after = accuracy(q_predict, data) if data is not None else None
+            checks = {name: _check_runtime(name, out, x, q_out, dst) for name in runtimes[1:]}
     notes = ["ONNX Runtime only: com.microsoft.DynamicQuantizeLSTM"] if (
         fmt is Format.ONNX_ORT) else []
     return QuantReport(
         src=str(src), dst=str(dst), format=fmt.value, scheme=config.label,
         bytes_before=before, bytes_after=size_on_disk(dst), max_abs_error=max_abs, cosine=cos,
         input_shape=x.shape, backend="onnxruntime", accuracy_before=acc_before,
-        accuracy_after=acc_after, notes=notes)
+        accuracy_after=acc_after, notes=notes, runtimes=checks)
+
+
+def _check_runtime(name: str, path, x: np.ndarray, ort_out: np.ndarray, dst) -> dict:
+    """Run the written ONNX file on runtime ``name``; it must agree with ONNX Runtime.
+
+    Returns:
+        ``{"max_abs_diff_vs_onnxruntime", "version", "precision", "device"}``.
+
+    Raises:
+        ConversionError: the runtime cannot run the file or differs above
+        :data:`edgelstm.converters.DEFAULT_ATOL`.
+    """
+    from edgelstm.converters import DEFAULT_ATOL, onnx_io_names, run_onnx
+    from edgelstm.converters.conversion import _runtime_entry
+    from edgelstm.errors import ConversionError
+
+    first, *rest = onnx_io_names(path)[0]
+    feeds = {first: x}
+    if rest:  # the states of a streaming source: zeros, as ort_predict feeds them
+        import onnx
+
+        graph = onnx.load(str(path)).graph
+        for vi in graph.input:
+            if vi.name in rest:
+                dims = [d.dim_value or len(x) for d in vi.type.tensor_type.shape.dim]
+                check_elements(dims, f"ONNX input {vi.name!r}")
+                feeds[vi.name] = np.zeros(dims, np.float32)
+    try:
+        out = next(iter(run_onnx(path, feeds, backend=name).values()))
+    except EdgeLSTMError as exc:
+        raise ConversionError(f"cannot check on {name}: {exc}; {dst} was not written") from None
+    diff = float(np.max(np.abs(np.asarray(out, np.float64) - ort_out)))
+    if not diff <= DEFAULT_ATOL:
+        raise ConversionError(f"{name} differs from onnxruntime by {diff:.3g} (tolerance "
+                              f"{DEFAULT_ATOL:g}) on the quantized file; {dst} was not written")
+    entry = _runtime_entry(name, diff)
+    entry["max_abs_diff_vs_onnxruntime"] = entry.pop("max_abs_diff")
+    return entry

@@ -35,6 +35,9 @@ class QuantReport:
         backend: what ran both models for the comparison.
         bits_per_weight: stored bits per weight (MLX), else ``None``.
         accuracy_before, accuracy_after: on ``eval_data`` (fraction), if given.
+        runtimes: runtimes beyond ``backend`` that ran the quantized ONNX file
+            (``--verify-on``): ``{name: {"max_abs_diff_vs_onnxruntime", "version",
+            "precision", "device"}}``.
     """
 
     src: str
@@ -53,6 +56,7 @@ class QuantReport:
     accuracy_before: float | None = None
     accuracy_after: float | None = None
     notes: list[str] = field(default_factory=list)
+    runtimes: dict = field(default_factory=dict)
 
     @property
     def ratio(self) -> float:
@@ -78,6 +82,9 @@ class QuantReport:
             rows.append(("accuracy", f"{100 * self.accuracy_before:.2f}% -> "
                                      f"{100 * self.accuracy_after:.2f}% ({drop:+.2f} points "
                                      f"drop, {self.eval_samples} samples of {self.eval_data})"))
+        rows += [(name, f"max abs diff {r['max_abs_diff_vs_onnxruntime']:.3g} vs onnxruntime "
+                        f"({r['version']}, {r['device']} {r['precision']})")
+                 for name, r in self.runtimes.items()]
         rows += [("note", n) for n in self.notes]
         width = max(len(k) for k, _ in rows)
         return "\n".join(f"{k:<{width}}  {v}" for k, v in rows)

@@ -57,7 +57,7 @@ def test_cli_outputs_are_not_private(classifier, tmp_path, umask_022):
     assert _mode(tmp_path / "copy") == 0o755
 
 
-@pytest.mark.parametrize("suffix", [".pt", ".keras", ".mlpackage", ".tflite", ".h5"])
+@pytest.mark.parametrize("suffix", [".pt", ".keras", ".mlpackage", ".h5"])
 def test_convert_refuses_unsupported_destination_suffixes(classifier, tmp_path, suffix):
     from edgelstm.converters import convert
 

@@ -19,6 +19,9 @@ from edgelstm.cli._common import force_option, handle_errors, log
                    "(sequence_lens), for padded batches.")
 @click.option("--verify", is_flag=True,
               help="Run SRC and DST on the same random input; fail above --atol.")
+@click.option("--verify-on", default="onnxruntime", show_default=True, metavar="RUNTIMES",
+              help="Comma-separated runtimes that run an .onnx DST for --verify: onnxruntime "
+                   "(always), openvino (CPU plugin, float32; pip install 'edgelstm[openvino]').")
 @click.option("--atol", type=click.FloatRange(min=0), default=1e-4, show_default=True,
               help="Tolerance of --verify (max abs difference).")
 @click.option("--head", type=click.Choice(["sequence", "frame", "none"]), default=None,
@@ -28,10 +31,11 @@ from edgelstm.cli._common import force_option, handle_errors, log
               help="Weight files: the RNN nonlinearity (not stored in the weights).")
 @force_option
 @handle_errors
-def convert(src, dst, opset, streaming, lengths, verify, atol, head, nonlinearity, force):
-    """Convert SRC to DST: DST ending in .onnx writes ONNX, a name without suffix a checkpoint.
+def convert(src, dst, opset, streaming, lengths, verify, verify_on, atol, head, nonlinearity, force):
+    """Convert SRC to DST: .onnx writes ONNX, .tflite LiteRT (LSTM), a name without suffix
+    a checkpoint directory.
 
-    Any other DST suffix (.pt, .keras, .tflite, ...) is refused.
+    Any other DST suffix (.pt, .keras, .mlpackage, ...) is refused.
 
     SRC is a checkpoint directory, .onnx, a PyTorch state dict
     (.pt/.pth/.safetensors), mlx.nn weights (.safetensors) or Keras (.keras/.h5).
@@ -40,6 +44,8 @@ def convert(src, dst, opset, streaming, lengths, verify, atol, head, nonlinearit
         $ edgelstm convert model/ model.onnx --verify
         $ edgelstm convert model/ stream.onnx --streaming --opset 19
         $ edgelstm convert model/ padded.onnx --lengths --verify
+        $ edgelstm convert model/ model.onnx --verify --verify-on onnxruntime,openvino
+        $ edgelstm convert model/ model.tflite --verify
         $ edgelstm convert exported.onnx model/
         $ edgelstm convert lstm.pt model/ --head frame
     """
@@ -51,10 +57,15 @@ def convert(src, dst, opset, streaming, lengths, verify, atol, head, nonlinearit
         raise click.UsageError("--lengths needs an .onnx DST")
     options = {k: v for k, v in (("head", head), ("nonlinearity", nonlinearity)) if v}
     report = convert_model(src, dst, opset=opset, streaming=streaming, verify=verify,
-                           force=force, atol=atol, lengths=lengths, **options)
+                           force=force, atol=atol, lengths=lengths, verify_on=verify_on,
+                           **options)
     log(f"wrote {dst} ({report['dst_format']}): {report['architecture']}")
     if verify:
         by = report["verified_by"]
         click.echo(f"max abs diff {report['max_abs_diff']:.3g} "
                    f"(tolerance {atol:g}; {', '.join(report['compared'])}; "
                    f"output run by {by['output']}, source by {by['source']})")
+        for name, entry in report.get("runtimes", {}).items():
+            if name != by["output"]:
+                click.echo(f"  {name} {entry['version']} ({entry['device']}, "
+                           f"{entry['precision']}): max abs diff {entry['max_abs_diff']:.3g}")

@@ -28,10 +28,14 @@ from edgelstm.cli._common import force_option, handle_errors
               help="Report accuracy before and after on DATA: an .npz with x (N,T,I), "
                    "y (N,) or (N,T), optional lengths, or a dataset (UEA .ts file or "
                    "folder, FSDD folder; its test split).")
+@click.option("--verify-on", default="onnxruntime", show_default=True, metavar="RUNTIMES",
+              help="Comma-separated runtimes that run an .onnx DST: onnxruntime (always), "
+                   "openvino (CPU, float32; pip install 'edgelstm[openvino]'), which must "
+                   "agree with onnxruntime.")
 @click.option("--json", "as_json", is_flag=True, help="Print the report as JSON.")
 @force_option
 @handle_errors
-def quantize(src, dst, bits, fmt, group_size, head, eval_data, as_json, force):
+def quantize(src, dst, bits, fmt, group_size, head, eval_data, verify_on, as_json, force):
     """Quantize SRC's gate weights and write DST; always prints the report.
 
     DST's suffix picks the output: .onnx (QDQ by default) or a checkpoint
@@ -54,7 +58,8 @@ def quantize(src, dst, bits, fmt, group_size, head, eval_data, as_json, force):
         config.check_format(output_format(dst, fmt))
     except EdgeLSTMError as exc:
         raise click.UsageError(str(exc)) from None
-    report = quantize_model(src, dst, config, format=fmt, eval_data=eval_data, force=force)
+    report = quantize_model(src, dst, config, format=fmt, eval_data=eval_data, force=force,
+                            verify_on=verify_on)
     if as_json:
         click.echo(json.dumps(report.to_dict(), indent=2, sort_keys=True))
     else:
