@@ -73,7 +73,8 @@ def test_output_format_table():
     from edgelstm.converters.conversion import OUTPUT_FORMATS, output_format
 
     assert output_format("a/b.ONNX") == "onnx" and output_format("a/ckpt") == "checkpoint"
-    assert set(OUTPUT_FORMATS) == {".onnx", ""}
+    assert output_format("m.tflite") == "tflite"
+    assert set(OUTPUT_FORMATS) == {".onnx", ".tflite", ""}
 
 
 def test_train_takes_batch_and_the_hidden_old_name(tmp_path):
