@@ -17,9 +17,7 @@
 
 namespace edgelstm {
 
-namespace {
-
-using detail::row_major;
+namespace detail {
 
 // Up to this many rows, fp32 matmuls run the kernel's own single-threaded
 // gemm_nt_small: OpenBLAS sgemm is 2-4x slower at M = 2..7 (EPYC, H = 64-256,
@@ -36,7 +34,7 @@ void matmul_nt(
     int N,
     int K,
     int ldc,
-    float beta = 0.0f) {
+    float beta) {
   if (M == 0 || N == 0) {
     return;
   }
@@ -62,6 +60,13 @@ void matmul_nt(
         ldc);
   }
 }
+
+} // namespace detail
+
+namespace {
+
+using detail::matmul_nt;
+using detail::row_major;
 
 // A row-major weight (N, K): float, or int8 rows q with scales s (W = q * s).
 struct Weight {
