@@ -237,7 +237,7 @@ def test_stack_gradient_matches_pure(rng):
 
     _, fused = nn.value_and_grad(model, lambda m, x: loss(m, x, True))(model, x)
     _, pure = nn.value_and_grad(model, lambda m, x: loss(m, x, False))(model, x)
-    for (name, a), (_, b) in zip(tree_flatten(fused), tree_flatten(pure)):
+    for (name, a), (_, b) in zip(tree_flatten(fused), tree_flatten(pure), strict=True):
         np.testing.assert_allclose(np.array(a), np.array(b), rtol=1e-4, atol=1e-5, err_msg=name)
 
 
