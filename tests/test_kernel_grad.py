@@ -277,3 +277,20 @@ def test_gradients_match_pytorch(kind, rng):
         # d b (r, z) = d b_ih = d b_hh there; d b (n) = d b_ih (n); d bhn = d b_hh (n).
         want.append(net.bias_hh_l0.grad[2 * H_:])
     _assert_grads(got, [t.detach().numpy() for t in want])
+
+
+@pytest.mark.parametrize(("kind", "opts"), CELLS, ids=CELL_IDS)
+def test_nan_propagates_like_pure(kind, opts, rng):
+    """A NaN / inf in one sequence: the kernel's outputs are NaN exactly where MLX's are."""
+    args = _params(kind, rng)
+    x = np.array(args[0])
+    x[0, 2, 1] = np.nan
+    x[1, 3, 0] = np.inf
+    x[2, 1, 2] = -np.inf
+    args[0] = mx.array(x)
+    got = _run(kind, opts, args, None, False, True)
+    want = _run(kind, opts, args, None, False, False)
+    for g, w in zip(got, want, strict=True):
+        g, w = np.array(g), np.array(w)
+        np.testing.assert_array_equal(np.isnan(g), np.isnan(w))
+        np.testing.assert_allclose(g, w, rtol=0, atol=1e-5)  # NaNs compare equal

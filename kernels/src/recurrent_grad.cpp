@@ -230,7 +230,7 @@ void run_grad(
       } else {
         for (int j = 0; j < H; ++j) {
           const float v = xr[j] + gb[j];
-          const float hn = cfg.relu ? (v > 0.0f ? v : 0.0f) : std::tanh(v);
+          const float hn = cfg.relu ? (v <= 0.0f ? 0.0f : v) : std::tanh(v);
           a[j] = hn;
           hb[j] = hn;
         }
