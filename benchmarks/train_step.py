@@ -44,7 +44,7 @@ class TrainWorkload:
 
     def _mlx_step(self, model, forward):
         """One Adam step on ``model`` (a Module whose ``forward(m, x)`` gives (B, T, H))."""
-        opt = optim.Adam(learning_rate=LR)
+        opt = optim.Adam(learning_rate=LR, bias_correction=True)  # as torch.optim.Adam
 
         def loss_fn(m, x, labels):
             logits = m.head(forward(m, x)[:, -1])
