@@ -6,7 +6,9 @@ Workloads (see shared/docs/platform-notes.md):
 
 * ``B=32 T=100 I=40 H=256`` forward, one layer;
 * ``B=1 T=100 I=40 H=128`` forward, one layer;
-* a 2-layer ``H=128`` LSTM fed 10-frame chunks with its state carried (p50 per chunk).
+* a 2-layer ``H=128`` LSTM fed 10-frame chunks with its state carried (p50 per chunk);
+* a training step, ``B=32 T=100 I=40 H=128``, forward + backward + Adam
+  (``train_step.py``; the kernel row is the module in train mode, fused BPTT).
 
 Usage: ``.venv/bin/python benchmarks/bench_core.py [--repeat N] [--json PATH]``.
 """
@@ -19,6 +21,7 @@ import statistics
 import sys
 import time
 from collections.abc import Callable
+from pathlib import Path
 
 import edgelstm  # noqa: F401  (applies EDGELSTM_BLAS before mlx.core)
 
@@ -30,6 +33,10 @@ import numpy as np
 from edgelstm.fast import blas as _blas
 from edgelstm.fast import dispatch as kernels
 from edgelstm.nn import recurrent as R
+
+sys.path.insert(0, str(Path(__file__).parent))
+from train_step import TrainWorkload  # noqa: E402  (sibling module)
+from train_step import impls as train_impls  # noqa: E402
 
 I_SIZE = 40
 CHUNK, STREAM_FRAMES = 10, 200
@@ -297,15 +304,19 @@ def main(argv=None) -> int:
         Workload("2x128 LSTM, 10-frame chunk, state carried (p50)", 1, CHUNK, 128, 2, True),
     ]
     workloads = [wl for wl in workloads if args.workload in wl.name]
+    train_wl = TrainWorkload("training step B=32 T=100 I=40 H=128 (fwd+bwd+Adam)", 32, 100,
+                             128, I_SIZE)
     impls = {
         "mlx.nn.LSTM": lambda wl: wl.mlx_nn(),
         "edgelstm pure MLX (fast=False)": lambda wl: wl.edgelstm(False),
         "edgelstm kernel (fast=True)": lambda wl: wl.edgelstm(True),
         "edgelstm.LSTM module (auto)": lambda wl: wl.edgelstm_stack(),
     }
+    torch_version = None
     try:
         import torch
 
+        torch_version = torch.__version__
         impls[f"torch.nn.LSTM {torch.__version__}"] = lambda wl: wl.torch()
     except ImportError:
         print("torch not importable: skipped", file=sys.stderr)
@@ -319,10 +330,14 @@ def main(argv=None) -> int:
         print(f"fused kernels unavailable: {kernels.reason()}", file=sys.stderr)
         del impls["edgelstm kernel (fast=True)"]
 
+    cases = [(wl, impls) for wl in workloads]
+    if args.workload in train_wl.name:
+        cases.append((train_wl, train_impls(kernels.available(), torch_version)))
+
     _print_env(args.threads)
     results = []
-    for wl in workloads:
-        out = _bench({name: make(wl) for name, make in impls.items()}, wl, args.repeat)
+    for wl, makers in cases:
+        out = _bench({name: make(wl) for name, make in makers.items()}, wl, args.repeat)
         ref = next(iter(out.values()))["y"]
         rows = [
             {

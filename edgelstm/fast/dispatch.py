@@ -13,8 +13,8 @@ Decisions: :func:`fused_cell` for one direction and :func:`plan_stack` for a
 stack, both through :func:`why_not`; :func:`placement` applies the device rule.
 When the extension is missing or disabled (``EDGELSTM_KERNELS=0``),
 :func:`available` is ``False``, :func:`reason` says why, and every caller runs
-its pure-MLX path. The primitives have no gradient: training calls the core
-with ``fast=False``.
+its pure-MLX path. The primitives have a vjp (backpropagation through time in
+C++, float weights), so training uses them too; int8 weights have no gradient.
 """
 
 from __future__ import annotations

@@ -283,8 +283,6 @@ class Recurrent(SaveMixin, nn.Module):
             state = _map_state(state, lambda s: s[:, None])
         if x.shape[-1] != self.input_size:
             raise ValueError(f"expected {self.input_size} input features, got {x.shape[-1]}")
-        if fast is None and self.training:
-            fast = False  # the fused kernel has no gradient
         # Whole stack in one kernel primitive when every layer can take it.
         plan = _kernels.plan_stack(self, x, state, fast)
         if isinstance(plan, list):

@@ -3,8 +3,8 @@
 The layer modules, the ONNX graph runner and the streaming engine call these
 three functions with weights as arguments. Each first asks
 :func:`edgelstm.fast.dispatch.fused_cell` whether the fused C++ kernel takes
-the call; otherwise (and always with ``fast=False``, e.g. for gradients) it runs
-the pure-MLX recurrence below. Whole unidirectional stacks go to the kernel
+the call (it has a gradient, so training takes it too); otherwise (and always
+with ``fast=False``) it runs the pure-MLX recurrence below. Whole unidirectional stacks go to the kernel
 from :class:`edgelstm.nn.layers.Recurrent` directly. Shapes use ``B`` batch,
 ``T`` time, ``I`` input size, ``H`` hidden size.
 
@@ -175,7 +175,7 @@ def lstm(
         input_forget: couple the gates, ``f = 1 - i`` (ONNX ``input_forget``).
         activations: ``(f, g, h)`` activation specs (see ``activations.spec``).
         fast: fused C++ kernel (:mod:`edgelstm.fast.dispatch`): ``None`` uses it when
-            available and supported, ``False`` never (needed for gradients),
+            available and supported (gradients included), ``False`` never,
             ``True`` requires it (raises ``UnsupportedError`` otherwise).
 
     Returns:

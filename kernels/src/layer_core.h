@@ -70,6 +70,31 @@ struct LayerIO {
 
 void run_layer(const SeqConfig& cfg, int T, int B, const LayerIO& io);
 
+// out (M, N) with row stride ldc = a (M, K) @ w[:N]^T (+ beta * out), w
+// row-major (N, K): the kernel's own small-M loops, else BLAS.
+void matmul_nt(
+    const float* a,
+    const float* w,
+    float* out,
+    int M,
+    int N,
+    int K,
+    int ldc,
+    float beta = 0.0f);
+
+// Index of `lengths` among a RecurrentSeq's inputs, or -1 without it.
+int seq_lengths_index(const SeqConfig& cfg);
+
+// Number of RecurrentSeq inputs before the int8 scales.
+int seq_float_inputs(const SeqConfig& cfg);
+
+// The gradients of RecurrentSeq(cfg) over `primals` (its inputs) given the
+// cotangents of y, h_n[, c_n]: one array per primal but lengths, in order.
+std::vector<mx::array> seq_grads(
+    const SeqConfig& cfg,
+    const std::vector<mx::array>& primals,
+    const std::vector<mx::array>& cotangents);
+
 // Throws std::invalid_argument (Python ValueError) with the message.
 [[noreturn]] void fail(const std::string& msg);
 

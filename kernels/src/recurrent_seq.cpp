@@ -17,9 +17,7 @@
 
 namespace edgelstm {
 
-namespace {
-
-using detail::row_major;
+namespace detail {
 
 // Up to this many rows, fp32 matmuls run the kernel's own single-threaded
 // gemm_nt_small: OpenBLAS sgemm is 2-4x slower at M = 2..7 (EPYC, H = 64-256,
@@ -36,7 +34,7 @@ void matmul_nt(
     int N,
     int K,
     int ldc,
-    float beta = 0.0f) {
+    float beta) {
   if (M == 0 || N == 0) {
     return;
   }
@@ -62,6 +60,13 @@ void matmul_nt(
         ldc);
   }
 }
+
+} // namespace detail
+
+namespace {
+
+using detail::matmul_nt;
+using detail::row_major;
 
 // A row-major weight (N, K): float, or int8 rows q with scales s (W = q * s).
 struct Weight {
@@ -103,6 +108,21 @@ void matmul_w(
 // lose from B=8 and for 20+ projection rows.
 constexpr size_t kInt8MaxRows = 4;
 
+// Per-thread expansion buffers keep their memory between calls (a fresh
+// allocation per call costs page faults on the order of the matmul), but a
+// call that needs far less than one holds releases it: one large model must
+// not pin its weights' worth of floats per thread for the process lifetime.
+constexpr size_t kKeepFloats = size_t(1) << 18; // 1 MiB: always kept
+
+void fit_buffer(std::vector<float>& buf, size_t n) {
+  if (buf.capacity() > kKeepFloats && buf.capacity() > 4 * n) {
+    std::vector<float>().swap(buf);
+  }
+  if (buf.size() < n) {
+    buf.resize(n);
+  }
+}
+
 // `a` (N, K) as a Weight. An int8 `a` (scales `s`) is expanded to float in
 // `expanded` when `expand` (many rows per matmul: one sgemm beats int8 dots);
 // q * s rounds exactly as the Python-side expansion does.
@@ -123,9 +143,7 @@ Weight load_weight(
     return Weight{nullptr, q, sc};
   }
   const size_t N = a.shape(0), K = a.shape(1);
-  if (expanded.size() < N * K) {
-    expanded.resize(N * K);
-  }
+  fit_buffer(expanded, N * K);
   gate_fns().expand_q8(
       reinterpret_cast<const signed char*>(q), sc, expanded.data(), int(N),
       int(K));

@@ -60,8 +60,10 @@ void dispatch_cpu(
 } // namespace detail
 
 // Base of the fused primitives: the whole computation is run(cfg, in, out)
-// in one CPU task; no GPU, no autodiff. Error messages name the primitive
-// (`what`: "kernel" / "stack") and the fast=False call to use instead.
+// in one CPU task; no GPU. The forward primitives override vjp (BPTT in
+// recurrent_grad.cpp); the base refuses gradients (the backward primitive
+// itself, int8 weights). Error messages name the primitive (`what`) and the
+// fast=False call to use instead.
 template <typename Config>
 class FusedPrimitive : public mx::Primitive {
  public:
@@ -138,6 +140,27 @@ class RecurrentSeq : public FusedPrimitive<SeqConfig> {
   }
   std::vector<mx::Shape> output_shapes(
       const std::vector<mx::array>& inputs) override;
+  // Gradients through RecurrentSeqGrad (float weights only).
+  std::vector<mx::array> vjp(
+      const std::vector<mx::array>& primals,
+      const std::vector<mx::array>& cotangents,
+      const std::vector<int>& argnums,
+      const std::vector<mx::array>& outputs) override;
+};
+
+// Backward of RecurrentSeq (BPTT): recomputes the forward, saving the gate
+// activations, then runs the recurrence backwards. Inputs: RecurrentSeq's
+// (float weights) then the cotangents of y, h_n[, c_n]. Outputs: the
+// gradient of every forward input but lengths, in input order.
+class RecurrentSeqGrad : public FusedPrimitive<SeqConfig> {
+ public:
+  RecurrentSeqGrad(mx::Stream stream, SeqConfig cfg);
+
+  const char* name() const override {
+    return "EdgeLSTMRecurrentSeqGrad";
+  }
+  std::vector<mx::Shape> output_shapes(
+      const std::vector<mx::array>& inputs) override;
 };
 
 // Per-layer input flags of a RecurrentStack.
@@ -174,6 +197,12 @@ class RecurrentStack : public FusedPrimitive<StackConfig> {
   }
   std::vector<mx::Shape> output_shapes(
       const std::vector<mx::array>& inputs) override;
+  // Composes one RecurrentSeq forward and RecurrentSeqGrad per layer.
+  std::vector<mx::array> vjp(
+      const std::vector<mx::array>& primals,
+      const std::vector<mx::array>& cotangents,
+      const std::vector<int>& argnums,
+      const std::vector<mx::array>& outputs) override;
 };
 
 // xp: projected input incl. bias, (T,B,4H) or (B,T,4H) when batch_first,

@@ -1,0 +1,596 @@
+// Backward pass (BPTT) of the fused recurrent primitives.
+//
+// RecurrentSeq::vjp returns the outputs of one RecurrentSeqGrad primitive:
+// it recomputes the forward pass (saving gate activations and the states
+// each step read), then runs the recurrence backwards, one small matmul per
+// step for the state gradient; the weight, input and bias gradients are one
+// large matmul each at the end. The forward kernel itself saves nothing, so
+// inference pays nothing for trainability. RecurrentStack::vjp composes one
+// RecurrentSeq (to rebuild each layer's input) and one RecurrentSeqGrad per
+// layer.
+//
+// Gate math matches run_layer's (recurrent_seq.cpp) with std::exp / tanh in
+// place of the vectorised approximations (~1e-7 relative apart).
+
+#include <cmath>
+#include <cstring>
+#include <memory>
+#include <optional>
+#include <vector>
+
+#include "blas.h"
+#include "layer_core.h"
+#include "recurrent_seq.h"
+
+namespace edgelstm {
+
+using namespace detail;
+
+namespace {
+
+inline float sigm(float x) {
+  return 1.0f / (1.0f + std::exp(-x));
+}
+
+// c (M, N) = a (M, K) @ b (K, N), all row-major with leading dimensions.
+void gemm_nn(
+    const float* a, int lda, const float* b, int ldb, float* c, int ldc,
+    int M, int N, int K) {
+  if (M == 0 || N == 0) {
+    return;
+  }
+  if (K == 0) {
+    for (int m = 0; m < M; ++m) {
+      std::memset(c + size_t(m) * ldc, 0, sizeof(float) * N);
+    }
+    return;
+  }
+  EDGELSTM_CBLAS(sgemm)(
+      kRowMajor, kNoTrans, kNoTrans, M, N, K, 1.0f, a, lda, b, ldb, 0.0f, c,
+      ldc);
+}
+
+// c (M, N) = a^T @ b for a (K, M) and b (K, N), row-major.
+void gemm_tn(
+    const float* a, int lda, const float* b, int ldb, float* c, int ldc,
+    int M, int N, int K) {
+  if (M == 0 || N == 0) {
+    return;
+  }
+  if (K == 0) {
+    for (int m = 0; m < M; ++m) {
+      std::memset(c + size_t(m) * ldc, 0, sizeof(float) * N);
+    }
+    return;
+  }
+  EDGELSTM_CBLAS(sgemm)(
+      kRowMajor, kTrans, kNoTrans, M, N, K, 1.0f, a, lda, b, ldb, 0.0f, c,
+      ldc);
+}
+
+// out (n) = column sums of a (rows, n) with row stride lda.
+void colsum(const float* a, size_t rows, int lda, int n, float* out) {
+  std::memset(out, 0, sizeof(float) * n);
+  for (size_t r = 0; r < rows; ++r) {
+    const float* ar = a + r * lda;
+    for (int j = 0; j < n; ++j) {
+      out[j] += ar[j];
+    }
+  }
+}
+
+void run_grad(
+    const SeqConfig& cfg,
+    const std::vector<mx::array>& in,
+    std::vector<mx::array>& out) {
+  const auto& x_a = in[0];
+  const int T = cfg.batch_first ? x_a.shape(1) : x_a.shape(0);
+  const int B = cfg.batch_first ? x_a.shape(0) : x_a.shape(1);
+  const int I = x_a.shape(2);
+  const int H = in[1].shape(1);
+  const int G = gate_count(cfg.cell) * H;
+  const size_t rows = size_t(T) * B;
+  const bool lstm = cfg.cell == Cell::LSTM;
+  const bool gru = cfg.cell == Cell::GRU;
+  const bool lbr = cfg.linear_before_reset;
+
+  std::vector<float> x_buf, wh_buf, h0_buf, c0_buf, bhn_buf, wx_buf, b_buf;
+  std::vector<float> dy_buf, dhn_buf, dcn_buf;
+  std::vector<int32_t> len_buf;
+  const float* x = row_major(x_a, x_buf);
+  const float* wh = row_major(in[1], wh_buf);
+  size_t k = 2;
+  const float* h0 = cfg.has_h0 ? row_major(in[k++], h0_buf) : nullptr;
+  const float* c0 = cfg.has_c0 ? row_major(in[k++], c0_buf) : nullptr;
+  const float* bhn = cfg.has_bhn ? row_major(in[k++], bhn_buf) : nullptr;
+  const int32_t* len = cfg.has_lengths ? row_major(in[k++], len_buf) : nullptr;
+  const float* wx = cfg.project ? row_major(in[k++], wx_buf) : nullptr;
+  const float* bias = cfg.has_bias ? row_major(in[k++], b_buf) : nullptr;
+  const float* dy = row_major(in[k++], dy_buf);
+  const float* dhn = row_major(in[k++], dhn_buf);
+  const float* dcn = lstm ? row_major(in[k++], dcn_buf) : nullptr;
+  std::vector<float> zero_bhn;
+  if (gru && !bhn) {
+    zero_bhn.assign(H, 0.0f);
+    bhn = zero_bhn.data();
+  }
+
+  // Projected input, rows in x's order.
+  std::vector<float> proj;
+  const float* xp = x;
+  if (wx) {
+    proj.resize(rows * G);
+    for (size_t r = 0; bias && r < rows; ++r) {
+      std::memcpy(proj.data() + r * G, bias, sizeof(float) * G);
+    }
+    matmul_nt(x, wx, proj.data(), int(rows), G, I, G, bias ? 1.0f : 0.0f);
+    xp = proj.data();
+  }
+
+  auto row = [&](int t, int b) {
+    return cfg.batch_first ? size_t(b) * T + t : size_t(t) * B + b;
+  };
+  auto valid = [&](int t, int b) { return !len || t < len[b]; };
+  auto time_of = [&](int s) { return cfg.reverse ? T - 1 - s : s; };
+
+  // Saved per row (zero where a step is past its length, so the final
+  // weight-gradient matmuls see finite zeros there):
+  //   hprev: the state the step read; act: activated gates (LSTM i,f,g,o;
+  //   GRU r,z,n; RNN the new state); aux: LSTM c_new, GRU-lbr Rn h + bhn,
+  //   GRU (ONNX default) r * h; aux2: LSTM c_prev.
+  const size_t state = size_t(B) * H;
+  std::vector<float> hprev(rows * H, 0.0f), act(rows * G, 0.0f);
+  std::vector<float> aux(lstm || gru ? rows * H : 0, 0.0f);
+  std::vector<float> aux2(lstm ? rows * H : 0, 0.0f);
+  std::vector<float> h(state), c(lstm ? state : 0), g(size_t(B) * G);
+  std::vector<float> rh(gru && !lbr ? state : 0, 0.0f);
+  if (h0) {
+    std::memcpy(h.data(), h0, sizeof(float) * state);
+  } else {
+    std::fill(h.begin(), h.end(), 0.0f);
+  }
+  if (lstm) {
+    if (c0) {
+      std::memcpy(c.data(), c0, sizeof(float) * state);
+    } else {
+      std::fill(c.begin(), c.end(), 0.0f);
+    }
+  }
+
+  for (int s = 0; s < T; ++s) {
+    const int t = time_of(s);
+    if (gru && !lbr) {
+      matmul_nt(h.data(), wh, g.data(), B, 2 * H, H, G);
+      for (int b = 0; b < B; ++b) {
+        const size_t r = row(t, b);
+        const float* xr = xp + r * G;
+        const float* gb = g.data() + size_t(b) * G;
+        float* hb = h.data() + size_t(b) * H;
+        float* a = act.data() + r * G;
+        float* rhb = rh.data() + size_t(b) * H;
+        for (int j = 0; j < H; ++j) {
+          const float rg = sigm(xr[j] + gb[j]);
+          a[j] = rg;
+          a[H + j] = sigm(xr[H + j] + gb[H + j]);
+          rhb[j] = rg * hb[j];
+        }
+      }
+      matmul_nt(rh.data(), wh + size_t(2) * H * H, g.data() + 2 * H, B, H, H, G);
+    } else {
+      matmul_nt(h.data(), wh, g.data(), B, G, H, G);
+    }
+    for (int b = 0; b < B; ++b) {
+      if (!valid(t, b)) {
+        continue;
+      }
+      const size_t r = row(t, b);
+      const float* xr = xp + r * G;
+      const float* gb = g.data() + size_t(b) * G;
+      float* hb = h.data() + size_t(b) * H;
+      float* a = act.data() + r * G;
+      std::memcpy(hprev.data() + r * H, hb, sizeof(float) * H);
+      if (lstm) {
+        float* cb = c.data() + size_t(b) * H;
+        for (int j = 0; j < H; ++j) {
+          const float i = sigm(gb[j] + xr[j]);
+          const float f = sigm(gb[H + j] + xr[H + j]);
+          const float gg = std::tanh(gb[2 * H + j] + xr[2 * H + j]);
+          const float o = sigm(gb[3 * H + j] + xr[3 * H + j]);
+          const float cn = f * cb[j] + i * gg;
+          a[j] = i;
+          a[H + j] = f;
+          a[2 * H + j] = gg;
+          a[3 * H + j] = o;
+          aux2[r * H + j] = cb[j];
+          aux[r * H + j] = cn;
+          cb[j] = cn;
+          hb[j] = o * std::tanh(cn);
+        }
+      } else if (gru && lbr) {
+        for (int j = 0; j < H; ++j) {
+          const float rg = sigm(xr[j] + gb[j]);
+          const float z = sigm(xr[H + j] + gb[H + j]);
+          const float hp = gb[2 * H + j] + bhn[j];
+          const float n = std::tanh(xr[2 * H + j] + rg * hp);
+          a[j] = rg;
+          a[H + j] = z;
+          a[2 * H + j] = n;
+          aux[r * H + j] = hp;
+          hb[j] = (1.0f - z) * n + z * hb[j];
+        }
+      } else if (gru) {
+        const float* rhb = rh.data() + size_t(b) * H;
+        for (int j = 0; j < H; ++j) {
+          const float z = a[H + j];
+          const float n = std::tanh(xr[2 * H + j] + (gb[2 * H + j] + bhn[j]));
+          a[2 * H + j] = n;
+          aux[r * H + j] = rhb[j];
+          hb[j] = (1.0f - z) * n + z * hb[j];
+        }
+      } else {
+        for (int j = 0; j < H; ++j) {
+          const float v = xr[j] + gb[j];
+          const float hn = cfg.relu ? (v <= 0.0f ? 0.0f : v) : std::tanh(v);
+          a[j] = hn;
+          hb[j] = hn;
+        }
+      }
+    }
+    if (gru && !lbr) {
+      // Rows past their length computed r, z above; the step never happened.
+      for (int b = 0; b < B; ++b) {
+        if (!valid(t, b)) {
+          std::memset(act.data() + row(t, b) * G, 0, sizeof(float) * G);
+        }
+      }
+    }
+  }
+
+  // Backward. dh / dc: gradient w.r.t. the state after the step being undone.
+  std::vector<float> dh(dhn, dhn + state);
+  std::vector<float> dc(lstm ? state : 0);
+  if (lstm) {
+    std::memcpy(dc.data(), dcn, sizeof(float) * state);
+  }
+  // dxp: gradient w.r.t. the projected input (= the gates' pre-activations
+  // from the input side), rows in x's order. dghn (GRU-lbr): w.r.t. Rn h.
+  std::vector<float> dxp(rows * G, 0.0f);
+  std::vector<float> dghn(gru && lbr ? rows * H : 0, 0.0f);
+  std::vector<float> gs(size_t(B) * G), tmp(state);
+  for (int s = T - 1; s >= 0; --s) {
+    const int t = time_of(s);
+    std::fill(gs.begin(), gs.end(), 0.0f);
+    for (int b = 0; b < B; ++b) {
+      if (!valid(t, b)) {
+        continue;
+      }
+      const size_t r = row(t, b);
+      const float* a = act.data() + r * G;
+      const float* dyr = dy + r * H;
+      const float* hp = hprev.data() + r * H;
+      float* dhb = dh.data() + size_t(b) * H;
+      float* gsb = gs.data() + size_t(b) * G;
+      float* dxr = dxp.data() + r * G;
+      if (lstm) {
+        float* dcb = dc.data() + size_t(b) * H;
+        for (int j = 0; j < H; ++j) {
+          const float dhj = dhb[j] + dyr[j];
+          const float i = a[j], f = a[H + j], gg = a[2 * H + j], o = a[3 * H + j];
+          const float tc = std::tanh(aux[r * H + j]);
+          const float dcj = dcb[j] + dhj * o * (1.0f - tc * tc);
+          gsb[j] = dcj * gg * i * (1.0f - i);
+          gsb[H + j] = dcj * aux2[r * H + j] * f * (1.0f - f);
+          gsb[2 * H + j] = dcj * i * (1.0f - gg * gg);
+          gsb[3 * H + j] = dhj * tc * o * (1.0f - o);
+          dcb[j] = dcj * f;
+        }
+        std::memcpy(dxr, gsb, sizeof(float) * G);
+      } else if (gru) {
+        for (int j = 0; j < H; ++j) {
+          const float dhj = dhb[j] + dyr[j];
+          const float rg = a[j], z = a[H + j], n = a[2 * H + j];
+          const float dan = dhj * (1.0f - z) * (1.0f - n * n);
+          const float daz = dhj * (hp[j] - n) * z * (1.0f - z);
+          dxr[H + j] = daz;
+          dxr[2 * H + j] = dan;
+          gsb[H + j] = daz;
+          dhb[j] = dhj * z; // the direct path; matmul terms added below
+          if (lbr) {
+            const float dar = dan * aux[r * H + j] * rg * (1.0f - rg);
+            dxr[j] = dar;
+            gsb[j] = dar;
+            gsb[2 * H + j] = dan * rg;
+            dghn[r * H + j] = dan * rg;
+          } else {
+            gsb[2 * H + j] = dan;
+          }
+        }
+      } else {
+        for (int j = 0; j < H; ++j) {
+          const float dhj = dhb[j] + dyr[j];
+          const float hn = a[j];
+          gsb[j] = cfg.relu ? (hn > 0.0f ? dhj : 0.0f) : dhj * (1.0f - hn * hn);
+        }
+        std::memcpy(dxr, gsb, sizeof(float) * G);
+      }
+    }
+    if (gru && !lbr) {
+      // d(r * h) = dan @ Rn; then the r gate and the r * h path into h.
+      gemm_nn(gs.data() + 2 * H, G, wh + size_t(2) * H * H, H, tmp.data(), H, B, H, H);
+      for (int b = 0; b < B; ++b) {
+        if (!valid(t, b)) {
+          continue;
+        }
+        const size_t r = row(t, b);
+        const float* a = act.data() + r * G;
+        const float* hp = hprev.data() + r * H;
+        float* gsb = gs.data() + size_t(b) * G;
+        float* dhb = dh.data() + size_t(b) * H;
+        const float* drh = tmp.data() + size_t(b) * H;
+        for (int j = 0; j < H; ++j) {
+          const float rg = a[j];
+          const float dar = drh[j] * hp[j] * rg * (1.0f - rg);
+          gsb[j] = dar;
+          dxp[r * G + j] = dar;
+          dhb[j] += drh[j] * rg;
+        }
+      }
+    }
+    // Matmul path into the previous state: gs (B, G') @ Wh[:G'].
+    const int Gm = gru && !lbr ? 2 * H : G;
+    gemm_nn(gs.data(), G, wh, H, tmp.data(), H, B, H, Gm);
+    for (int b = 0; b < B; ++b) {
+      if (!valid(t, b)) {
+        continue;
+      }
+      float* dhb = dh.data() + size_t(b) * H;
+      const float* tb = tmp.data() + size_t(b) * H;
+      if (gru) {
+        for (int j = 0; j < H; ++j) {
+          dhb[j] += tb[j];
+        }
+      } else {
+        std::memcpy(dhb, tb, sizeof(float) * H);
+      }
+    }
+  }
+
+  // Outputs, in input order: dx, dWh, [dh0], [dc0], [dbhn], [dWx, [dbias]].
+  size_t o = 0;
+  float* dx = out[o++].data<float>();
+  float* dwh = out[o++].data<float>();
+  if (gru) {
+    gemm_tn(dxp.data(), G, hprev.data(), H, dwh, H, 2 * H, H, int(rows));
+    if (lbr) {
+      gemm_tn(dghn.data(), H, hprev.data(), H, dwh + size_t(2) * H * H, H, H, H, int(rows));
+    } else {
+      gemm_tn(dxp.data() + 2 * H, G, aux.data(), H, dwh + size_t(2) * H * H, H, H, H,
+              int(rows));
+    }
+  } else {
+    gemm_tn(dxp.data(), G, hprev.data(), H, dwh, H, G, H, int(rows));
+  }
+  if (cfg.has_h0) {
+    std::memcpy(out[o++].data<float>(), dh.data(), sizeof(float) * state);
+  }
+  if (cfg.has_c0) {
+    std::memcpy(out[o++].data<float>(), dc.data(), sizeof(float) * state);
+  }
+  if (cfg.has_bhn) {
+    float* db = out[o++].data<float>();
+    if (lbr) {
+      colsum(dghn.data(), rows, H, H, db);
+    } else {
+      colsum(dxp.data() + 2 * H, rows, G, H, db);
+    }
+  }
+  if (wx) {
+    gemm_nn(dxp.data(), G, wx, I, dx, I, int(rows), I, G);
+    gemm_tn(dxp.data(), G, x, I, out[o++].data<float>(), I, G, I, int(rows));
+    if (cfg.has_bias) {
+      colsum(dxp.data(), rows, G, G, out[o++].data<float>());
+    }
+  } else {
+    std::memcpy(dx, dxp.data(), sizeof(float) * rows * G);
+  }
+}
+
+mx::Stream cpu_stream() {
+  return mx::to_stream(mx::StreamOrDevice{}, mx::Device::cpu);
+}
+
+} // namespace
+
+namespace detail {
+
+int seq_lengths_index(const SeqConfig& cfg) {
+  return cfg.has_lengths ? 2 + cfg.has_h0 + cfg.has_c0 + cfg.has_bhn : -1;
+}
+
+int seq_float_inputs(const SeqConfig& cfg) {
+  return 2 + cfg.has_h0 + cfg.has_c0 + cfg.has_bhn + cfg.has_lengths +
+      cfg.project + cfg.has_bias;
+}
+
+std::vector<mx::array> seq_grads(
+    const SeqConfig& cfg,
+    const std::vector<mx::array>& primals,
+    const std::vector<mx::array>& cotangents) {
+  if (cfg.wh_int8 || cfg.wx_int8) {
+    refuse(
+        "int8 weights have no gradient; train the float model and quantize "
+        "it afterwards");
+  }
+  const int nf = seq_float_inputs(cfg);
+  const int li = seq_lengths_index(cfg);
+  auto stream = cpu_stream();
+  std::vector<mx::array> inputs(primals.begin(), primals.begin() + nf);
+  for (const auto& c : cotangents) {
+    inputs.push_back(mx::astype(c, mx::float32, stream));
+  }
+  std::vector<mx::Shape> shapes;
+  for (int i = 0; i < nf; ++i) {
+    if (i != li) {
+      shapes.push_back(primals[i].shape());
+    }
+  }
+  std::vector<mx::Dtype> dtypes(shapes.size(), mx::float32);
+  auto p = std::make_shared<RecurrentSeqGrad>(stream, cfg);
+  return mx::array::make_arrays(std::move(shapes), dtypes, p, inputs);
+}
+
+} // namespace detail
+
+RecurrentSeqGrad::RecurrentSeqGrad(mx::Stream stream, SeqConfig cfg)
+    : FusedPrimitive(
+          stream, cfg, &run_grad, "kernel's gradient",
+          "edgelstm.recurrent") {}
+
+std::vector<mx::Shape> RecurrentSeqGrad::output_shapes(
+    const std::vector<mx::array>& inputs) {
+  std::vector<mx::Shape> shapes;
+  const int li = seq_lengths_index(cfg_);
+  for (int i = 0; i < seq_float_inputs(cfg_); ++i) {
+    if (i != li) {
+      shapes.push_back(inputs[i].shape());
+    }
+  }
+  return shapes;
+}
+
+std::vector<mx::array> RecurrentSeq::vjp(
+    const std::vector<mx::array>& primals,
+    const std::vector<mx::array>& cotangents,
+    const std::vector<int>& argnums,
+    const std::vector<mx::array>&) {
+  auto grads = seq_grads(cfg_, primals, cotangents);
+  const int li = seq_lengths_index(cfg_);
+  std::vector<mx::array> res;
+  for (int a : argnums) {
+    if (a == li) {
+      res.push_back(mx::zeros_like(primals[a], stream()));
+    } else {
+      res.push_back(grads[li >= 0 && a > li ? a - 1 : a]);
+    }
+  }
+  return res;
+}
+
+std::vector<mx::array> RecurrentStack::vjp(
+    const std::vector<mx::array>& primals,
+    const std::vector<mx::array>& cotangents,
+    const std::vector<int>& argnums,
+    const std::vector<mx::array>&) {
+  for (uint8_t f : cfg_.layers) {
+    if (f & (kWxInt8 | kWhInt8)) {
+      refuse(
+          "int8 weights have no gradient; train the float model and "
+          "quantize it afterwards");
+    }
+  }
+  auto s = stream();
+  const bool lstm = cfg_.cell == Cell::LSTM;
+  const mx::array& x = primals[0];
+  const int B = cfg_.batch_first ? x.shape(0) : x.shape(1);
+  size_t k = 1;
+  const int h0_i = cfg_.has_h0 ? int(k++) : -1;
+  const int c0_i = cfg_.has_c0 ? int(k++) : -1;
+  const int len_i = cfg_.has_lengths ? int(k++) : -1;
+  const int L = int(cfg_.layers.size());
+  const int H = primals[k + 1].shape(1);
+  auto layer_state = [&](const mx::array& a, int l) {
+    return mx::reshape(mx::slice(a, {l, 0, 0}, {l + 1, B, H}, s), {B, H}, s);
+  };
+
+  // Each layer's RecurrentSeq inputs; layer l > 0 reads layer l - 1's y,
+  // recomputed here (the stack keeps no intermediates).
+  std::vector<SeqConfig> cfgs(L);
+  std::vector<std::vector<mx::array>> ins(L);
+  std::vector<size_t> first(L);
+  mx::array xl = x;
+  for (int l = 0; l < L; ++l) {
+    const uint8_t f = cfg_.layers[l];
+    first[l] = k;
+    SeqConfig c{cfg_.cell};
+    c.batch_first = cfg_.batch_first;
+    c.linear_before_reset = cfg_.linear_before_reset;
+    c.relu = cfg_.relu;
+    c.has_h0 = cfg_.has_h0;
+    c.has_c0 = cfg_.has_c0;
+    c.has_bhn = f & kBhn;
+    c.has_lengths = cfg_.has_lengths;
+    c.project = true;
+    c.has_bias = f & kBias;
+    const mx::array& wx = primals[k];
+    const mx::array& wh = primals[k + 1];
+    std::vector<mx::array> in = {xl, wh};
+    if (c.has_h0) {
+      in.push_back(layer_state(primals[h0_i], l));
+    }
+    if (c.has_c0) {
+      in.push_back(layer_state(primals[c0_i], l));
+    }
+    if (c.has_bhn) {
+      in.push_back(primals[k + 2 + c.has_bias]);
+    }
+    if (c.has_lengths) {
+      in.push_back(primals[len_i]);
+    }
+    in.push_back(wx);
+    if (c.has_bias) {
+      in.push_back(primals[k + 2]);
+    }
+    k += 2 + c.has_bias + c.has_bhn;
+    if (l + 1 < L) {
+      xl = make_outputs<RecurrentSeq>(c, in)[0];
+    }
+    cfgs[l] = c;
+    ins[l] = std::move(in);
+  }
+
+  std::vector<std::optional<mx::array>> full(primals.size());
+  std::vector<mx::array> dh0s, dc0s;
+  mx::array dy = cotangents[0];
+  for (int l = L - 1; l >= 0; --l) {
+    const SeqConfig& c = cfgs[l];
+    std::vector<mx::array> cots = {dy, layer_state(cotangents[1], l)};
+    if (lstm) {
+      cots.push_back(layer_state(cotangents[2], l));
+    }
+    auto g = seq_grads(c, ins[l], cots);
+    size_t o = 0;
+    dy = g[o++];
+    const size_t w = first[l];
+    full[w + 1] = g[o++];
+    if (c.has_h0) {
+      dh0s.insert(dh0s.begin(), g[o++]);
+    }
+    if (c.has_c0) {
+      dc0s.insert(dc0s.begin(), g[o++]);
+    }
+    if (c.has_bhn) {
+      full[w + 2 + c.has_bias] = g[o++];
+    }
+    full[w] = g[o++];
+    if (c.has_bias) {
+      full[w + 2] = g[o++];
+    }
+  }
+  full[0] = dy;
+  if (h0_i >= 0) {
+    full[h0_i] = mx::stack(dh0s, 0, s);
+  }
+  if (c0_i >= 0) {
+    full[c0_i] = mx::stack(dc0s, 0, s);
+  }
+  if (len_i >= 0) {
+    full[len_i] = mx::zeros_like(primals[len_i], s);
+  }
+  std::vector<mx::array> res;
+  for (int a : argnums) {
+    res.push_back(*full[a]);
+  }
+  return res;
+}
+
+} // namespace edgelstm
