@@ -2,8 +2,8 @@
 //
 // MLX's CPU backend spends ~25-30 us dispatching each primitive, so a
 // per-timestep graph is overhead-bound at small batch. These primitives run
-// the full recurrence inside one eval_cpu task: one BLAS call per step for
-// h @ Wh^T, then fused gate math.
+// the full recurrence inside one eval_cpu task: per step h @ Wh^T (own
+// matvec / small matmul up to 7 rows, BLAS sgemm beyond), then fused gate math.
 
 #pragma once
 
