@@ -19,6 +19,7 @@ from pathlib import Path
 import numpy as np
 
 from edgelstm.errors import DataError, LimitError
+from edgelstm.frontend.audio_files import SOUNDFILE_SUFFIXES, read_audio_file
 from edgelstm.frontend.resample import StreamingResampler, resample
 from edgelstm.limits import MAX_SAMPLE_RATE, MIN_SAMPLE_RATE, check_sample_rate
 
@@ -340,7 +341,8 @@ def read_input(
     """Read any supported input file, chosen by suffix.
 
     Returns:
-        ``(samples (N,), rate)`` for ``.wav``; ``(frames (T, F), None)`` for
+        ``(samples (N,), rate)`` for audio (``.wav``, and through soundfile
+        :data:`~edgelstm.frontend.audio_files.SOUNDFILE_SUFFIXES`); ``(frames (T, F), None)`` for
         ``.csv``/``.tsv``/``.txt`` and ``.npy``.
 
     Raises:
@@ -350,12 +352,15 @@ def read_input(
     suffix = path.suffix.lower()
     if suffix == ".wav":
         return read_wav(path, target_rate=target_rate)
+    if suffix in SOUNDFILE_SUFFIXES:
+        return read_audio_file(path, target_rate=target_rate)
     if suffix in (".csv", ".tsv", ".txt"):
         return read_csv(path, columns=columns), None
     if suffix == ".npy":
         x = read_npy(path)
         return (x if columns is None else x[:, list(columns)]), None
-    raise DataError(f"{path}: unknown input type {suffix!r} (expected .wav, .csv, .npy)")
+    raise DataError(f"{path}: unknown input type {suffix!r} (expected .wav, "
+                    f"{', '.join(SOUNDFILE_SUFFIXES)}, .csv, .npy)")
 
 
 # ---------------------------------------------------------------- live streams

@@ -17,7 +17,9 @@ from pathlib import Path
 
 import numpy as np
 
-INPUT_SUFFIXES = (".wav", ".csv", ".tsv", ".txt", ".npy")
+from edgelstm.frontend.audio_files import AUDIO_SUFFIXES
+
+INPUT_SUFFIXES = (*AUDIO_SUFFIXES, ".csv", ".tsv", ".txt", ".npy")
 
 
 def expand_inputs(items: Iterable[str], stdin=None) -> list[str]:

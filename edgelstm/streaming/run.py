@@ -19,6 +19,7 @@ from pathlib import Path
 import numpy as np
 
 from edgelstm.errors import DataError
+from edgelstm.frontend.audio_files import AUDIO_SUFFIXES
 from edgelstm.streaming.detect import Detection, Detector
 from edgelstm.streaming.session import ChunkResult, StreamingSession
 
@@ -113,9 +114,9 @@ def open_input(session: StreamingSession, source: str | None, *, stdin=None,
                                 target_rate=session.sample_rate)
         return iter(pcm), "<stdin>"
     path = Path(source)
-    if path.suffix.lower() == ".wav":
-        _need_speech(session, source, "a WAV input")
-        samples, _ = readers.read_wav(path, target_rate=session.sample_rate)
+    if path.suffix.lower() in AUDIO_SUFFIXES:
+        _need_speech(session, source, "an audio input")
+        samples, _ = readers.read_input(path, target_rate=session.sample_rate)
         step = n * session.frontend.hop_length
         return (samples[i:i + step] for i in range(0, len(samples), step)), source
     frames, _ = readers.read_input(path, columns=columns)
