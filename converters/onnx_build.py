@@ -160,6 +160,34 @@ def _normalisation(affine, size):
     return (-b / a).astype(np.float32), (1.0 / a).astype(np.float32)
 
 
+def _fold_summary(head, blocks, all_rows) -> dict:
+    """Head over ``blocks`` (rows or sums of rows, ``H`` features each) -> head over plain rows.
+
+    A head ``W (C, n*H)`` on ``[sum(rows of block 0), ...]`` equals a head on the
+    distinct rows concatenated, with each block's slice of ``W`` added to the
+    slice of every row in it. Returns the head with ``W`` refolded and
+    ``summary`` (indices into ``all_rows``, the final state's rows).
+    """
+    from edgelstm.converters.onnx_import import _terms
+
+    W = np.asarray(head["W"], np.float64)
+    if W.shape[1] % len(blocks):
+        raise ConversionError(f"head weight has shape {W.shape}, which does not split into "
+                              f"{len(blocks)} state rows")
+    H = W.shape[1] // len(blocks)
+    order = []
+    for block in blocks:
+        for row in _terms(block):
+            if row not in order:
+                order.append(row)
+    out = np.zeros((W.shape[0], len(order) * H), np.float64)
+    for j, block in enumerate(blocks):
+        for row in _terms(block):
+            i = order.index(row)
+            out[:, i * H:(i + 1) * H] += W[:, j * H:(j + 1) * H]
+    return {**head, "W": out.astype(np.float32), "summary": [all_rows.index(r) for r in order]}
+
+
 def _outputs(walker, L, dirs):
     """Classify graph outputs: (main name, head kind, head dict, {state kind: name})."""
     from edgelstm.converters.onnx_import import Opaque, Seq, State
@@ -184,9 +212,12 @@ def _outputs(walker, L, dirs):
                 found = ("sequence", v.head)
             elif src.stage == ("last", L - 1) and dirs == 1:
                 found = ("sequence", v.head)
-            elif src.stage[0] in ("summary", "last"):
+            elif src.stage[0] == "summary":
+                found = ("sequence", _fold_summary(v.head, src.stage[1], all_rows))
+            elif src.stage[0] == "last":
                 raise ConversionError(f"graph output '{out.name}': the per-sequence head reads "
-                                      "states other than the last layer's final hidden state(s)")
+                                      f"the last step of layer {src.stage[1]}, not of the last "
+                                      "layer")
         if found is None:
             why = f": {v.why}" if isinstance(v, Opaque) else ""
             raise ConversionError(f"graph output '{out.name}' is not the recurrent stack's "
@@ -228,15 +259,16 @@ def build_native(walker):
                                       or i.name == walker.lengths_input)]
     outs = [main] + [o.name for o in walker.graph.output if o.name != main]
     num_outputs = int(head["W"].shape[0]) if head is not None else None
+    summary = head.get("summary") if head is not None else None
     model = SequenceModel(rnn, num_outputs=num_outputs, head=head_kind, normalize=norm is not None,
-                          input_names=ins, output_names=outs)
+                          input_names=ins, output_names=outs, summary=summary)
     if norm is not None:
         model.norm.mean, model.norm.std = mx.array(norm[0]), mx.array(norm[1])
     if head is not None:
         W = np.ascontiguousarray(head["W"], np.float32)
-        if W.shape[1] != rnn.output_size:
-            raise ConversionError(f"head weight has shape {W.shape}, expected "
-                                  f"(C, {rnn.output_size})")
+        width = model.head.weight.shape[1]
+        if W.shape[1] != width:
+            raise ConversionError(f"head weight has shape {W.shape}, expected (C, {width})")
         b = head["b"] if head["b"] is not None else np.zeros(W.shape[0], np.float32)
         model.head.weight = mx.array(W)
         model.head.bias = mx.array(np.ascontiguousarray(b, np.float32))

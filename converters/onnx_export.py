@@ -276,6 +276,16 @@ def build_onnx(model, opset: int = DEFAULT_OPSET, streaming: bool = False,
         y = g.node("Gemm", [pooled, g.init("head.weight", _head_weight(seq.head)),
                             g.init("head.bias", _np(seq.head.bias))],
                    outputs=[out_name], transB=1)
+    elif head == "sequence" and getattr(seq, "summary", None) is not None:
+        # the head reads chosen rows of the final state (L*dirs, B, H), in order
+        every = g.node("Concat", y_h, axis=0) if len(y_h) > 1 else y_h[0]
+        rows = g.node("Gather", [every, g.init("summary_rows", np.array(seq.summary, np.int64))],
+                      axis=0)  # (n, B, H)
+        last = g.node("Transpose", [rows], perm=[1, 0, 2])  # (B, n, H)
+        last = g.node("Reshape", [last, g.init("shape_B_merge", np.array([0, -1], np.int64))])
+        y = g.node("Gemm", [last, g.init("head.weight", _head_weight(seq.head)),
+                            g.init("head.bias", _np(seq.head.bias))],
+                   outputs=[out_name], transB=1)
     elif head == "sequence":
         last = g.node("Transpose", [y_h[-1]], perm=[1, 0, 2])  # (B, dirs, H)
         last = g.node("Reshape", [last, g.init("shape_B_merge", np.array([0, -1], np.int64))])

@@ -88,6 +88,18 @@ class State:
     labels: tuple
 
 
+class RowSum(tuple):
+    """A sum of final-state rows ``(layer, direction)``, e.g. ``h_n[-2] + h_n[-1]``."""
+
+
+def _terms(row) -> tuple:
+    return tuple(row) if isinstance(row, RowSum) else (row,)
+
+
+def _add_rows(a, b):
+    return RowSum(_terms(a) + _terms(b))
+
+
 @dataclass
 class _Layer:
     cell: str
@@ -368,9 +380,16 @@ class _Walker:
 
     def op_Gather(self, node, ins):
         x, idx = ins[0], ins[1]
-        if not isinstance(idx, Const) or idx.value.ndim != 0:
+        if not isinstance(idx, Const) or idx.value.ndim > 1:
             return None
         axis = int(_attrs(node).get("axis", 0)) % len(x.labels)
+        if idx.value.ndim == 1:  # a list of rows, e.g. edgelstm's own summary export
+            if not (isinstance(x, State) and x.labels[axis] == "R"):
+                return None
+            n = len(x.rows)
+            if not all(-n <= int(i) < n for i in idx.value):
+                return None
+            return State(x.kind, [x.rows[int(i)] for i in idx.value], x.labels)
         i = int(idx.value)
         if isinstance(x, State) and x.labels[axis] == "R":
             row = x.rows[i]
@@ -398,6 +417,13 @@ class _Walker:
 
     def op_Concat(self, node, ins):
         axis = int(_attrs(node).get("axis", 0))
+        if all(isinstance(v, (State, Seq)) for v in ins) and any(isinstance(v, Seq) for v in ins):
+            # mixing selected states and summaries, e.g. cat([h[0] + h[1], h[-1]], 1)
+            vs = [_as_summary(v) for v in ins]
+            if all(isinstance(v, Seq) and _is_summary(v) and v.labels == ("B", "F")
+                   for v in vs) and axis % 2 == 1:
+                return Seq(("B", "F"), ("summary", tuple(r for v in vs for r in v.stage[1])))
+            return None
         if not all(isinstance(v, State) for v in ins):
             return None
         x = ins[0]
@@ -431,6 +457,16 @@ class _Walker:
 
     def op_Add(self, node, ins):
         x, c = ins
+        if isinstance(x, State) and isinstance(c, State):  # h_n[-2] + h_n[-1]
+            if x.kind != c.kind or x.labels != c.labels or len(x.rows) != len(c.rows):
+                return None
+            return State(x.kind, [_add_rows(a, b) for a, b in zip(x.rows, c.rows, strict=True)],
+                         x.labels)
+        x, c = _as_summary(x), _as_summary(c)
+        if (isinstance(x, Seq) and isinstance(c, Seq) and x.labels == c.labels == ("B", "F")
+                and _is_summary(x) and _is_summary(c) and len(x.stage[1]) == len(c.stage[1])):
+            rows = tuple(_add_rows(a, b) for a, b in zip(x.stage[1], c.stage[1], strict=True))
+            return Seq(("B", "F"), ("summary", rows))
         if isinstance(x, Seq) and x.stage == "in":
             return self._affine(node, ins, "add")
         if (isinstance(x, Seq) and x.stage == "head" and isinstance(c, Const)
@@ -489,6 +525,10 @@ def _as_summary(x):
     if isinstance(x, State) and x.kind == "h" and x.labels == ("B", "H"):
         return Seq(("B", "F"), ("summary", tuple(x.rows)))
     return x
+
+
+def _is_summary(x: Seq) -> bool:
+    return isinstance(x.stage, tuple) and x.stage[0] == "summary"
 
 
 def _is_stack_output(x: Seq) -> bool:

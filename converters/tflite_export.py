@@ -53,10 +53,12 @@ def check_exportable(model) -> None:
     """
     from edgelstm.converters.onnx_export import _split_model
 
-    _, rnn = _split_model(model)
+    seq, rnn = _split_model(model)
     opts = rnn.cell_options
     what = None
-    if rnn.cell_type != "lstm":
+    if getattr(seq, "summary", None) is not None:
+        what = "a sequence head reading other final states than the last layer's (summary)"
+    elif rnn.cell_type != "lstm":
         what = (f"a {rnn.cell_type.upper()} (LiteRT has a sequence op for LSTM only; "
                 "export ONNX instead)")
     elif rnn.bidirectional:

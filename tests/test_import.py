@@ -24,9 +24,9 @@ KERAS_FIXTURES = sorted(p.name for p in FIX.iterdir() if p.suffix in (".keras", 
 
 
 def _run_native(model, data):
-    state = None
-    if "h0" in data.files:
-        state = (mx.array(data["h0"]), mx.array(data["c0"]))
+    # state inputs under the graph's own names (h0/c0, h/c, state)
+    given = [mx.array(data[n]) for n in model.input_names[1:] if n in data.files]
+    state = tuple(given) if len(given) == 2 else (given[0] if given else None)
     y, final = model(mx.array(data["x"]), state=state, return_state=True)
     return np.array(y), final
 

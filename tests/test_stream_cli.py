@@ -217,3 +217,11 @@ def test_errors_are_one_line(speech, sensor, tmp_path, args, code, message):
     assert r.exit_code == code, r.output
     assert r.stderr.splitlines()[-1] == message.format(**names)
     assert "Traceback" not in r.output
+
+
+def test_streaming_export_keeps_its_front_end_on_mlx(speech):
+    """A WAV into the MLX backend of a ``--streaming`` export (the MLX executor of ONNX)."""
+    lines = _json_lines(_invoke(speech["onnx"], speech["wav"], "--json", "--backend", "mlx"))
+    got = np.concatenate([np.array(d["output"]) for d in lines])
+    np.testing.assert_allclose(got, _expected_speech(speech), atol=1e-5)
+    assert lines[0]["label"] in ("_silence_", "yes", "no")

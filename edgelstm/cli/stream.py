@@ -38,9 +38,12 @@ from edgelstm.streaming.run import STDIN_FORMATS, StopStream
               help="Moving-average window over posteriors for --threshold.")
 @click.option("--ignore", multiple=True,
               help="Label that never fires a detection (repeatable; default: background names).")
+@click.option("--state", "state_map", multiple=True, metavar="IN=OUT",
+              help="ONNX state input and the output it becomes (repeatable, hidden state "
+              "first; default: pairs by name, h0->h_n, h->hn, state->stateN).")
 @handle_errors
 def stream(model, input_path, chunk_ms, chunk_frames, as_json, backend, rate, stdin_format,
-           columns, frame_ms, threshold, smooth_ms, ignore):
+           columns, frame_ms, threshold, smooth_ms, ignore, state_map):
     """Stream INPUT through MODEL chunk by chunk, carrying the recurrent state.
 
     INPUT is a .wav (speech models), .csv (one frame per row) or .npy (T, F)
@@ -53,6 +56,7 @@ def stream(model, input_path, chunk_ms, chunk_frames, as_json, backend, rate, st
         $ edgelstm stream examples/fsdd/model examples/fsdd/samples/8_jackson_2.wav --json
         $ arecord -f S16_LE -r 8000 | edgelstm stream examples/fsdd/model -
         $ some-sensor-tool | edgelstm stream sensor.onnx - --chunk-frames 5
+        $ edgelstm stream torch_lstm.onnx x.npy --backend mlx --state h=hn --state c=cn
         $ edgelstm stream kws/model mic.wav --threshold 0.8 --smooth-ms 300
     """
     from edgelstm.streaming.detect import DEFAULT_IGNORE, Detector
@@ -61,7 +65,13 @@ def stream(model, input_path, chunk_ms, chunk_frames, as_json, backend, rate, st
 
     if chunk_ms is not None and chunk_frames is not None:
         raise click.UsageError("--chunk-ms and --chunk-frames are mutually exclusive")
-    session = StreamingSession.from_path(model, backend=backend)
+    states = {}
+    for pair in state_map:
+        src, sep, dst = pair.partition("=")
+        if not sep or not src.strip() or not dst.strip():
+            raise click.BadParameter(f"{pair!r} is not IN=OUT", param_hint="--state")
+        states[src.strip()] = dst.strip()
+    session = StreamingSession.from_path(model, backend=backend, states=states or None)
     fms = frame_ms or session.frame_ms or DEFAULT_FRAME_MS
     n = chunk_frames or max(1, round((chunk_ms or 100.0) / fms))
     if n > MAX_CHUNK_FRAMES:

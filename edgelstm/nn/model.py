@@ -7,7 +7,11 @@ step; ``None``: the stack's output as is), labels, the front-end settings
 under ``features`` and the input/output names. A sequence head reads the
 last valid step (``pool: "last"``, the default, omitted from the config) or
 the mean over valid steps (``pool: "mean"``; offline only, it cannot
-stream). ``provenance`` (optional) records how the weights were trained.
+stream). ``summary`` (optional, a list of row indices into the final hidden
+state ``(L*dirs, B, H)``) makes a last-step head read those rows
+concatenated instead of the last layer's; sums of rows are folded into the
+head weight by the importer. ``provenance`` (optional) records how the
+weights were trained.
 """
 
 from __future__ import annotations
@@ -52,6 +56,9 @@ class SequenceModel(SaveMixin, nn.Module):
         pool: how a sequence head summarises the steps: ``"last"`` (the
             final hidden state, streams) or ``"mean"`` (mean of the last
             layer's outputs over valid steps; whole sequences only).
+        summary: rows of the final hidden state ``(L*dirs, B, H)`` a
+            last-step sequence head reads, concatenated in this order
+            (``None``: the last layer's, ``[L*dirs - dirs, ..., L*dirs - 1]``).
         provenance: JSON-able training record stored in ``config.json``.
     """
 
@@ -67,6 +74,7 @@ class SequenceModel(SaveMixin, nn.Module):
         output_names: list[str] | None = None,
         pool: str = "last",
         provenance: dict | None = None,
+        summary: list[int] | None = None,
     ):
         super().__init__()
         if head not in HEADS:
@@ -84,6 +92,7 @@ class SequenceModel(SaveMixin, nn.Module):
                 raise ConfigError(f"{len(labels)} labels for {num_outputs} outputs")
         if head is not None and not num_outputs:
             raise ConfigError("a model with a head needs num_outputs (or labels)")
+        summary = _check_summary(summary, rnn, head, pool)
         self.rnn = rnn
         self.head_type = head
         self.num_outputs = num_outputs if head is not None else rnn.output_size
@@ -93,10 +102,12 @@ class SequenceModel(SaveMixin, nn.Module):
         self.output_names = list(output_names or ["output"])
         self.pool = pool
         self.provenance = dict(provenance) if provenance else None
+        self.summary = summary
         if normalize:
             self.norm = Normalize(rnn.input_size)
         if head is not None:
-            self.head = nn.Linear(rnn.output_size, num_outputs)
+            width = rnn.output_size if summary is None else len(summary) * rnn.hidden_size
+            self.head = nn.Linear(width, num_outputs)
 
     @property
     def input_size(self) -> int:
@@ -112,6 +123,7 @@ class SequenceModel(SaveMixin, nn.Module):
             "input_names": self.input_names, "output_names": self.output_names,
             # optional keys only when set: older checkpoints' configs stay byte-identical
             **({"pool": self.pool} if self.pool != "last" else {}),
+            **({"summary": list(self.summary)} if self.summary is not None else {}),
             **({"provenance": self.provenance} if self.provenance else {}),
         }
 
@@ -133,6 +145,7 @@ class SequenceModel(SaveMixin, nn.Module):
             normalize=bool(config.get("normalize")), features=config.get("features"),
             input_names=config.get("input_names"), output_names=config.get("output_names"),
             pool=config.get("pool") or "last", provenance=config.get("provenance"),
+            summary=config.get("summary"),
         )
 
     def zero_state(self, batch_size: int):
@@ -165,11 +178,32 @@ class SequenceModel(SaveMixin, nn.Module):
         return (y, final) if return_state else y
 
     def _last_step(self, y, final):
-        """Per-sequence summary: the last layer's final hidden state(s), ``(B, dirs*H)``."""
+        """Per-sequence summary ``(B, n*H)``: the ``summary`` rows of the final hidden state.
+
+        By default the last layer's final hidden state(s), ``n = dirs``.
+        """
         h = final[0] if isinstance(final, tuple) else final
+        if self.summary is not None:
+            return mx.concatenate([h[r] for r in self.summary], axis=-1)
         dirs = self.rnn.num_directions
         last = h[-dirs:]  # (dirs, B, H) or (dirs, H) when unbatched
         return mx.concatenate(list(last), axis=-1)
+
+
+def _check_summary(summary, rnn, head, pool) -> list[int] | None:
+    """Validated ``summary`` rows; the default (last layer's rows, in order) becomes ``None``."""
+    if summary is None:
+        return None
+    rows = rnn.num_layers * rnn.num_directions
+    if head != "sequence" or pool != "last":
+        raise ConfigError("summary needs head='sequence' and pool='last'")
+    if (not isinstance(summary, (list, tuple)) or not summary
+            or not all(isinstance(r, int) and not isinstance(r, bool) and 0 <= r < rows
+                       for r in summary)):
+        raise ConfigError(f"summary must be a non-empty list of state rows in [0, {rows}), "
+                          f"got {summary!r}")
+    summary = [int(r) for r in summary]
+    return None if summary == list(range(rows - rnn.num_directions, rows)) else summary
 
 
 def _mean_steps(y, lengths):

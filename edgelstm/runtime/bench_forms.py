@@ -57,6 +57,12 @@ def build(backend: str, model, model_path, is_onnx: bool, tmp: Path, threads: in
     return form
 
 
+def _summary_why_not(model) -> str | None:
+    if getattr(model, "summary", None) is not None:
+        return "its sequence head reads other final states than the last layer's (summary)"
+    return None
+
+
 def _parts(model):
     """``(rnn, norm or None, head or None, head_type)`` of a native model."""
     rnn = getattr(model, "rnn", model)
@@ -123,7 +129,7 @@ def _mlx_nn(backend, model, model_path, is_onnx, tmp, threads, rng):
     from mlx.utils import tree_flatten
 
     rnn, norm, head, head_type = _parts(model)
-    why = _mlx_nn_why_not(rnn)
+    why = _mlx_nn_why_not(rnn) or _summary_why_not(model)
     if why:
         raise Unavailable(why)
     cls = {"lstm": nn.LSTM, "gru": nn.GRU, "rnn": nn.RNN}[rnn.cell_type]
@@ -268,7 +274,7 @@ def _torch(backend, model, model_path, is_onnx, tmp, threads, rng):
     import torch
 
     rnn, norm, head, head_type = _parts(model)
-    why = _mlx_nn_why_not(rnn)  # torch's layers have the same limits as mlx.nn's
+    why = _mlx_nn_why_not(rnn) or _summary_why_not(model)  # torch's layers have the same limits as mlx.nn's
     if why:
         raise Unavailable(why.replace("mlx.nn", "torch.nn"))
     if threads:

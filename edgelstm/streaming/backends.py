@@ -10,14 +10,13 @@ frame. Backends are built once and never mutated (the session is shared).
 
 from __future__ import annotations
 
-import json
 import os
 import warnings
-from pathlib import Path
 
 import numpy as np
 
 from edgelstm.errors import UnsupportedError
+from edgelstm.streaming.onnx_state import OnnxStateBackend
 
 BIDIRECTIONAL = ("cannot stream a bidirectional model: its reverse direction needs the "
                  "whole sequence before it emits the first output; use a unidirectional model")
@@ -105,101 +104,21 @@ class MLXBackend:
         return np.array(out[0]), list(out[1:])
 
 
-class ORTBackend:
-    """Runs a streaming ONNX export with ONNX Runtime.
+class ORTBackend(OnnxStateBackend):
+    """Runs an ONNX graph with state inputs/outputs with ONNX Runtime.
 
-    The graph takes ``[<input>, "h0", "c0" (LSTM only)]`` and returns
-    ``[<output>, "h_n", "c_n" (LSTM only)]``, states ``(L, B, H)``; the model's
-    config is the JSON in ``metadata_props["edgelstm_config"]``.
+    edgelstm's streaming export takes ``[<input>, "h0", "c0" (LSTM only)]`` and
+    returns ``[<output>, "h_n", "c_n" (LSTM only)]``, states ``(L, B, H)``;
+    other names pair up as :func:`~edgelstm.streaming.onnx_state.state_pairs`
+    says. The model's config is the JSON in ``metadata_props["edgelstm_config"]``.
 
     Args:
         path: the ``.onnx`` file.
         threads: ONNX Runtime intra-op threads. Default: ``1`` (latency,
             and one process may serve many streams).
+        states: explicit ``{state input: state output}``.
     """
 
-    name = "onnxruntime"
-
-    def __init__(self, path: str | os.PathLike, threads: int = 1):
-        import onnx
-        import onnxruntime as ort
-
-        from edgelstm.errors import CheckpointError
-
-        try:
-            proto = onnx.load(str(path), load_external_data=False)
-        except Exception as exc:  # onnx raises DecodeError and friends
-            raise CheckpointError(f"cannot read {path}: {exc}") from None
-        meta = {p.key: p.value for p in proto.metadata_props}
-        try:
-            self.config = json.loads(meta.get("edgelstm_config", "{}"))
-        except json.JSONDecodeError as exc:
-            raise CheckpointError(f"{path}: bad edgelstm_config metadata: {exc}") from None
-        rnn_cfg = self.config.get("rnn", self.config)
-        directions = {_attr(n, "direction") for n in proto.graph.node
-                      if n.op_type in ("LSTM", "GRU", "RNN")}
-        if rnn_cfg.get("bidirectional") or b"bidirectional" in directions:
-            raise UnsupportedError(BIDIRECTIONAL)
-        if self.config.get("pool", "last") != "last":
-            raise UnsupportedError(MEAN_POOL)
-        init = {i.name for i in proto.graph.initializer}
-        inputs = [i for i in proto.graph.input if i.name not in init]
-        names = [i.name for i in inputs]
-        if "h0" not in names:
-            raise UnsupportedError(f"{Path(path).name} is not a streaming export (no h0 input); "
-                                   "re-export it with: edgelstm convert MODEL OUT.onnx --streaming")
-        self.is_lstm = "c0" in names
-        self.input_name = next(n for n in names if n not in ("h0", "c0", "lengths"))
-        self.takes_lengths = "lengths" in names  # a --lengths export: every chunk is full
-        self.state_names = ["h0", "c0"] if self.is_lstm else ["h0"]
-        outs = [o.name for o in proto.graph.output]
-        self.output_names = [outs[0], "h_n", "c_n"] if self.is_lstm else [outs[0], "h_n"]
-        missing = [n for n in self.output_names if n not in outs]
-        if missing:
-            raise UnsupportedError(f"{Path(path).name} lacks streaming output {missing[0]!r}")
-        h0 = inputs[names.index("h0")].type.tensor_type.shape.dim
-        x_dims = inputs[names.index(self.input_name)].type.tensor_type.shape.dim
-        self.num_layers = rnn_cfg.get("num_layers") or _static(h0[0], "h0 dim 0", path)
-        self.hidden_size = rnn_cfg.get("hidden_size") or _static(h0[2], "h0 dim 2", path)
-        self.input_size = rnn_cfg.get("input_size") or _static(x_dims[-1], "input features", path)
-        self.per_sequence = self.config.get("head") == "sequence"
-        opts = ort.SessionOptions()
-        opts.intra_op_num_threads = int(threads)
-        opts.inter_op_num_threads = 1
-        self.session = ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
-
-    def zero_state(self, batch: int = 1) -> list:
-        z = np.zeros((self.num_layers, batch, self.hidden_size), dtype=np.float32)
-        return [z, z.copy()] if self.is_lstm else [z]
-
-    def to_native(self, a):
-        return np.asarray(a, dtype=np.float32)
-
-    def to_numpy(self, a) -> np.ndarray:
-        return np.asarray(a)
-
-    def concat(self, states: list, axis: int = 1):
-        return np.concatenate(states, axis=axis)
-
-    def run(self, x: np.ndarray, state: list) -> tuple[np.ndarray, list]:
-        """One chunk: ``x`` ``(B, T, I)``; returns numpy output and state."""
-        feeds = {self.input_name: np.ascontiguousarray(x, dtype=np.float32)}
-        feeds.update(zip(self.state_names, state, strict=True))
-        if self.takes_lengths:
-            feeds["lengths"] = np.full(x.shape[0], x.shape[1], np.int32)
-        out = self.session.run(self.output_names, feeds)
-        return out[0], list(out[1:])
-
-
-def _attr(node, name):
-    for a in node.attribute:
-        if a.name == name:
-            return a.s
-    return b"forward"
-
-
-def _static(dim, what: str, path) -> int:
-    if dim.HasField("dim_value"):
-        return int(dim.dim_value)
-    raise UnsupportedError(f"{Path(path).name}: {what} is dynamic and there is no "
-                           "edgelstm_config metadata to give it")
+    def __init__(self, path: str | os.PathLike, threads: int = 1,
+                 states: dict[str, str] | None = None):
+        super().__init__(path, "onnxruntime", threads=threads, states=states)

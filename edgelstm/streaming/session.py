@@ -151,24 +151,40 @@ class StreamingSession:
         return cls.from_model(load(path), chunk_frames, compile=compile)
 
     @classmethod
-    def from_onnx(cls, path: str | os.PathLike, chunk_frames: int = 10,
-                  threads: int = 1) -> StreamingSession:
-        """Session over a streaming ONNX export, run with ONNX Runtime."""
-        from edgelstm.streaming.backends import ORTBackend
+    def from_onnx(cls, path: str | os.PathLike, chunk_frames: int = 10, threads: int = 1,
+                  backend: str = "onnxruntime",
+                  states: dict[str, str] | None = None) -> StreamingSession:
+        """Session over an ONNX graph with state inputs/outputs.
 
-        return cls(ORTBackend(path, threads=threads), chunk_frames)
+        Args:
+            path: the ``.onnx`` file: a streaming export (``h0``/``c0`` ->
+                ``h_n``/``c_n``) or any graph whose states pair up by name
+                (``h`` -> ``hn``, ``state`` -> ``stateN``) or by ``states``.
+            backend: ``"onnxruntime"`` or ``"mlx"`` (edgelstm's MLX executor of ONNX).
+            states: explicit ``{state input: state output}``.
+        """
+        from edgelstm.streaming.onnx_state import OnnxStateBackend
+
+        return cls(OnnxStateBackend(path, backend, threads=threads, states=states), chunk_frames)
 
     @classmethod
     def from_path(cls, path: str | os.PathLike, backend: str | None = None,
-                  chunk_frames: int = 10) -> StreamingSession:
+                  chunk_frames: int = 10,
+                  states: dict[str, str] | None = None) -> StreamingSession:
         """Pick the backend from the path: ``.onnx`` -> onnxruntime, else mlx.
+
+        With ``backend="mlx"`` an ONNX graph with state inputs/outputs runs on
+        the MLX executor of ONNX (keeping the front end of its metadata); one
+        without is imported as a native model.
 
         Args:
             path: checkpoint directory, ``.onnx`` or another importable format.
             backend: ``"mlx"`` or ``"onnxruntime"`` to override the default.
             chunk_frames: frames per step.
+            states: explicit ``{state input: state output}`` of an ONNX graph.
         """
         from edgelstm.io.checkpoint import detect_format
+        from edgelstm.streaming.onnx_state import has_state_io
 
         if not Path(path).exists():
             raise EdgeLSTMError(f"{path} does not exist")
@@ -179,8 +195,12 @@ class StreamingSession:
             raise EdgeLSTMError(f"{path} is not an ONNX file; export it first "
                                 "(edgelstm convert MODEL model.onnx --streaming) or use "
                                 "--backend mlx")
+        if states and fmt != "onnx":
+            raise EdgeLSTMError(f"{path} is not an ONNX file; --state names ONNX tensors")
         if fmt == "onnx" and backend != "mlx":
-            return cls.from_onnx(path, chunk_frames)
+            return cls.from_onnx(path, chunk_frames, states=states)
+        if fmt == "onnx" and has_state_io(path, states):
+            return cls.from_onnx(path, chunk_frames, backend="mlx", states=states)
         return cls.from_mlx(path, chunk_frames)
 
     # -- properties --------------------------------------------------------------------------
