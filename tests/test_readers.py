@@ -219,8 +219,8 @@ def test_npy_and_read_input(tmp_path):
     (tmp_path / "w.wav").write_bytes(riff("s16", 1, 8000, encode(tones(10), "s16")[0]))
     samples, rate = read_input(tmp_path / "w.wav")
     assert samples.shape == (10,) and rate == 8000
-    with pytest.raises(DataError, match="unknown input type '.mp3'"):
-        read_input(tmp_path / "song.mp3")
+    with pytest.raises(DataError, match="unknown input type '.m4a'"):
+        read_input(tmp_path / "song.m4a")
 
 
 # ---------------------------------------------------------------- live streams

@@ -185,15 +185,16 @@ def test_ctrl_c_prints_summary_and_exits_130(sensor, monkeypatch):
 
 @pytest.mark.parametrize("args, code, message", [
     (["{sensor}", "{wav}"], 1,
-     "Error: {wav}: a WAV input needs a model with a speech front end (features kind mfcc or "
+     "Error: {wav}: an audio input needs a model with a speech front end (features kind mfcc or "
      "fbank); this model takes frames of 2 features (use CSV or .npy)"),
     (["{speech}", "{wav}", "--chunk-ms", "50", "--chunk-frames", "2"], 2,
      "Error: --chunk-ms and --chunk-frames are mutually exclusive"),
     (["{sensor}", "{bad_csv}"], 1,
      "Error: {bad_csv}: frames have 3 features, the model takes 2"),
     (["{sensor}", "{ragged}"], 1, "Error: {ragged}: line 3 has 1 fields, expected 2"),
-    (["{sensor}", "{mp3}"], 1,
-     "Error: {mp3}: unknown input type '.mp3' (expected .wav, .csv, .npy)"),
+    (["{sensor}", "{m4a}"], 1,
+     "Error: {m4a}: unknown input type '.m4a' (expected .wav, .flac, .ogg, .oga, .opus, .mp3, "
+     ".aif, .aiff, .csv, .npy)"),
     (["{speech}", "{wav}", "--backend", "onnxruntime"], 1,
      "Error: {speech} is not an ONNX file; export it first (edgelstm convert MODEL model.onnx "
      "--streaming) or use --backend mlx"),
@@ -206,12 +207,12 @@ def test_ctrl_c_prints_summary_and_exits_130(sensor, monkeypatch):
 def test_errors_are_one_line(speech, sensor, tmp_path, args, code, message):
     (tmp_path / "bad.csv").write_text("1,2,3\n4,5,6\n")
     (tmp_path / "ragged.csv").write_text("a,b\n1,2\n3\n")
-    (tmp_path / "x.mp3").write_bytes(b"ID3")
+    (tmp_path / "x.m4a").write_bytes(b"ftyp")
     bidir = SequenceModel(LSTM(3, 4, bidirectional=True), num_outputs=2)
     nolabels = SequenceModel(LSTM(3, 4), num_outputs=2)
     names = {"sensor": sensor["ckpt"], "speech": speech["ckpt"], "wav": speech["wav"],
              "bad_csv": tmp_path / "bad.csv", "ragged": tmp_path / "ragged.csv",
-             "mp3": tmp_path / "x.mp3", "bidir": _save(bidir, tmp_path / "bi"),
+             "m4a": tmp_path / "x.m4a", "bidir": _save(bidir, tmp_path / "bi"),
              "nolabels": _save(nolabels, tmp_path / "nl")}
     r = _invoke(*[a.format(**names) for a in args])
     assert r.exit_code == code, r.output
