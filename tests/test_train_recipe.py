@@ -16,7 +16,7 @@ from edgelstm.errors import ConfigError, UnsupportedError
 from edgelstm.io.checkpoint import load
 from edgelstm.training.augment import AUGMENTATIONS, Augmenter, parse_augment
 from edgelstm.training.data import Dataset, load_dataset
-from edgelstm.training.recipe import holdout, lr_at, search
+from edgelstm.training.recipe import auto_augment, holdout, lr_at, search
 from edgelstm.training.train import build_model, train
 
 
@@ -67,6 +67,19 @@ def test_augmentations_keep_shapes_padding_and_seed(name):
     assert x.shape == ds.x.shape and (L >= 1).all() and (L <= lengths).all()
     assert not x[np.arange(x.shape[1])[None] >= L[:, None]].any()  # padding stays zero
     assert np.isfinite(x).all() and not np.array_equal(x, ds.x)
+
+
+def test_auto_augment_crops_long_multichannel_recordings_only():
+    assert auto_augment(_toy(T=100, I=6)) == ("crop", "jitter", "scale")  # BasicMotions-like
+    assert auto_augment(_toy(T=29, I=12)) == ("jitter", "scale")  # JapaneseVowels-like
+    assert auto_augment(_toy(T=150, I=1)) == ("jitter", "scale")  # univariate UCR shape
+    frames = _toy(T=100, I=6)
+    frames.y = np.repeat(frames.y[:, None], 100, axis=1)
+    assert "crop" not in auto_augment(Dataset(frames.x, frames.y, frames.lengths,
+                                              frames.labels, name="frames"))
+    audio = _toy(T=100, I=6)
+    audio.features = {"kind": "mfcc"}
+    assert auto_augment(audio) == ("mask",)
 
 
 def test_parse_augment():
