@@ -61,4 +61,4 @@ def test_cli_stdin_list_to_csv_and_jsonl(tmp_path):
     assert r.exit_code == 0 and "3 files, 0 failed" in r.output
     assert len([json.loads(line) for line in out.read_text().splitlines()]) == 3
     r = CliRunner().invoke(cli, ["predict", str(FSDD / "model"), "a.wav", "-o", "p.txt"])
-    assert r.exit_code == 2 and "must end in .jsonl or .csv" in r.output
+    assert r.exit_code == 2 and "must end in .jsonl, .csv or .parquet" in r.output

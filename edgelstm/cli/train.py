@@ -73,6 +73,13 @@ def train(data, output, cell, hidden, layers, bidirectional, head, target, dropo
     split its accuracy is reported at the end. Ctrl-C stops training and
     saves the best epoch so far.
 
+    Under MLX's launcher the run is data-parallel over its processes (each
+    takes a shard of every batch; rank 0 logs and saves):
+
+    \b
+        $ mlx.launch -n 2 --backend ring --python .venv/bin/python \\
+              $(command -v edgelstm) train DATA -o MODEL
+
     \b
         $ edgelstm train ../shared/data/uea/JapaneseVowels -o jv-model --epochs 60
         $ edgelstm eval jv-model ../shared/data/uea/JapaneseVowels
@@ -80,10 +87,13 @@ def train(data, output, cell, hidden, layers, bidirectional, head, target, dropo
     from edgelstm.errors import ConfigError, EdgeLSTMError
     from edgelstm.io.fileio import check_output_path, check_writable
     from edgelstm.training.data import load_dataset
+    from edgelstm.training.distributed import world
     from edgelstm.training.recipe import search
     from edgelstm.training.train import evaluate
     from edgelstm.training.train import train as fit
 
+    w = world()
+    say = log if w.main else (lambda _line: None)  # rank 0 speaks and writes for the run
     check_output_path(output, [data])  # `train DATA -o DATA --force` once deleted DATA
     check_writable(output, force)
     features = {k: v for k, v in (("kind", {"logmel": "fbank"}.get(feature_kind, feature_kind)),
@@ -92,17 +102,19 @@ def train(data, output, cell, hidden, layers, bidirectional, head, target, dropo
     if features and (dataset.features or {}).get("kind") not in ("mfcc", "fbank"):
         raise ConfigError("--features, --n-mels and --n-mfcc apply to WAV data only")
     dataset.meta["source"] = os.path.basename(os.path.abspath(data))
-    log(f"{dataset.name}: {dataset.n} sequences, {dataset.input_size} features, "
+    if w.size > 1:
+        say(f"world size {w.size} (mx.distributed): rank 0 writes {output}")
+    say(f"{dataset.name}: {dataset.n} sequences, {dataset.input_size} features, "
         f"{dataset.num_classes} classes")
     # a dict, so train() seeds before it builds the model: --seed fixes the init too
     spec = {"cell": cell, "hidden": hidden, "layers": layers, "bidirectional": bidirectional,
             "head": head, "dropout": dropout, "pool": pool}
     if progress is None:
-        progress = sys.stderr.isatty()
+        progress = sys.stderr.isatty() and w.main
     bar = _Progress() if progress else None
     kwargs = dict(epochs=epochs, lr=lr, batch_size=batch_size, seed=seed, patience=patience,
                   target=target, crop=crop, augment=augment, weight_decay=weight_decay,
-                  time_budget=time_budget, log=bar.log if bar else log,
+                  time_budget=time_budget, log=bar.log if bar else say,
                   progress=bar.update if bar else None)
     try:
         if search_space:
@@ -116,6 +128,8 @@ def train(data, output, cell, hidden, layers, bidirectional, head, target, dropo
     summary = {"history": history, "output": str(output)}
     best = history["best_epoch"]
     ran = len(history["loss"])
+    if not w.main:
+        return
     if history.get("interrupted"):
         log(f"interrupted in epoch {history['interrupted']}; "
             + (f"restored epoch {best} (best validation)" if best else

@@ -2,8 +2,8 @@
 
 :func:`predict_file` is a plain, picklable function of ``(model path, file)``
 (the model is loaded once per process and cached), so any executor can fan
-it out: :func:`predict_files` uses local processes; a cluster scheduler can
-map the same function. A failing file yields a record with ``error`` and the
+it out: :func:`predict_files` uses local processes,
+:func:`edgelstm.runtime.predict_ray.predict_files_ray` Ray actors. A failing file yields a record with ``error`` and the
 run goes on.
 """
 
@@ -44,10 +44,10 @@ def expand_inputs(items: Iterable[str], stdin=None) -> list[str]:
 
 
 @functools.lru_cache(maxsize=4)
-def _session(model_path: str):
+def _session(model_path: str, backend: str | None = None):
     from edgelstm.streaming.session import StreamingSession
 
-    session = StreamingSession.from_path(model_path, chunk_frames=10_000)
+    session = StreamingSession.from_path(model_path, backend=backend, chunk_frames=10_000)
     session.warmup()
     return session
 
@@ -57,11 +57,12 @@ def _softmax(v: np.ndarray) -> np.ndarray:
     return e / e.sum()
 
 
-def predict_file(model_path: str, file: str, top_k: int = 3) -> dict:
+def predict_file(model_path: str, file: str, top_k: int = 3, backend: str | None = None) -> dict:
     """Classify one file with the model at ``model_path``.
 
     Audio goes through the model's front end (resampled to its rate); CSV and
-    ``.npy`` are frames ``(T, I)``. The prediction is the head's output after
+    ``.npy`` are frames ``(T, I)``. ``backend`` is ``"mlx"``, ``"onnxruntime"``
+    or ``None`` (from the model's format). The prediction is the head's output after
     the last frame (as ``edgelstm eval`` scores sequences).
 
     Returns:
@@ -72,7 +73,7 @@ def predict_file(model_path: str, file: str, top_k: int = 3) -> dict:
     from edgelstm.frontend.readers import read_input
 
     try:
-        session = _session(str(model_path))
+        session = _session(str(model_path), backend)
         t0 = time.perf_counter()
         data, rate = read_input(file, target_rate=session.sample_rate)
         stream = session.create_stream()
@@ -101,7 +102,7 @@ def predict_file(model_path: str, file: str, top_k: int = 3) -> dict:
 
 
 def predict_files(model_path: str | os.PathLike, files: Iterable[str], top_k: int = 3,
-                  workers: int = 1) -> Iterator[dict]:
+                  workers: int = 1, backend: str | None = None) -> Iterator[dict]:
     """Yield :func:`predict_file`'s record for each file, in input order.
 
     Args:
@@ -111,12 +112,12 @@ def predict_files(model_path: str | os.PathLike, files: Iterable[str], top_k: in
     model_path = str(model_path)
     if workers <= 1 or len(files) <= 1:
         for f in files:
-            yield predict_file(model_path, f, top_k)
+            yield predict_file(model_path, f, top_k, backend)
         return
     import multiprocessing as mp
     from concurrent.futures import ProcessPoolExecutor
 
     # spawn: a forked child would inherit MLX's and ONNX Runtime's thread pools half-made
     with ProcessPoolExecutor(workers, mp_context=mp.get_context("spawn")) as pool:
-        yield from pool.map(functools.partial(predict_file, model_path, top_k=top_k), files,
+        yield from pool.map(functools.partial(predict_file, model_path, top_k=top_k, backend=backend), files,
                             chunksize=max(1, len(files) // (8 * workers)))

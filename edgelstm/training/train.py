@@ -16,6 +16,12 @@ Targets follow the model's head and the dataset's labels:
 
 Training is deterministic for a given ``seed`` on one machine: the seed
 drives weight init, the validation split, shuffling and dropout.
+
+Under ``mlx.launch`` (world size above 1) training is data-parallel: each
+rank takes its shard of every global batch and the gradients are all-summed
+(:mod:`edgelstm.training.distributed`), so the model matches the
+single-process one up to the floating-point order of the reduction (dropout
+masks aside: each rank draws its own).
 """
 
 from __future__ import annotations
@@ -36,6 +42,7 @@ from edgelstm.errors import ConfigError, DataError, TrainingError
 from edgelstm.nn.layers import RECURRENT
 from edgelstm.nn.model import SequenceModel
 from edgelstm.training.data import Dataset
+from edgelstm.training.distributed import World, all_sum, broadcast, gather, shard, sum_tree, world
 
 __all__ = ["build_model", "evaluate", "fit_normalization", "predict", "train"]
 
@@ -206,6 +213,41 @@ def _slice(dataset: Dataset, idx: np.ndarray, y: np.ndarray, pad_multiple: int,
         xb, lengths = augmenter(xb, full, yb if yb.ndim == 1 else None, mean, std, rng)
     return mx.array(xb), mx.array(yb), (mx.array(lengths.astype(np.int32))
                                         if lengths is not None else None)
+
+
+def _local(x, y, lengths, w: World, frame_labels: bool):
+    """This rank's shard of a global batch ``x (B, T, I)`` and its loss weight (an mx scalar).
+
+    Per-frame labels weigh each sequence by its valid frames (the loss is a
+    mean over frames); sequence labels weigh sequences equally.
+    """
+    if w.size == 1:
+        return x, y, lengths, mx.array(1.0)
+    counts = np.array(lengths) if frame_labels and lengths is not None else None
+    local, weight = shard(np.arange(x.shape[0]), w, counts)
+    pick = mx.array(local.astype(np.int32))
+    return (x[pick], y[pick], None if lengths is None else lengths[pick],
+            mx.array(weight, dtype=mx.float32))
+
+
+def _validate(model: SequenceModel, dataset: Dataset, w: World) -> dict:
+    """:func:`evaluate` on this rank's share of ``dataset``, the counts all-summed."""
+    if w.size == 1:
+        return evaluate(model, dataset)
+    part = np.array_split(np.arange(dataset.n), w.size)[w.rank]
+    C = model.num_outputs
+    mine = np.zeros(C * C + 1)
+    if len(part):
+        m = evaluate(model, dataset.subset(part))
+        if m["n"]:
+            mine = np.append(np.asarray(m["confusion"], dtype=np.float64).ravel(),
+                             m["loss"] * m["n"])
+    total = all_sum(mine, w)
+    confusion = np.rint(total[:-1]).astype(np.int64).reshape(C, C)
+    n = int(confusion.sum())
+    return {"accuracy": float(np.trace(confusion) / n) if n else float("nan"), "n": n,
+            "confusion": confusion.tolist(), "labels": model.labels,
+            "loss": float(total[-1]) / n if n else float("nan")}
 
 
 def predict(model: SequenceModel, x, lengths=None, batch_size: int = 256) -> np.ndarray:
@@ -393,6 +435,9 @@ def train(
     if dataset.frame_labels and set(names) & {"crop", "warp", "mix"}:
         raise ConfigError("crop, warp and mix need sequence labels, not per-frame labels")
     augmenter = Augmenter(names, crop_min=crop or 0.5) if names else None
+    w = world()
+    if not w.main:  # rank 0 speaks for the run
+        log = progress = None
     mx.random.seed(seed)
     rng = np.random.default_rng(seed)
     source = dataset
@@ -413,6 +458,15 @@ def train(
     mean, std = frames.mean(axis=0), np.maximum(frames.std(axis=0), 1e-6)
     y_train = class_indices(model, dataset)
     mx.eval(model.parameters())
+    if w.size > 1:
+        # same seed, same init; copying rank 0's weights also covers hosts whose
+        # MLX builds draw differently. Dropout masks then differ per rank.
+        model.update(broadcast(model.parameters(), w))
+        mx.eval(model.parameters())
+        mx.random.seed(seed + 7919 * w.rank)
+        if log is not None:
+            log(f"data-parallel on {w.size} processes: each takes ~{batch_size / w.size:.1f} "
+                f"of every batch of {batch_size}")
     model.train()
 
     steps_per_epoch = math.ceil(dataset.n / batch_size)
@@ -421,8 +475,10 @@ def train(
     loss_and_grad = nn.value_and_grad(
         model, partial(_loss_fn, head=head, frame_labels=frame_labels, target=target))
 
-    def step(x, y, lengths):
+    def step(x, y, lengths, weight):
         loss, grads = loss_and_grad(model, x, y, lengths)
+        if w.size > 1:  # weighted per-rank means sum to the global batch mean
+            loss, grads = sum_tree((loss * weight, tree_map(lambda g: g * weight, grads)), w)
         if clip_norm:
             grads, _ = optim.clip_grad_norm(grads, clip_norm)
         opt.update(model, grads)
@@ -446,14 +502,16 @@ def train(
         while epoch < epochs:
             epoch += 1
             t0 = time.perf_counter()
-            total, seen = 0.0, 0
+            total, seen, local_seen = 0.0, 0, 0
             for idx in _batches(dataset.lengths, dataset.n, batch_size, rng, shuffle=True):
                 peak_progress = done_steps / max(1, epochs * steps_per_epoch)
                 opt.learning_rate = (lr_at(peak_progress, lr, warmup) if cosine
                                      else lr * min(1.0, 0.1 + 0.9 * peak_progress / warmup)
                                      if warmup else lr)
                 x, yb, lb = _slice(dataset, idx, y_train, pad_multiple, augmenter, mean, std, rng)
-                loss = step(x, yb, lb)
+                x, yb, lb, weight = _local(x, yb, lb, w, frame_labels)
+                loss = step(x, yb, lb, weight)
+                local_seen += x.shape[0]
                 mx.eval(loss, model.state, opt.state)
                 done_steps += 1
                 if not math.isfinite(float(loss)):  # a NaN model must never be saved
@@ -465,8 +523,13 @@ def train(
                     progress(epoch, seen, dataset.n)
             history["loss"].append(total / seen)
             line = f"epoch {epoch}/{epochs}: loss {total / seen:.4f}"
+            if w.size > 1:
+                rates = gather(local_seen / max(time.perf_counter() - t0, 1e-9), w)
+                history.setdefault("rank_throughput", []).append(rates)
+                line += (f", world {w.size}: " + " / ".join(f"{r:.0f}" for r in rates)
+                         + " seq/s per rank")
             if validation is not None:
-                metrics = evaluate(model, validation)
+                metrics = _validate(model, validation, w)
                 history["val_loss"].append(metrics["loss"])
                 history["val_accuracy"].append(metrics["accuracy"])
                 line += f", val_loss {metrics['loss']:.4f}, val_acc {metrics['accuracy']:.4f}"
@@ -481,10 +544,12 @@ def train(
                 else:
                     waited += 1
             history["seconds"].append(time.perf_counter() - t0)
+            if w.size > 1:  # every rank must stop at the same epoch: go by the slowest
+                history["seconds"][-1] = max(gather(history["seconds"][-1], w))
             if time_budget is not None and epoch <= 2:
                 # Epoch 1 includes compilation and warm caches (measured 3-5x slower than
                 # the rest on small UCR sets): fit a first guess on it, the plan on epoch 2.
-                left = time_budget - (time.perf_counter() - started)
+                left = time_budget - sum(history["seconds"])  # same on every rank
                 fit = epoch + int(left / max(history["seconds"][-1], 1e-3))
                 epochs = max(epoch, min(max_epochs, fit))
                 history["epochs"] = epochs
@@ -495,7 +560,8 @@ def train(
                 log(line + f" ({history['seconds'][-1]:.1f}s)")
             if patience is not None and validation is not None and waited >= patience:
                 break
-            if time_budget is not None and time.perf_counter() - started > time_budget:
+            if time_budget is not None and bool(
+                    all_sum(time.perf_counter() - started > time_budget, w) > 0):
                 break
     except KeyboardInterrupt:
         history["interrupted"] = epoch
@@ -512,6 +578,9 @@ def train(
                 "cosine": cosine, "patience": patience, "target": target,
                 "time_budget": time_budget, "split": split,
                 "augment": augmenter.settings() if augmenter else None}
+    if w.size > 1:
+        settings["world_size"] = w.size
+    history["world_size"] = w.size
     model.provenance = provenance(source, validation, settings, history, seed)
     return model, history
 
