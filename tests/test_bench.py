@@ -145,6 +145,5 @@ def test_forms_compute_the_same_model(tmp_path, cell):
     for name in names:
         form = build(name, model, None, False, tmp_path, None, np.random.default_rng(0))
         got = form.batch(x)()
-        got = np.array(got[0]) if name == "torch" else None
-        if name == "torch":
-            np.testing.assert_allclose(got, want, atol=1e-5, err_msg=name)
+        got = np.array(got[0]) if name == "torch" else np.array(got)
+        np.testing.assert_allclose(got, want, atol=1e-5, err_msg=name)
