@@ -49,6 +49,13 @@ def read_audio_file(path: str | os.PathLike, *, target_rate: int | None = None,
         x, rate = sf.read(str(path), dtype="float32", always_2d=True)
     except (RuntimeError, TypeError) as exc:
         raise DataError(f"{path}: cannot decode audio ({' '.join(str(exc).split())})") from None
+    return to_mono_at_rate(x, int(rate), target_rate, mono)
+
+
+def to_mono_at_rate(x: np.ndarray, rate: int, target_rate: int | None, mono: bool
+                    ) -> tuple[np.ndarray, int]:
+    """Decoded audio ``(N, C)`` -> ``(N,)`` (channel mean) when ``mono``, resampled to
+    ``target_rate`` when set and different; float32, contiguous."""
     if mono:
         x = x.mean(axis=1, dtype=np.float32) if x.shape[1] > 1 else x[:, 0]
     if target_rate and int(target_rate) != rate:
@@ -57,4 +64,4 @@ def read_audio_file(path: str | os.PathLike, *, target_rate: int | None = None,
         check_sample_rate(target_rate, "target sample rate")
         x = resample(x, rate, int(target_rate)).astype(np.float32)
         rate = int(target_rate)
-    return np.ascontiguousarray(x, dtype=np.float32), int(rate)
+    return np.ascontiguousarray(x, dtype=np.float32), rate

@@ -19,8 +19,8 @@ from pathlib import Path
 import numpy as np
 
 from edgelstm.errors import DataError, LimitError
-from edgelstm.frontend.audio_files import SOUNDFILE_SUFFIXES, read_audio_file
-from edgelstm.frontend.resample import StreamingResampler, resample
+from edgelstm.frontend.audio_files import SOUNDFILE_SUFFIXES, read_audio_file, to_mono_at_rate
+from edgelstm.frontend.resample import StreamingResampler
 from edgelstm.limits import MAX_SAMPLE_RATE, MIN_SAMPLE_RATE, check_sample_rate
 
 __all__ = [
@@ -166,13 +166,7 @@ def read_wav(
     """
     path = Path(path)
     x, rate = parse_wav(_read_bytes(path), str(path))
-    if mono:
-        x = x.mean(axis=1, dtype=np.float32) if x.shape[1] > 1 else x[:, 0]
-    if target_rate and int(target_rate) != rate:
-        check_sample_rate(target_rate, "target sample rate")
-        x = resample(x, rate, int(target_rate)).astype(np.float32)
-        rate = int(target_rate)
-    return np.ascontiguousarray(x, dtype=np.float32), rate
+    return to_mono_at_rate(x, rate, target_rate, mono)
 
 
 # ---------------------------------------------------------------- CSV / npy

@@ -32,10 +32,11 @@ inline float sigm(float x) {
   return 1.0f / (1.0f + std::exp(-x));
 }
 
-// c (M, N) = a (M, K) @ b (K, N), all row-major with leading dimensions.
-void gemm_nn(
-    const float* a, int lda, const float* b, int ldb, float* c, int ldc,
-    int M, int N, int K) {
+// c (M, N) = op(a) @ b, all row-major with leading dimensions: op(a) is a
+// (M, K) when !trans_a, a^T for a (K, M) when trans_a; b is (K, N).
+void gemm(
+    bool trans_a, const float* a, int lda, const float* b, int ldb, float* c,
+    int ldc, int M, int N, int K) {
   if (M == 0 || N == 0) {
     return;
   }
@@ -46,26 +47,21 @@ void gemm_nn(
     return;
   }
   EDGELSTM_CBLAS(sgemm)(
-      kRowMajor, kNoTrans, kNoTrans, M, N, K, 1.0f, a, lda, b, ldb, 0.0f, c,
-      ldc);
+      kRowMajor, trans_a ? kTrans : kNoTrans, kNoTrans, M, N, K, 1.0f, a, lda,
+      b, ldb, 0.0f, c, ldc);
+}
+
+void gemm_nn(
+    const float* a, int lda, const float* b, int ldb, float* c, int ldc,
+    int M, int N, int K) {
+  gemm(false, a, lda, b, ldb, c, ldc, M, N, K);
 }
 
 // c (M, N) = a^T @ b for a (K, M) and b (K, N), row-major.
 void gemm_tn(
     const float* a, int lda, const float* b, int ldb, float* c, int ldc,
     int M, int N, int K) {
-  if (M == 0 || N == 0) {
-    return;
-  }
-  if (K == 0) {
-    for (int m = 0; m < M; ++m) {
-      std::memset(c + size_t(m) * ldc, 0, sizeof(float) * N);
-    }
-    return;
-  }
-  EDGELSTM_CBLAS(sgemm)(
-      kRowMajor, kTrans, kNoTrans, M, N, K, 1.0f, a, lda, b, ldb, 0.0f, c,
-      ldc);
+  gemm(true, a, lda, b, ldb, c, ldc, M, N, K);
 }
 
 // out (n) = column sums of a (rows, n) with row stride lda.
