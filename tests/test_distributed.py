@@ -63,14 +63,14 @@ def _launch(args: list[str], cwd: Path) -> subprocess.CompletedProcess:
     launcher = shutil.which("mlx.launch", path=str(BIN))
     edgelstm = shutil.which("edgelstm", path=str(BIN))
     if launcher is None or edgelstm is None:
-        pytest.skip("mlx.launch or the edgelstm script is not installed next to this Python")
+        pytest.skip(reason="mlx.launch or the edgelstm script is not installed next to this Python")
     port = random.randint(20000, 60000)  # other runs on this machine may hold the default
     cmd = [launcher, "-n", "2", "--backend", "ring", "--starting-port", str(port),
            "--python", sys.executable, edgelstm, *args]
     try:
         return subprocess.run(cmd, cwd=cwd, capture_output=True, text=True, timeout=300)
     except (OSError, subprocess.TimeoutExpired) as exc:
-        pytest.skip(f"mlx.launch could not start 2 local processes: {exc}")
+        pytest.skip(reason=f"mlx.launch could not start 2 local processes: {exc}")
 
 
 @pytest.mark.parametrize("extra", [[], ["--head", "frame", "--target", "mixed"]],
@@ -91,7 +91,7 @@ def test_two_processes_give_the_single_process_model(tmp_path, extra):
     if proc.returncode != 0 and not (tmp_path / "two").exists():
         if "Traceback" in proc.stderr and "edgelstm" in proc.stderr:
             pytest.fail(proc.stderr[-3000:])
-        pytest.skip(f"mlx.launch could not run 2 ring processes: {proc.stderr[-300:]}")
+        pytest.skip(reason=f"mlx.launch could not run 2 ring processes: {proc.stderr[-300:]}")
     assert proc.returncode == 0, proc.stderr[-3000:]
     out = proc.stdout + proc.stderr
     assert "world size 2" in out and "seq/s per rank" in out
