@@ -38,7 +38,7 @@ def test_flac_is_lossless_against_the_wav_parser(tmp_path):
 @pytest.mark.parametrize("fmt,subtype", [("OGG", "VORBIS"), ("MP3", "MPEG_LAYER_III")])
 def test_lossy_formats_decode_close_to_the_source(tmp_path, fmt, subtype):
     if fmt not in sf.available_formats():
-        pytest.skip(f"this libsndfile has no {fmt}")
+        pytest.skip(reason=f"this libsndfile has no {fmt}")
     path, x, rate = _encode(tmp_path, fmt, subtype)
     y, r = read_input(path, target_rate=16000)
     assert r == 16000 and abs(len(y) - 2 * len(x)) < 0.05 * 2 * len(x)  # codec padding

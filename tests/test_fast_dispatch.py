@@ -123,9 +123,9 @@ def test_fresh_machine_without_system_openblas(tmp_path):
         out = subprocess.run(["bash", str(WITHOUT_OPENBLAS), sys.executable, "-c", code],
                              capture_output=True, text=True, timeout=120, cwd=tmp_path)
     except OSError as exc:
-        pytest.skip(f"cannot run without-openblas here: {exc}")
+        pytest.skip(reason=f"cannot run without-openblas here: {exc}")
     if out.returncode != 0 and "unshare" in out.stderr:
-        pytest.skip(f"no mount namespaces here: {out.stderr.strip().splitlines()[-1]}")
+        pytest.skip(reason=f"no mount namespaces here: {out.stderr.strip().splitlines()[-1]}")
     assert out.returncode == 0, out.stderr
     ok, seconds, blas = out.stdout.split(" ", 2)
     assert ok == "True" and float(seconds) < 10 and blas.startswith("scipy-openblas32")
