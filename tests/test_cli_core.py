@@ -30,6 +30,20 @@ def test_help_lists_commands():
         assert f"  {name} " in result.output
 
 
+def test_help_in_a_fresh_process():
+    """`edgelstm --help` as a user types it: nothing imported beforehand (an in-process
+    CliRunner shares modules that pytest has already imported)."""
+    import subprocess
+    import sys
+
+    out = subprocess.run([sys.executable, "-m", "edgelstm", "--help"], capture_output=True,
+                         text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    assert "Traceback" not in out.stderr
+    for name in ("info", "run", "convert", "quantize", "stream", "bench", "train"):
+        assert f"  {name} " in out.stdout
+
+
 def test_info_text_and_json(model_dir):
     result = invoke("info", model_dir)
     assert result.exit_code == 0, result.output

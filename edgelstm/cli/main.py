@@ -1,12 +1,13 @@
 """The ``edgelstm`` command line: a thin Click layer over the library.
 
 Commands are imported lazily, so ``edgelstm --help`` starts fast and works
-without optional parts. Each lives in ``edgelstm/commands/<name>.py``.
+without optional parts. Each lives in ``edgelstm/cli/<name>.py``.
 """
 
 from __future__ import annotations
 
 import importlib
+import importlib.util
 
 import click
 
