@@ -54,8 +54,12 @@ def unsupported_nodes(model) -> list[str]:
     return [f"{n.domain}.{n.op_type}" for n in model.graph.node if n.domain not in ("", "ai.onnx")]
 
 
-def compile_onnx(path_or_proto):
+def compile_onnx(path_or_proto, threads: int | None = None):
     """A compiled OpenVINO model (CPU, f32) of an ONNX file or ``ModelProto``.
+
+    Args:
+        path_or_proto: ``.onnx`` file or ``onnx.ModelProto``.
+        threads: ``INFERENCE_NUM_THREADS`` (default: OpenVINO's choice).
 
     Raises:
         UnsupportedError: OpenVINO missing, a contrib op, or OpenVINO refuses the graph.
@@ -74,7 +78,10 @@ def compile_onnx(path_or_proto):
         onnx_path.write_bytes(model.SerializeToString())
         try:
             ov_model = core.read_model(str(onnx_path))
-            return core.compile_model(ov_model, DEVICE, {"INFERENCE_PRECISION_HINT": PRECISION})
+            config = {"INFERENCE_PRECISION_HINT": PRECISION}
+            if threads:
+                config["INFERENCE_NUM_THREADS"] = int(threads)
+            return core.compile_model(ov_model, DEVICE, config)
         except Exception as exc:  # OpenVINO raises RuntimeError/OVException with long text
             raise UnsupportedError(f"OpenVINO cannot load {_label(path_or_proto)}: "
                                    f"{_first_line(exc)}") from None

@@ -33,10 +33,12 @@ def test_every_backend_and_mode(model_dir):
     ran = {(r.backend, r.mode) for r in report.results}
     skipped = {s["backend"] for s in report.skipped}
     has_torch = importlib.util.find_spec("torch") is not None
+    has_openvino = importlib.util.find_spec("openvino") is not None
     for b in BACKENDS:
-        if (b == "torch" and not has_torch) or (b == "onnxruntime-ort-int8"
-                                                 and edgelstm.load(model_dir).rnn.cell_type != "lstm"):
-            assert b in skipped  # DynamicQuantizeLSTM is LSTM-only
+        lstm_only = b == "onnxruntime-ort-int8"  # DynamicQuantizeLSTM is LSTM-only
+        if ((b == "torch" and not has_torch) or (b == "openvino" and not has_openvino)
+                or (lstm_only and edgelstm.load(model_dir).rnn.cell_type != "lstm")):
+            assert b in skipped
             continue
         assert {(b, "batch"), (b, "stream")} <= ran, (b, report.skipped)
     assert all(s["reason"] for s in report.skipped)
@@ -129,7 +131,7 @@ def test_cli_plot_suffix(model_dir, tmp_path):
 
 @pytest.mark.parametrize("cell", ["lstm", "gru", "rnn"])
 def test_forms_compute_the_same_model(tmp_path, cell):
-    """mlx.nn and PyTorch forms are the same weights: outputs agree with edgelstm's."""
+    """mlx.nn, PyTorch and OpenVINO forms are the same weights: outputs agree with edgelstm's."""
     import mlx.core as mx
     import numpy as np
 
@@ -141,9 +143,11 @@ def test_forms_compute_the_same_model(tmp_path, cell):
     model.norm.mean, model.norm.std = mx.array([0.1, -0.2, 0.3]), mx.array([1.5, 0.5, 2.0])
     x = np.random.default_rng(0).standard_normal((2, 7, 3)).astype(np.float32)
     want = np.array(model(mx.array(x)))
-    names = ["mlx-nn"] + (["torch"] if importlib.util.find_spec("torch") else [])
+    names = ["mlx-nn"] + [n for n in ("torch", "openvino") if importlib.util.find_spec(n)]
     for name in names:
         form = build(name, model, None, False, tmp_path, None, np.random.default_rng(0))
         got = form.batch(x)()
-        got = np.array(got[0]) if name == "torch" else np.array(got)
+        if name == "openvino":
+            got = got[0]  # the inference result by output index
+        got = got[0].numpy() if name == "torch" else np.array(got)
         np.testing.assert_allclose(got, want, atol=1e-5, err_msg=name)

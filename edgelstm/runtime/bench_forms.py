@@ -18,7 +18,7 @@ from pathlib import Path
 import numpy as np
 
 BACKENDS = ("mlx", "mlx-int8", "mlx-pure", "mlx-nn", "onnxruntime", "onnxruntime-int8",
-            "onnxruntime-ort-int8", "torch")
+            "onnxruntime-ort-int8", "openvino", "torch")
 
 
 class Unavailable(Exception):
@@ -50,7 +50,7 @@ def build(backend: str, model, model_path, is_onnx: bool, tmp: Path, threads: in
     """
     builders = {"mlx": _mlx, "mlx-pure": _mlx, "mlx-int8": _mlx_int8, "mlx-nn": _mlx_nn,
                 "onnxruntime": _ort, "onnxruntime-int8": _ort, "onnxruntime-ort-int8": _ort,
-                "torch": _torch}
+                "openvino": _openvino, "torch": _torch}
     form = builders[backend](backend, model, model_path, is_onnx, tmp, threads, rng)
     if getattr(getattr(model, "rnn", model), "num_directions", 1) != 1:
         form.stream = None  # a reverse direction needs the whole input: no streaming
@@ -270,6 +270,46 @@ def _ort(backend, model, model_path, is_onnx, tmp, threads, rng):
             return step
 
     return Form(backend, _disk(path), batch, stream)
+
+
+def _openvino(backend, model, model_path, is_onnx, tmp, threads, rng):
+    """The ONNX export (and its streaming form) compiled by OpenVINO's CPU plugin, f32."""
+    from edgelstm.converters import openvino_run
+    from edgelstm.errors import UnsupportedError
+
+    if not openvino_run.available():
+        raise Unavailable(f"OpenVINO is not installed ({openvino_run.INSTALL_HINT})")
+
+    def compiled(streaming: bool):
+        try:
+            return openvino_run.compile_onnx(
+                _onnx_file(model, model_path, is_onnx, tmp, streaming), threads=threads)
+        except UnsupportedError as exc:
+            raise Unavailable(str(exc).splitlines()[0]) from None
+
+    net = compiled(False)
+    if len(net.inputs) != 1:
+        raise Unavailable(f"benchmarking needs a single-input ONNX model; it takes "
+                          f"{[p.get_any_name() for p in net.inputs]}")
+    request = net.create_infer_request()
+
+    def batch(x):
+        return lambda: request.infer({0: x})
+
+    def stream(chunk):
+        snet = compiled(True)
+        req = snet.create_infer_request()
+        x = rng_chunk(chunk, model.input_size)
+        # inputs: x, then the states; outputs: y, then the new states in the same order
+        states = [np.zeros([d.get_length() if d.is_static else 1 for d in p.get_partial_shape()],
+                           np.float32) for p in snet.inputs[1:]]
+
+        def step():
+            res = req.infer({0: x, **{k + 1: s for k, s in enumerate(states)}})
+            states[:] = [np.array(res[snet.outputs[k + 1]]) for k in range(len(states))]
+        return step
+
+    return Form(backend, _disk(_onnx_file(model, model_path, is_onnx, tmp, False)), batch, stream)
 
 
 def _torch(backend, model, model_path, is_onnx, tmp, threads, rng):
