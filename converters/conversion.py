@@ -132,11 +132,11 @@ def convert(src: str | os.PathLike, dst: str | os.PathLike, opset: int = 17,
     Args:
         src: checkpoint directory, ``.onnx``, PyTorch (``.pt``/``.pth``/
             ``.safetensors``) or Keras (``.keras``/``.h5``) file.
-        dst: ``*.onnx`` writes ONNX, ``*.tflite`` a LiteRT flatbuffer (LSTM only,
-            batch 1, see :mod:`edgelstm.converters.tflite_export`), a path without a
+        dst: ``*.onnx`` writes ONNX, ``*.tflite`` a LiteRT flatbuffer (batch 1,
+            see :mod:`edgelstm.converters.tflite_export`), a path without a
             suffix a checkpoint directory; other suffixes are refused (:data:`OUTPUT_FORMATS`).
         opset: ONNX opset (14 or newer). Default: ``17``.
-        streaming: ONNX with ``h0``/``c0`` inputs and ``h_n``/``c_n`` outputs.
+        streaming: ONNX or TFLite with ``h0``/``c0`` inputs and ``h_n``/``c_n`` outputs.
         verify: run source and result on the same random input
             ``(2, 8, I)`` (with random ``lengths`` when both take them);
             fail above ``atol`` (the output is then not written).
@@ -165,8 +165,9 @@ def convert(src: str | os.PathLike, dst: str | os.PathLike, opset: int = 17,
     src, dst = Path(src), Path(dst)
     to_onnx = output_format(dst) == "onnx"
     to_tflite = output_format(dst) == "tflite"
-    if streaming and not to_onnx:
-        raise ConversionError("--streaming applies to ONNX output only (DST must end in .onnx)")
+    if streaming and not (to_onnx or to_tflite):
+        raise ConversionError("--streaming applies to ONNX or TFLite output only "
+                              "(DST must end in .onnx or .tflite)")
     if lengths and not to_onnx:
         raise ConversionError("--lengths applies to ONNX output only (DST must end in .onnx)")
     runtimes = parse_runtimes(verify_on)
@@ -182,7 +183,7 @@ def convert(src: str | os.PathLike, dst: str | os.PathLike, opset: int = 17,
     if to_tflite:
         from edgelstm.converters.tflite_export import _schema, check_exportable
 
-        check_exportable(model)
+        check_exportable(model, streaming=streaming)
         _schema()
     check_output_path(dst, [src])  # not the source, inside it or around it, even with force
     report = {"src": str(src), "dst": str(dst), "src_format": src_format,
@@ -193,7 +194,7 @@ def convert(src: str | os.PathLike, dst: str | os.PathLike, opset: int = 17,
         if to_tflite:
             from edgelstm.converters.tflite_export import build_tflite
 
-            tmp.write_bytes(build_tflite(model))
+            tmp.write_bytes(build_tflite(model, streaming=streaming))
         elif to_onnx:
             import onnx
 
