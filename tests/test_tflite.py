@@ -243,3 +243,28 @@ def test_to_tflite_never_overwrites_without_force(tmp_path):
     with pytest.raises(edgelstm.errors.EdgeLSTMError):
         to_tflite(model, tmp_path / "a.tflite")
     to_tflite(model, tmp_path / "a.tflite", force=True)
+
+
+@pytest.mark.parametrize("kind", ["lstm", "gru", "rnn"])
+def test_quantize_cli_writes_int8_tflite(kind, tmp_path, rng):
+    """``edgelstm quantize MODEL out.tflite``: int8 on LiteRT equals the MLX int8 model."""
+    from click.testing import CliRunner
+
+    from edgelstm.cli import cli
+    from edgelstm.io.checkpoint import load
+    from edgelstm.quantize import quantize_mlx
+
+    _model("sequence", 2, kind=kind).save(tmp_path / "m")
+    res = CliRunner().invoke(cli, ["quantize", str(tmp_path / "m"), str(tmp_path / "q.tflite")])
+    assert res.exit_code == 0, res.output
+    assert "vs the MLX int8 model" in res.output and "(tflite, int8" in res.output
+    q = quantize_mlx(load(tmp_path / "m"))
+    x = _input(rng, steps=20)
+    np.testing.assert_allclose(run_tflite(tmp_path / "q.tflite", x), np.array(q(mx.array(x))),
+                               rtol=0, atol=ATOL)
+    for extra, what in ((["--head"], "drop --head"), (["--format", "mlx"], "format tflite"),
+                        (["--bits", "4"], "MLX-only")):
+        res = CliRunner().invoke(cli, ["quantize", str(tmp_path / "m"),
+                                       str(tmp_path / "r.tflite"), *extra])
+        assert res.exit_code == 2 and what in res.output, res.output
+        assert not (tmp_path / "r.tflite").exists()

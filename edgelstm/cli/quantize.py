@@ -15,11 +15,13 @@ from edgelstm.cli._common import force_option, handle_errors
 @click.option("--bits", type=click.Choice(["8", "4"]), default="8", show_default=True,
               help="8: symmetric per-channel int8. 4: experimental, MLX affine group-wise, "
                    "mlx format only.")
-@click.option("--format", "fmt", type=click.Choice(["mlx", "onnx-qdq", "onnx-ort"]),
+@click.option("--format", "fmt", type=click.Choice(["mlx", "onnx-qdq", "onnx-ort", "tflite"]),
               default=None,
               help="mlx: checkpoint directory. onnx-qdq (default for .onnx): portable int8 "
                    "initializers + DequantizeLinear, runs in any ONNX runtime. onnx-ort: "
-                   "com.microsoft.DynamicQuantizeLSTM, ONNX Runtime only, LSTM only.")
+                   "com.microsoft.DynamicQuantizeLSTM, ONNX Runtime only, LSTM only. tflite "
+                   "(default for .tflite): LiteRT, int8 weights with per-channel "
+                   "quantization parameters.")
 @click.option("--group-size", type=click.Choice(["32", "64", "128"]), default=None,
               help="Group size for --bits 4 (default: largest that divides the widths).")
 @click.option("--head/--no-head", default=False, show_default=True,
@@ -38,8 +40,8 @@ from edgelstm.cli._common import force_option, handle_errors
 def quantize(src, dst, bits, fmt, group_size, head, eval_data, verify_on, as_json, force):
     """Quantize SRC's gate weights and write DST; always prints the report.
 
-    DST's suffix picks the output: .onnx (QDQ by default) or a checkpoint
-    directory. The report gives sizes before/after, the output error on
+    DST's suffix picks the output: .onnx (QDQ by default), .tflite or a
+    checkpoint directory. The report gives sizes before/after, the output error on
     random input (max abs, cosine) and, with --eval, accuracy before/after.
 
     \b
@@ -47,6 +49,7 @@ def quantize(src, dst, bits, fmt, group_size, head, eval_data, verify_on, as_jso
         $ edgelstm quantize model model.int8.onnx --eval test.npz
         $ edgelstm quantize jv-model jv-int8 --eval ../shared/data/uea/JapaneseVowels
         $ edgelstm quantize model model.ort.onnx --format onnx-ort
+        $ edgelstm quantize model model.int8.tflite
     """
     from edgelstm.errors import EdgeLSTMError
     from edgelstm.quantize import QuantConfig, output_format, quantize_model

@@ -1,0 +1,99 @@
+"""``quantize MODEL out.tflite``: int8 gate weights in a LiteRT flatbuffer, checked on LiteRT.
+
+The MLX int8 model (symmetric per-row int8, :func:`quantize_mlx`) is
+exported by :mod:`edgelstm.converters.tflite_export`: int8 weight tensors
+with TFLite per-channel quantization parameters, dequantized in the graph.
+The written file runs on the LiteRT interpreter inside the atomic output and
+must agree with the MLX int8 model within :data:`TFLITE_ATOL`; otherwise
+nothing is written.
+"""
+
+from __future__ import annotations
+
+import tempfile
+from pathlib import Path
+
+import numpy as np
+
+from edgelstm.errors import ConversionError
+from edgelstm.quantize.config import Format, QuantConfig
+from edgelstm.quantize.report import (
+    QuantReport,
+    accuracy,
+    output_error,
+    random_input,
+    size_on_disk,
+)
+
+#: LiteRT int8 export vs the MLX int8 model (both float32 compute on the same weights).
+TFLITE_ATOL = 1e-4
+
+
+def tflite_predict(path, batch_first: bool = True):
+    """``predict(x, lengths)`` of a batch-1 ``.tflite`` file, one sequence at a time.
+
+    With ``lengths`` each sequence runs on its valid steps only; per-step
+    outputs past a length are zeros.
+    """
+    from edgelstm.converters.litert_run import run_tflite
+
+    axis = 0 if batch_first else 1
+
+    def predict(x, lengths=None):
+        outs = []
+        for b in range(x.shape[axis]):
+            seq = np.take(x, [b], axis=axis)
+            steps = x.shape[1 - axis] if lengths is None else int(lengths[b])
+            out = run_tflite(path, seq[:, :steps] if batch_first else seq[:steps])
+            if out.ndim == 3 and steps < x.shape[1 - axis]:
+                pad = [(0, 0)] * 3
+                pad[1 - axis] = (0, x.shape[1 - axis] - steps)
+                out = np.pad(out, pad)
+            outs.append(out)
+        return np.concatenate(outs, axis=axis if outs[0].ndim == 3 else 0)
+
+    return predict
+
+
+def to_tflite_int8(src, dst, config: QuantConfig, data, force: bool, seed: int,
+                   float_model) -> QuantReport:
+    """Quantize ``float_model`` (loaded from ``src``) and write the int8 ``.tflite``."""
+    from edgelstm.converters import litert_run
+    from edgelstm.converters.tflite_export import build_tflite, check_exportable
+    from edgelstm.io.checkpoint import load
+    from edgelstm.io.fileio import atomic_output
+    from edgelstm.quantize.api import mlx_predict
+    from edgelstm.quantize.mlx_quant import quantize_mlx
+
+    check_exportable(float_model)
+    litert_run._interpreter_class()  # missing LiteRT is reported before anything is written
+    qmodel = quantize_mlx(load(src), config)
+    batch_first = float_model.rnn.batch_first if hasattr(float_model, "rnn") \
+        else float_model.batch_first
+    x = random_input(float_model.input_size, seed=seed)
+    ref = mlx_predict(float_model)(x)
+    q_ref = mlx_predict(qmodel)(x)
+    acc_before = accuracy(mlx_predict(float_model), data) if data is not None else None
+    with tempfile.TemporaryDirectory() as tmp:
+        float_file = Path(tmp) / "float.tflite"
+        float_file.write_bytes(build_tflite(float_model))
+        before = size_on_disk(float_file)
+    with atomic_output(dst, force=force) as out:
+        Path(out).write_bytes(build_tflite(qmodel))
+        # score the written file inside the atomic output: a failure leaves no dst
+        predict = tflite_predict(out, batch_first)
+        got = predict(x)
+        vs_mlx = float(np.max(np.abs(got - q_ref)))
+        if not vs_mlx <= TFLITE_ATOL:
+            raise ConversionError(f"verification failed: LiteRT differs from the MLX int8 model "
+                                  f"by {vs_mlx:.3g} (tolerance {TFLITE_ATOL:g}); {dst} was not "
+                                  "written")
+        max_abs, cos = output_error(ref, got)
+        acc_after = accuracy(predict, data) if data is not None else None
+    return QuantReport(
+        src=str(src), dst=str(dst), format=Format.TFLITE.value, scheme=config.label,
+        bytes_before=before, bytes_after=size_on_disk(dst), max_abs_error=max_abs, cosine=cos,
+        input_shape=x.shape, backend="litert", accuracy_before=acc_before,
+        accuracy_after=acc_after,
+        notes=[f"LiteRT {litert_run.version()} vs the MLX int8 model: max abs diff "
+               f"{vs_mlx:.3g} (tolerance {TFLITE_ATOL:g})"])
