@@ -75,7 +75,7 @@ def _builtin_lstm(ctx: Ctx, g: Graph, cell, x: int, label: str) -> int:
     for name, part in (("Wx", "input"), ("Wh", "recurrent")):
         for k, gate in enumerate("ifgo"):
             ins.append(cell_weight(g, cell, name, f"{label}.{part}_{gate}",
-                                   slice(k * H, (k + 1) * H)))
+                                   slice(k * H, (k + 1) * H), _hybrid(ctx)))
     ins += [-1, -1, -1]  # peepholes
     bias = np.split(vec(cell, "bias", 4 * H), 4)
     ins += [g.const(f"{label}.bias_{gate}", b) for gate, b in zip("ifgo", bias, strict=True)]
@@ -87,19 +87,24 @@ def _builtin_lstm(ctx: Ctx, g: Graph, cell, x: int, label: str) -> int:
     return g.op("UNIDIRECTIONAL_SEQUENCE_LSTM", ins, [g.like(label + ".y", x, last=H)],
                 "UnidirectionalSequenceLSTMOptions",
                 fusedActivationFunction=s.ActivationFunctionType.TANH,
-                timeMajor=ctx.time_major)
+                timeMajor=ctx.time_major, asymmetricQuantizeInputs=ctx.hybrid)
 
 
 def _builtin_rnn(ctx: Ctx, g: Graph, cell, x: int, label: str) -> int:
     s, H = ctx.m.s, ctx.H
     act = _rnn_activation(cell)
-    ins = [x, cell_weight(g, cell, "Wxh", label + ".input"),
-           cell_weight(g, cell, "Whh", label + ".recurrent"),
+    ins = [x, cell_weight(g, cell, "Wxh", label + ".input", hybrid=_hybrid(ctx)),
+           cell_weight(g, cell, "Whh", label + ".recurrent", hybrid=_hybrid(ctx)),
            g.const(label + ".bias", vec(cell, "bias", H)),
            g.tensor(label + ".h", [ctx.B, H], variable=True)]
     return g.op("UNIDIRECTIONAL_SEQUENCE_RNN", ins, [g.like(label + ".y", x, last=H)],
                 "SequenceRNNOptions", timeMajor=ctx.time_major,
+                asymmetricQuantizeInputs=ctx.hybrid,
                 fusedActivationFunction=getattr(s.ActivationFunctionType, act.upper()))
+
+
+def _hybrid(ctx: Ctx) -> str | None:
+    return "tensor" if ctx.hybrid else None  # the sequence kernels read one scale per tensor
 
 
 def _rnn_activation(cell) -> str:

@@ -26,8 +26,9 @@ unrelated sequence; :func:`edgelstm.converters.litert_run.run_tflite` does).
 
 Int8 (MLX-quantized) weights are written as int8 tensors with TFLite
 per-channel quantization parameters (the MLX per-row scales) and
-dequantized by ``DEQUANTIZE`` for the float kernels, so LiteRT computes what the MLX int8
-model computes. Refused by name: summary heads, non-default activations,
+dequantized by ``DEQUANTIZE`` for the float kernels, so LiteRT computes what
+the MLX int8 model computes; ``int8="hybrid"`` feeds them to LiteRT's
+dynamic-range (hybrid) kernels instead. Refused by name: summary heads, non-default activations,
 4-bit weights, and streaming a bidirectional or mean-pooled model.
 """
 
@@ -78,7 +79,11 @@ def check_exportable(model, streaming: bool = False) -> None:
         raise UnsupportedError(f"TFLite export cannot express {what}")
 
 
-def build_tflite(model, batch_size: int = 1, streaming: bool = False) -> bytes:
+INT8_FORMS = ("dequantize", "hybrid")
+
+
+def build_tflite(model, batch_size: int = 1, streaming: bool = False,
+                 int8: str = "dequantize") -> bytes:
     """The LiteRT flatbuffer of ``model`` (an ``edgelstm`` stack or ``SequenceModel``).
 
     Input ``(batch_size, T, I)`` (``(T, batch_size, I)`` if not
@@ -86,17 +91,26 @@ def build_tflite(model, batch_size: int = 1, streaming: bool = False) -> bytes:
     output: ``(B, T, C)`` frame head, ``(B, C)`` sequence head, ``(B, T, dirs*H)``
     without a head. ``streaming`` adds inputs ``h0``/``c0`` and outputs
     ``h_n``/``c_n``, each ``(L, B, H)`` (``c`` for LSTM only).
+
+    ``int8`` says how an MLX int8 model's weights reach the kernels:
+    ``"dequantize"`` (int8 in the file, ``DEQUANTIZE`` to float32: LiteRT
+    computes what the MLX int8 model does) or ``"hybrid"`` (LiteRT's
+    dynamic-range kernels take the int8 weights and quantize activations on
+    the fly; the sequence LSTM/RNN ops read one scale per gate tensor, so
+    their weights are re-quantized per tensor). Float models ignore it.
     """
     from edgelstm.converters.onnx_export import _head_weight, _split_model
 
     check_exportable(model, streaming)
     seq, rnn = _split_model(model)
+    if int8 not in INT8_FORMS:
+        raise ConversionError(f"int8 must be one of {', '.join(INT8_FORMS)}, got {int8!r}")
     if not 1 <= batch_size <= 65536:
         raise ConversionError(f"batch_size must be 1..65536, got {batch_size}")
     B, I, H, L = batch_size, rnn.input_size, rnn.hidden_size, rnn.num_layers
     m = ModelBuilder()
     g = m.graph("main")
-    ctx = Ctx(m, B, H, not rnn.batch_first)
+    ctx = Ctx(m, B, H, not rnn.batch_first, hybrid=int8 == "hybrid")
     lead, sig = ([1, B], [-1, B]) if ctx.time_major else ([B, 1], [B, -1])
     names = (seq.input_names, seq.output_names) if seq is not None else (["input"], ["output"])
     x = first = g.tensor(names[0][0], [*lead, I], signature=[*sig, I])
@@ -175,11 +189,11 @@ def _head(g, ctx, seq, x, last, out_name, head_weight) -> int:
 
 
 def to_tflite(model, path: str | os.PathLike, batch_size: int = 1, streaming: bool = False,
-              force: bool = False) -> Path:
+              force: bool = False, int8: str = "dequantize") -> Path:
     """Write ``model`` as a ``.tflite`` file (atomically); see :func:`build_tflite`."""
     from edgelstm.io.fileio import atomic_output
 
-    data = build_tflite(model, batch_size=batch_size, streaming=streaming)
+    data = build_tflite(model, batch_size=batch_size, streaming=streaming, int8=int8)
     path = Path(path)
     with atomic_output(path, force=force) as tmp:
         Path(tmp).write_bytes(data)

@@ -28,23 +28,40 @@ class Ctx:
     B: int
     H: int
     time_major: bool
+    hybrid: bool = False  # int8 weights straight into LiteRT's dynamic-range kernels
 
     @property
     def t_axis(self) -> int:
         return 0 if self.time_major else 1
 
 
-def cell_weight(g: Graph, cell, name: str, label: str, rows: slice | None = None) -> int:
-    """A float ``(R, C)`` weight tensor: a constant, or ``DEQUANTIZE`` of int8 rows."""
+def cell_weight(g: Graph, cell, name: str, label: str, rows: slice | None = None,
+                hybrid: str | None = None) -> int:
+    """A weight ``(R, C)`` tensor of a cell.
+
+    Float weights are float constants. Int8 (MLX-quantized) ones are int8
+    tensors with the MLX per-row scales as per-channel parameters, then
+    ``DEQUANTIZE`` (``hybrid=None``: float kernels on ``q * s``), or the int8
+    tensor itself for a dynamic-range kernel: ``hybrid="channel"`` as is
+    (``FULLY_CONNECTED``), ``"tensor"`` re-quantized to one scale for the
+    whole tensor (the sequence LSTM/RNN kernels read a single scale).
+    """
     spec = cell.get("_qspec")
     rows = rows or slice(None)
-    if spec is not None and name in spec["names"]:
-        q = np.array(cell[name], np.int8)[rows]  # item access: the stored integers
-        scales = np.array(cell[name + "_scales"], np.float32)[rows]
-        qt = g.tensor(label + ".int8", q.shape, q, "int8",
-                      quant={"scale": scales, "zero_point": np.zeros(len(scales)), "axis": 0})
-        return g.op("DEQUANTIZE", [qt], [g.tensor(label, q.shape)])
-    return g.const(label, np.array(getattr(cell, name), np.float32)[rows])
+    if spec is None or name not in spec["names"]:
+        return g.const(label, np.array(getattr(cell, name), np.float32)[rows])
+    q = np.array(cell[name], np.int8)[rows]  # item access: the stored integers
+    scales = np.array(cell[name + "_scales"], np.float32)[rows]
+    if hybrid == "tensor":
+        w = q * scales[:, None]
+        scale = max(float(np.abs(w).max()) / 127, np.finfo(np.float32).tiny)
+        q = np.clip(np.round(w / scale), -127, 127).astype(np.int8)
+        scales = np.array([scale], np.float32)
+    qt = g.tensor(label + (".int8" if hybrid is None else ""), q.shape, q, "int8",
+                  quant={"scale": scales, "zero_point": np.zeros(len(scales)), "axis": 0})
+    if hybrid is not None:
+        return qt
+    return g.op("DEQUANTIZE", [qt], [g.tensor(label, q.shape)])
 
 
 def vec(cell, name: str, size: int) -> np.ndarray:
@@ -58,9 +75,11 @@ def loop(ctx: Ctx, g: Graph, cell, kind: str, x: int, label: str, h0, c0):
     G = GATES[kind]
     wx_name = "Wxh" if kind == "rnn" else "Wx"
     bias = vec(cell, "b" if kind == "gru" else "bias", G * H)
-    xp = g.op("FULLY_CONNECTED", [x, cell_weight(g, cell, wx_name, label + ".Wx"),
+    hy = "channel" if ctx.hybrid else None
+    xp = g.op("FULLY_CONNECTED", [x, cell_weight(g, cell, wx_name, label + ".Wx", hybrid=hy),
                                   g.const(label + ".bx", bias)],
-              [g.like(label + ".xp", x, last=G * H)], "FullyConnectedOptions", keepNumDims=True)
+              [g.like(label + ".xp", x, last=G * H)], "FullyConnectedOptions", keepNumDims=True,
+              asymmetricQuantizeInputs=ctx.hybrid)
     shape = g.op("SHAPE", [x], [g.tensor(label + ".shape", [3], dtype="int32")], "ShapeOptions",
                  outType=m.s.TensorType.INT32)
     steps = g.op("GATHER", [shape, g.const(label + ".t_index", a, "int32")],
@@ -98,8 +117,8 @@ def _copy_tensor(dst: Graph, src: Graph, ref: int, name: str) -> int:
 class _Ops:
     """Elementwise helpers on one subgraph, each returning its output tensor."""
 
-    def __init__(self, g: Graph, shape, clip: float | None):
-        self.g, self.shape, self.clip = g, list(shape), clip
+    def __init__(self, g: Graph, shape, clip: float | None, hybrid: bool):
+        self.g, self.shape, self.clip, self.hybrid = g, list(shape), clip, hybrid
 
     def _new(self, name, shape=None):
         return self.g.tensor(name, shape or self.shape)
@@ -123,9 +142,13 @@ class _Ops:
         return g.op("SPLIT", [g.const(name + ".axis", -1, "int32"), a], outs, "SplitOptions",
                     numSplits=n) if n > 1 else [a]
 
+    def weight(self, cell, name, label, rows=None):
+        return cell_weight(self.g, cell, name, label, rows, "channel" if self.hybrid else None)
+
     def fc(self, a, w, bias, name, width):
         return self.g.op("FULLY_CONNECTED", [a, w, -1 if bias is None else bias],
-                         [self._new(name, [self.shape[0], width])], "FullyConnectedOptions")
+                         [self._new(name, [self.shape[0], width])], "FullyConnectedOptions",
+                         asymmetricQuantizeInputs=self.hybrid)
 
 
 def _body(ctx: Ctx, g: Graph, cell, kind: str, label: str) -> list[int]:
@@ -136,14 +159,14 @@ def _body(ctx: Ctx, g: Graph, cell, kind: str, label: str) -> list[int]:
     xp, y = rest[-2], rest[-1]
     G = GATES[kind]
     opts = cell["_opts"]
-    o = _Ops(g, [B, H], opts.get("clip"))
+    o = _Ops(g, [B, H], opts.get("clip"), ctx.hybrid)
     xt = g.op("GATHER", [xp, t], [g.tensor("xt", [B, G * H])], "GatherOptions", axis=a)
     if kind == "lstm":
         h_new, c_new = _lstm_step(o, cell, xt, h, c, H, label)
     elif kind == "gru":
         h_new, c_new = _gru_step(o, cell, xt, h, H, label), None
     else:
-        pre = o.binary("ADD", xt, o.fc(h, cell_weight(g, cell, "Whh", label + ".Wh"), None,
+        pre = o.binary("ADD", xt, o.fc(h, o.weight(cell, "Whh", label + ".Wh"), None,
                                        "hp", H), "pre")
         act = (opts.get("activations") or [["tanh"]])[0][0]
         h_new = o.unary(act.upper(), o.clipped(pre, "pre"), "h")
@@ -163,7 +186,7 @@ def _body(ctx: Ctx, g: Graph, cell, kind: str, label: str) -> list[int]:
 def _lstm_step(o: _Ops, cell, xt, h, c, H, label):
     """``i, f, g, o`` gates with optional peephole, clip and coupled input-forget."""
     g = o.g
-    gates = o.binary("ADD", xt, o.fc(h, cell_weight(g, cell, "Wh", label + ".Wh"), None, "hp",
+    gates = o.binary("ADD", xt, o.fc(h, o.weight(cell, "Wh", label + ".Wh"), None, "hp",
                                      4 * H), "gates", [o.shape[0], 4 * H])
     i, f, gg, out = o.split(gates, 4, "gate")
     peep = cell.get("peephole")
@@ -191,12 +214,12 @@ def _gru_step(o: _Ops, cell, xt, h, H, label):
     xr, xz, xn = o.split(xt, 3, "x_gate")
     bhn = vec(cell, "bhn", H)
     if cell["_opts"].get("linear_before_reset", True):
-        hp = o.fc(h, cell_weight(g, cell, "Wh", label + ".Wh"),
+        hp = o.fc(h, o.weight(cell, "Wh", label + ".Wh"),
                   g.const(label + ".bh", np.concatenate([np.zeros(2 * H, np.float32), bhn])),
                   "hp", 3 * H)
         hr, hz, hn = o.split(hp, 3, "h_gate")
     else:
-        hrz = o.fc(h, cell_weight(g, cell, "Wh", label + ".Wh_rz", slice(0, 2 * H)), None,
+        hrz = o.fc(h, o.weight(cell, "Wh", label + ".Wh_rz", slice(0, 2 * H)), None,
                    "hrz", 2 * H)
         hr, hz = o.split(hrz, 2, "h_gate")
     r = o.unary("LOGISTIC", o.clipped(o.binary("ADD", xr, hr, "r_pre"), "r"), "r")
@@ -205,7 +228,7 @@ def _gru_step(o: _Ops, cell, xt, h, H, label):
         n_pre = o.binary("ADD", xn, o.binary("MUL", r, hn, "r_hn"), "n_pre")
     else:
         hn = o.fc(o.binary("MUL", r, h, "r_h"),
-                  cell_weight(g, cell, "Wh", label + ".Wh_n", slice(2 * H, 3 * H)),
+                  o.weight(cell, "Wh", label + ".Wh_n", slice(2 * H, 3 * H)),
                   g.const(label + ".bhn", bhn), "hn", H)
         n_pre = o.binary("ADD", xn, hn, "n_pre")
     n = o.unary("TANH", o.clipped(n_pre, "n"), "n")

@@ -55,6 +55,7 @@ def quantize_model(
     force: bool = False,
     seed: int = 0,
     verify_on: tuple[str, ...] | list[str] | str = ("onnxruntime",),
+    tflite_int8: str = "dequantize",
 ) -> QuantReport:
     """Quantize the model at ``src`` and write it to ``dst``.
 
@@ -73,6 +74,9 @@ def quantize_model(
             or a list); ONNX Runtime always runs. Each other runtime must agree
             with ONNX Runtime on the quantized file within
             :data:`edgelstm.converters.DEFAULT_ATOL` (``report.runtimes``).
+        tflite_int8: a ``.tflite`` ``dst``'s int8 form, ``"dequantize"``
+            (weight-only, matches the MLX int8 model to 1e-4) or ``"hybrid"``
+            (LiteRT's dynamic-range kernels, within 2% of the output scale).
 
     Returns:
         :class:`QuantReport`.
@@ -86,6 +90,10 @@ def quantize_model(
         runtimes = parse_runtimes(verify_on)
     except EdgeLSTMError as exc:
         raise ConfigError(str(exc)) from None
+    if tflite_int8 not in ("dequantize", "hybrid"):
+        raise ConfigError(f"tflite_int8 must be 'dequantize' or 'hybrid', got {tflite_int8!r}")
+    if tflite_int8 != "dequantize" and fmt is not Format.TFLITE:
+        raise ConfigError("--tflite-int8 applies to .tflite output only")
     if runtimes != ("onnxruntime",) and fmt in (Format.MLX, Format.TFLITE):
         raise ConfigError("--verify-on applies to ONNX output only (DST must end in .onnx)")
     if "openvino" in runtimes:
@@ -104,7 +112,8 @@ def quantize_model(
     elif fmt is Format.TFLITE:
         from edgelstm.quantize.tflite_out import to_tflite_int8
 
-        report = to_tflite_int8(src, dst, config, data, force, seed, _float_model(src))
+        report = to_tflite_int8(src, dst, config, data, force, seed, _float_model(src),
+                                tflite_int8)
     else:
         report = _to_onnx(src, dst, config, fmt, data, force, seed, runtimes)
     if data is not None:

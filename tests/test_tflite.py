@@ -72,6 +72,32 @@ def test_every_cell_and_option_matches_mlx(kind, kw, bidirectional, head, rng):
                                rtol=0, atol=ATOL)
 
 
+HYBRID_BOUND = 1e-2  # vs the MLX int8 model on these unit-scale models; measured worst 4e-3
+
+
+@pytest.mark.parametrize("kind,kw", CELLS, ids=lambda v: v if isinstance(v, str) else
+                         ",".join(f"{k}={x}" for k, x in v.items()) or "default")
+@pytest.mark.parametrize("streaming", [False, True], ids=["offline", "streaming"])
+def test_hybrid_int8_runs_dynamic_range_kernels(kind, kw, streaming, rng):
+    """Hybrid form: int8 weights go straight into FULLY_CONNECTED / sequence kernels."""
+    from ai_edge_litert import schema_py_generated as schema
+
+    from edgelstm.quantize import quantize_mlx
+
+    q = quantize_mlx(_model("frame", 2, kind=kind, **kw))
+    data = build_tflite(q, streaming=streaming, int8="hybrid")
+    parsed = schema.ModelT.InitFromPackedBuf(data, 0)
+    codes = {c.builtinCode for c in parsed.operatorCodes}
+    assert schema.BuiltinOperator.DEQUANTIZE not in codes
+    int8 = {i for sg in parsed.subgraphs for i, t in enumerate(sg.tensors)
+            if t.type == schema.TensorType.INT8}
+    assert int8
+    x = _input(rng, steps=30)
+    got, want = run_tflite(data, x), np.array(q(mx.array(x)))
+    diff = float(np.max(np.abs(got - want)))
+    assert 1e-7 < diff <= HYBRID_BOUND  # activations are quantized: close, not equal
+
+
 @pytest.mark.parametrize("kind", ["lstm", "gru", "rnn"])
 @pytest.mark.parametrize("bidirectional", [False, True], ids=["uni", "bi"])
 def test_mean_pool_no_bias_batch_3(kind, bidirectional, rng):
@@ -262,6 +288,13 @@ def test_quantize_cli_writes_int8_tflite(kind, tmp_path, rng):
     x = _input(rng, steps=20)
     np.testing.assert_allclose(run_tflite(tmp_path / "q.tflite", x), np.array(q(mx.array(x))),
                                rtol=0, atol=ATOL)
+    res = CliRunner().invoke(cli, ["quantize", str(tmp_path / "m"), str(tmp_path / "h.tflite"),
+                                   "--tflite-int8", "hybrid"])
+    assert res.exit_code == 0, res.output
+    assert "(hybrid int8 weights) vs the MLX int8 model" in res.output
+    res = CliRunner().invoke(cli, ["quantize", str(tmp_path / "m"), str(tmp_path / "h.onnx"),
+                                   "--tflite-int8", "hybrid"])
+    assert res.exit_code == 2 and "applies to a .tflite DST only" in res.output
     for extra, what in ((["--head"], "drop --head"), (["--format", "mlx"], "format tflite"),
                         (["--bits", "4"], "MLX-only")):
         res = CliRunner().invoke(cli, ["quantize", str(tmp_path / "m"),

@@ -34,10 +34,16 @@ from edgelstm.cli._common import force_option, handle_errors
               help="Comma-separated runtimes that run an .onnx DST: onnxruntime (always), "
                    "openvino (CPU, float32; pip install 'edgelstm[openvino]'), which must "
                    "agree with onnxruntime.")
+@click.option("--tflite-int8", type=click.Choice(["dequantize", "hybrid"]), default="dequantize",
+              show_default=True,
+              help="A .tflite DST's int8 form: dequantize (int8 weights, float kernels; "
+                   "matches MLX int8) or hybrid (LiteRT's dynamic-range kernels, which also "
+                   "quantize activations).")
 @click.option("--json", "as_json", is_flag=True, help="Print the report as JSON.")
 @force_option
 @handle_errors
-def quantize(src, dst, bits, fmt, group_size, head, eval_data, verify_on, as_json, force):
+def quantize(src, dst, bits, fmt, group_size, head, eval_data, verify_on, tflite_int8, as_json,
+             force):
     """Quantize SRC's gate weights and write DST; always prints the report.
 
     DST's suffix picks the output: .onnx (QDQ by default), .tflite or a
@@ -50,6 +56,7 @@ def quantize(src, dst, bits, fmt, group_size, head, eval_data, verify_on, as_jso
         $ edgelstm quantize jv-model jv-int8 --eval ../shared/data/uea/JapaneseVowels
         $ edgelstm quantize model model.ort.onnx --format onnx-ort
         $ edgelstm quantize model model.int8.tflite
+        $ edgelstm quantize model model.hybrid.tflite --tflite-int8 hybrid
     """
     from edgelstm.errors import EdgeLSTMError
     from edgelstm.quantize import QuantConfig, output_format, quantize_model
@@ -58,11 +65,13 @@ def quantize(src, dst, bits, fmt, group_size, head, eval_data, verify_on, as_jso
     try:  # an impossible combination of options is a usage error (exit 2)
         config = QuantConfig(bits=int(bits), targets=targets,
                              group_size=int(group_size) if group_size else None)
-        config.check_format(output_format(dst, fmt))
+        chosen = config.check_format(output_format(dst, fmt))
     except EdgeLSTMError as exc:
         raise click.UsageError(str(exc)) from None
+    if tflite_int8 != "dequantize" and chosen.value != "tflite":
+        raise click.UsageError("--tflite-int8 applies to a .tflite DST only")
     report = quantize_model(src, dst, config, format=fmt, eval_data=eval_data, force=force,
-                            verify_on=verify_on)
+                            verify_on=verify_on, tflite_int8=tflite_int8)
     if as_json:
         click.echo(json.dumps(report.to_dict(), indent=2, sort_keys=True))
     else:
