@@ -33,10 +33,11 @@ from edgelstm.cli._common import force_option, handle_errors, log
 @force_option
 @handle_errors
 def convert(src, dst, opset, streaming, lengths, verify, verify_on, atol, head, nonlinearity, force):
-    """Convert SRC to DST: .onnx writes ONNX, .tflite LiteRT, a name without suffix
+    """Convert SRC to DST: .onnx writes ONNX, .tflite LiteRT, .mlpackage a Core ML ML
+    program (LSTM; runs on Apple platforms only, so no --verify), a name without suffix
     a checkpoint directory.
 
-    Any other DST suffix (.pt, .keras, .mlpackage, ...) is refused.
+    Any other DST suffix (.pt, .keras, .mlmodel, ...) is refused.
 
     SRC is a checkpoint directory, .onnx, a PyTorch state dict
     (.pt/.pth/.safetensors), mlx.nn weights (.safetensors) or Keras (.keras/.h5).
@@ -48,6 +49,7 @@ def convert(src, dst, opset, streaming, lengths, verify, verify_on, atol, head, 
         $ edgelstm convert model/ model.onnx --verify --verify-on onnxruntime,openvino
         $ edgelstm convert model/ model.tflite --verify
         $ edgelstm convert model/ stream.tflite --streaming --verify
+        $ edgelstm convert model/ model.mlpackage
         $ edgelstm convert exported.onnx model/
         $ edgelstm convert lstm.pt model/ --head frame
     """
