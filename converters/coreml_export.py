@@ -29,7 +29,7 @@ import numpy as np
 
 from edgelstm.errors import ConversionError, UnsupportedError
 
-INSTALL_HINT = "pip install coremltools"
+INSTALL_HINT = "pip install 'edgelstm[coreml]' (or pip install coremltools)"
 MAX_STEPS = 65536
 _IFGO_TO_IFOG = (0, 1, 3, 2)
 
