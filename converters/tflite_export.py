@@ -20,7 +20,8 @@ kernels size their state tensors by it); the time axis is dynamic
 (``shape_signature`` ``-1``: resize the input, then allocate). In the default
 form the builtin ops' states are variable tensors that persist between
 ``invoke`` calls (call ``interpreter.reset_all_variables()`` before an
-unrelated sequence; :func:`edgelstm.converters.litert_run.run_tflite` does).
+unrelated sequence; :func:`edgelstm.converters.litert_run.run_tflite` does);
+a ``WHILE``-loop direction starts from zeros on every ``invoke``.
 ``streaming=True`` instead takes the state as inputs ``h0`` (and ``c0``)
 ``(L, B, H)`` and returns ``h_n`` (and ``c_n``), every cell in the loop form.
 
