@@ -14,6 +14,8 @@
 Int8 (MLX-quantized) weights stay int8 in the file, with their per-row
 scales as TFLite per-channel quantization parameters, and reach the float
 kernels through ``DEQUANTIZE``: the same ``q * s`` the MLX int8 model computes.
+In the hybrid form (``Ctx.hybrid``) the kernels take the int8 tensors
+themselves (see :func:`edgelstm.converters.tflite_loop.cell_weight`).
 Shapes: ``B`` batch (fixed), ``T`` time (dynamic), ``H`` hidden size.
 """
 
