@@ -23,11 +23,12 @@ LENGTHS = "lengths"  # graph input of a --lengths export (onnx_export.LENGTHS_IN
 # without a suffix is a native checkpoint directory. Any other suffix
 # (``.pt``, ``.keras``, ``.tflite`` ...) is refused rather than silently
 # becoming a checkpoint directory of that name. A new writer adds its row here.
-OUTPUT_FORMATS = {".onnx": "onnx", ".tflite": "tflite", "": "checkpoint"}
+OUTPUT_FORMATS = {".onnx": "onnx", ".tflite": "tflite", ".mlpackage": "coreml", "": "checkpoint"}
 
 
 def output_format(dst: str | os.PathLike) -> str:
-    """The format ``convert`` writes to ``dst``: ``"onnx"``, ``"tflite"`` or ``"checkpoint"``.
+    """The format ``convert`` writes to ``dst``: ``"onnx"``, ``"tflite"``, ``"coreml"`` or
+    ``"checkpoint"``.
 
     Raises:
         UnsupportedError: ``dst`` has a suffix that is not an output format.
@@ -132,11 +133,13 @@ def convert(src: str | os.PathLike, dst: str | os.PathLike, opset: int = 17,
     Args:
         src: checkpoint directory, ``.onnx``, PyTorch (``.pt``/``.pth``/
             ``.safetensors``) or Keras (``.keras``/``.h5``) file.
-        dst: ``*.onnx`` writes ONNX, ``*.tflite`` a LiteRT flatbuffer (LSTM only,
-            batch 1, see :mod:`edgelstm.converters.tflite_export`), a path without a
+        dst: ``*.onnx`` writes ONNX, ``*.mlpackage`` a Core ML ML program (LSTM,
+            batch 1, not runnable here: no ``verify``; see
+            :mod:`edgelstm.converters.coreml_export`), ``*.tflite`` a LiteRT flatbuffer (batch 1,
+            see :mod:`edgelstm.converters.tflite_export`), a path without a
             suffix a checkpoint directory; other suffixes are refused (:data:`OUTPUT_FORMATS`).
         opset: ONNX opset (14 or newer). Default: ``17``.
-        streaming: ONNX with ``h0``/``c0`` inputs and ``h_n``/``c_n`` outputs.
+        streaming: ONNX or TFLite with ``h0``/``c0`` inputs and ``h_n``/``c_n`` outputs.
         verify: run source and result on the same random input
             ``(2, 8, I)`` (with random ``lengths`` when both take them);
             fail above ``atol`` (the output is then not written).
@@ -165,10 +168,16 @@ def convert(src: str | os.PathLike, dst: str | os.PathLike, opset: int = 17,
     src, dst = Path(src), Path(dst)
     to_onnx = output_format(dst) == "onnx"
     to_tflite = output_format(dst) == "tflite"
-    if streaming and not to_onnx:
-        raise ConversionError("--streaming applies to ONNX output only (DST must end in .onnx)")
+    if streaming and not (to_onnx or to_tflite):
+        raise ConversionError("--streaming applies to ONNX or TFLite output only "
+                              "(DST must end in .onnx or .tflite)")
     if lengths and not to_onnx:
         raise ConversionError("--lengths applies to ONNX output only (DST must end in .onnx)")
+    to_coreml = output_format(dst) == "coreml"
+    if to_coreml and verify:
+        raise ConversionError("--verify cannot run a .mlpackage here: Core ML runs on Apple "
+                              "platforms only (the package is checked structurally; compare "
+                              "outputs on a Mac)")
     runtimes = parse_runtimes(verify_on)
     if runtimes != ("onnxruntime",) and not to_onnx:
         raise ConversionError("--verify-on applies to ONNX output only (DST must end in .onnx)")
@@ -182,18 +191,28 @@ def convert(src: str | os.PathLike, dst: str | os.PathLike, opset: int = 17,
     if to_tflite:
         from edgelstm.converters.tflite_export import _schema, check_exportable
 
-        check_exportable(model)
+        check_exportable(model, streaming=streaming)
         _schema()
+    if to_coreml:
+        from edgelstm.converters import coreml_export
+
+        coreml_export.check_exportable(model)
+        coreml_export._ct()
     check_output_path(dst, [src])  # not the source, inside it or around it, even with force
     report = {"src": str(src), "dst": str(dst), "src_format": src_format,
-              "dst_format": "onnx" if to_onnx else "tflite" if to_tflite else "checkpoint",
+              "dst_format": "onnx" if to_onnx else "tflite" if to_tflite
+              else "coreml" if to_coreml else "checkpoint",
               "architecture": _describe(model), "opset": opset if to_onnx else None,
               "streaming": bool(streaming), "lengths": bool(lengths), "max_abs_diff": None, "atol": atol, "compared": []}
     with atomic_output(dst, force=force, directory=not (to_onnx or to_tflite)) as tmp:
         if to_tflite:
             from edgelstm.converters.tflite_export import build_tflite
 
-            tmp.write_bytes(build_tflite(model))
+            tmp.write_bytes(build_tflite(model, streaming=streaming))
+        elif to_coreml:
+            from edgelstm.converters.coreml_export import build_mlmodel, save_into
+
+            save_into(build_mlmodel(model), tmp)
         elif to_onnx:
             import onnx
 

@@ -1,26 +1,36 @@
-"""Export an edgelstm LSTM model to a LiteRT (TFLite) flatbuffer, without TensorFlow.
+"""Export an edgelstm model to a LiteRT (TFLite) flatbuffer, without TensorFlow.
 
 The flatbuffer is built with the schema module that ships in the
-``ai-edge-litert`` wheel (``pip install 'edgelstm[litert]'``). Graph:
+``ai-edge-litert`` wheel (``pip install 'edgelstm[litert]'``); see
+:mod:`edgelstm.converters.tflite_builder`. Graph:
 
 - normalisation: ``SUB`` mean, ``DIV`` std (per feature, broadcast);
-- each LSTM layer: one ``UNIDIRECTIONAL_SEQUENCE_LSTM`` op (float32,
-  ``timeMajor`` = not ``batch_first``, tanh cell/output activation); its
-  ``h``/``c`` states are variable tensors ``(B, H)``;
-- frame head: ``FULLY_CONNECTED`` with ``keepNumDims`` on ``(B, T, H)``;
-  sequence head: ``STRIDED_SLICE`` of the last step, then ``FULLY_CONNECTED``.
+- each layer and direction: a builtin sequence op where LiteRT has one
+  (``UNIDIRECTIONAL_SEQUENCE_LSTM``, ``UNIDIRECTIONAL_SEQUENCE_RNN``), else a
+  ``WHILE`` loop of the cell step (GRU; LSTM with clip, peepholes or coupled
+  gates; RNN with clip); see :mod:`edgelstm.converters.tflite_cells`. A
+  bidirectional layer runs its reverse direction on the time-reversed input
+  and concatenates ``[forward, reverse]`` as the MLX model does;
+- frame head: ``FULLY_CONNECTED`` with ``keepNumDims`` on ``(B, T, F)``;
+  sequence head: the last layer's final hidden state(s) (or ``MEAN`` over
+  time for ``pool="mean"``), then ``FULLY_CONNECTED``.
 
-The batch size is fixed at export (``batch_size``, default 1: the LSTM
-kernel sizes its state tensors by it); the time axis is dynamic
-(``shape_signature`` ``-1``: resize the input, then allocate). The state
-tensors persist between ``invoke`` calls, which streams a sequence in
-chunks; call ``interpreter.reset_all_variables()`` before an unrelated one
-(:func:`edgelstm.converters.litert_run.run_tflite` does).
+The batch size is fixed at export (``batch_size``, default 1: the builtin
+kernels size their state tensors by it); the time axis is dynamic
+(``shape_signature`` ``-1``: resize the input, then allocate). In the default
+form the builtin ops' states are variable tensors that persist between
+``invoke`` calls (call ``interpreter.reset_all_variables()`` before an
+unrelated sequence; :func:`edgelstm.converters.litert_run.run_tflite` does);
+a ``WHILE``-loop direction starts from zeros on every ``invoke``.
+``streaming=True`` instead takes the state as inputs ``h0`` (and ``c0``)
+``(L, B, H)`` and returns ``h_n`` (and ``c_n``), every cell in the loop form.
 
-Refused by name: GRU and RNN (LiteRT has no sequence op for them),
-bidirectional stacks, peepholes, ``clip`` (LiteRT clips the cell state, ONNX
-and edgelstm the gate inputs), coupled input-forget gates and non-default
-activations. Int8 (MLX-quantized) weights are exported dequantized, float32.
+Int8 (MLX-quantized) weights are written as int8 tensors with TFLite
+per-channel quantization parameters (the MLX per-row scales) and
+dequantized by ``DEQUANTIZE`` for the float kernels, so LiteRT computes what
+the MLX int8 model computes; ``int8="hybrid"`` feeds them to LiteRT's
+dynamic-range (hybrid) kernels instead. Refused by name: summary heads, non-default activations,
+4-bit weights, and streaming a bidirectional or mean-pooled model.
 """
 
 from __future__ import annotations
@@ -30,205 +40,161 @@ from pathlib import Path
 
 import numpy as np
 
+from edgelstm.converters.tflite_builder import INSTALL_HINT, ModelBuilder, schema
+from edgelstm.converters.tflite_cells import direction
+from edgelstm.converters.tflite_loop import Ctx
 from edgelstm.errors import ConversionError, UnsupportedError
 
-INSTALL_HINT = "pip install 'edgelstm[litert]' (or pip install ai-edge-litert)"
-_LSTM_INPUTS = 24  # UNIDIRECTIONAL_SEQUENCE_LSTM's input list (optional ones are -1)
+__all__ = ["INSTALL_HINT", "build_tflite", "check_exportable", "to_tflite"]
+_schema = schema  # the name conversion.py checks the install with
 
 
-def _schema():
-    try:
-        from ai_edge_litert import schema_py_generated as schema
-    except ImportError:
-        raise UnsupportedError(f"TFLite export needs ai-edge-litert; {INSTALL_HINT}") from None
-    return schema
+def _cells(rnn):
+    for layer in rnn.layers:
+        yield from ([layer.forward, layer.reverse] if rnn.bidirectional else [layer.forward])
 
 
-def check_exportable(model) -> None:
+def check_exportable(model, streaming: bool = False) -> None:
     """Refuse what the TFLite graph cannot express, naming it.
 
     Raises:
-        UnsupportedError: GRU/RNN, bidirectional, peepholes, clip,
-        input_forget or custom activations.
+        UnsupportedError: summary heads, non-default activations, 4-bit
+        weights, streaming a bidirectional or mean-pooled model.
     """
     from edgelstm.converters.onnx_export import _split_model
 
     seq, rnn = _split_model(model)
-    opts = rnn.cell_options
     what = None
+    spec = [c.get("_qspec") for c in _cells(rnn)]
     if getattr(seq, "summary", None) is not None:
         what = "a sequence head reading other final states than the last layer's (summary)"
-    elif rnn.cell_type != "lstm":
-        what = (f"a {rnn.cell_type.upper()} (LiteRT has a sequence op for LSTM only; "
-                "export ONNX instead)")
-    elif rnn.bidirectional:
-        what = "a bidirectional LSTM (exported as unidirectional ops only)"
-    elif opts.get("peephole"):
-        what = "peephole connections"
-    elif opts.get("clip") is not None:
-        what = "clip (LiteRT's cell_clip clips the cell state, not the gate inputs)"
-    elif opts.get("input_forget"):
-        what = "coupled input-forget gates (input_forget)"
-    elif opts.get("activations") is not None:
-        what = "non-default activations (LiteRT's LSTM is sigmoid/tanh)"
+    elif rnn.cell_options.get("activations") is not None:
+        what = "non-default activations (the export uses LiteRT's sigmoid/tanh/relu ops)"
+    elif any(s is not None and s["bits"] != 8 for s in spec):
+        what = f"{spec[0]['bits']}-bit weights (LiteRT export takes float or int8)"
+    elif streaming and rnn.bidirectional:
+        what = "a bidirectional model as streaming (the reverse direction needs the whole input)"
+    elif streaming and getattr(seq, "pool", "last") == "mean":
+        what = "a mean-pooled head as streaming (it needs the whole input)"
     if what:
         raise UnsupportedError(f"TFLite export cannot express {what}")
 
 
-class _Builder:
-    """Tensors, buffers and operators of one subgraph, as schema ``*T`` objects."""
-
-    def __init__(self, schema):
-        self.s = schema
-        self.tensors, self.buffers, self.ops, self.codes = [], [schema.BufferT()], [], []
-
-    def tensor(self, name: str, shape, data: np.ndarray | None = None, dtype: str = "float32",
-               signature=None, variable: bool = False) -> int:
-        t = self.s.TensorT()
-        t.name, t.shape = name, list(shape)
-        t.type = {"float32": self.s.TensorType.FLOAT32, "int32": self.s.TensorType.INT32}[dtype]
-        if signature is not None:
-            t.shapeSignature = list(signature)
-        t.isVariable = variable
-        t.buffer = 0
-        if data is not None:
-            b = self.s.BufferT()
-            b.data = np.frombuffer(np.ascontiguousarray(data, dtype).tobytes(), np.uint8)
-            self.buffers.append(b)
-            t.buffer = len(self.buffers) - 1
-        self.tensors.append(t)
-        return len(self.tensors) - 1
-
-    def const(self, name: str, value, dtype: str = "float32") -> int:
-        arr = np.asarray(value, dtype)
-        return self.tensor(name, arr.shape, arr, dtype)
-
-    def op(self, code: str, inputs, outputs, options_type: str | None = None, options=None):
-        builtin = getattr(self.s.BuiltinOperator, code)
-        if builtin not in self.codes:
-            self.codes.append(builtin)
-        o = self.s.OperatorT()
-        o.opcodeIndex = self.codes.index(builtin)
-        o.inputs, o.outputs = list(inputs), list(outputs)
-        if options_type:
-            o.builtinOptionsType = getattr(self.s.BuiltinOptions, options_type)
-            o.builtinOptions = options
-        self.ops.append(o)
-
-    def model(self, inputs, outputs, description: str):
-        s = self.s
-        sg = s.SubGraphT()
-        sg.tensors, sg.operators, sg.name = self.tensors, self.ops, "main"
-        sg.inputs, sg.outputs = list(inputs), list(outputs)
-        m = s.ModelT()
-        m.version, m.description = 3, description
-        m.subgraphs, m.buffers = [sg], self.buffers
-        m.operatorCodes = []
-        for builtin in self.codes:
-            c = s.OperatorCodeT()
-            c.builtinCode, c.deprecatedBuiltinCode, c.version = builtin, min(builtin, 127), 1
-            m.operatorCodes.append(c)
-        return m
+INT8_FORMS = ("dequantize", "hybrid")
 
 
-def _lstm_weights(cell) -> dict[str, np.ndarray]:
-    """A cell's ``Wx (4H, I)``, ``Wh (4H, H)``, summed ``bias (4H,)`` (zeros if none), float32."""
-    wx = np.array(cell.Wx, np.float32)  # attribute access expands int8 storage
-    wh = np.array(cell.Wh, np.float32)
-    bias = cell.get("bias")
-    b = np.zeros(wx.shape[0], np.float32) if bias is None else np.array(bias, np.float32)
-    return {"Wx": wx, "Wh": wh, "bias": b}
-
-
-def build_tflite(model, batch_size: int = 1) -> bytes:
-    """The LiteRT flatbuffer of ``model`` (an ``edgelstm.LSTM`` or ``SequenceModel``).
+def build_tflite(model, batch_size: int = 1, streaming: bool = False,
+                 int8: str = "dequantize") -> bytes:
+    """The LiteRT flatbuffer of ``model`` (an ``edgelstm`` stack or ``SequenceModel``).
 
     Input ``(batch_size, T, I)`` (``(T, batch_size, I)`` if not
     ``batch_first``) with dynamic ``T``; output named as the model's first
-    output: ``(B, T, C)`` frame head, ``(B, C)`` sequence head, ``(B, T, H)``
-    without a head.
+    output: ``(B, T, C)`` frame head, ``(B, C)`` sequence head, ``(B, T, dirs*H)``
+    without a head. ``streaming`` adds inputs ``h0``/``c0`` and outputs
+    ``h_n``/``c_n``, each ``(L, B, H)`` (``c`` for LSTM only).
+
+    ``int8`` says how an MLX int8 model's weights reach the kernels:
+    ``"dequantize"`` (int8 in the file, ``DEQUANTIZE`` to float32: LiteRT
+    computes what the MLX int8 model does) or ``"hybrid"`` (LiteRT's
+    dynamic-range kernels take the int8 weights and quantize activations on
+    the fly; the sequence LSTM/RNN ops read one scale per gate tensor, so
+    their weights are re-quantized per tensor). Float models ignore it.
     """
     from edgelstm.converters.onnx_export import _head_weight, _split_model
 
-    check_exportable(model)
-    s = _schema()
+    check_exportable(model, streaming)
     seq, rnn = _split_model(model)
+    if int8 not in INT8_FORMS:
+        raise ConversionError(f"int8 must be one of {', '.join(INT8_FORMS)}, got {int8!r}")
     if not 1 <= batch_size <= 65536:
         raise ConversionError(f"batch_size must be 1..65536, got {batch_size}")
-    B, I, H = batch_size, rnn.input_size, rnn.hidden_size
-    tm = not rnn.batch_first
-    lead, sig = ([1, B], [-1, B]) if tm else ([B, 1], [B, -1])
-    g = _Builder(s)
+    B, I, H, L = batch_size, rnn.input_size, rnn.hidden_size, rnn.num_layers
+    m = ModelBuilder()
+    g = m.graph("main")
+    ctx = Ctx(m, B, H, not rnn.batch_first, hybrid=int8 == "hybrid")
+    lead, sig = ([1, B], [-1, B]) if ctx.time_major else ([B, 1], [B, -1])
     names = (seq.input_names, seq.output_names) if seq is not None else (["input"], ["output"])
     x = first = g.tensor(names[0][0], [*lead, I], signature=[*sig, I])
+    g.inputs = [first]
+    lstm = rnn.cell_type == "lstm"
+    states = []
+    if streaming:
+        states = [g.tensor(n, [L, B, H]) for n in (("h0", "c0") if lstm else ("h0",))]
+        g.inputs += states
     if seq is not None and "norm" in seq:
-        mean = g.const("norm.mean", np.array(seq.norm.mean, np.float32))
-        std = g.const("norm.std", np.array(seq.norm.std, np.float32))
-        centred = g.tensor("norm.centred", [*lead, I], signature=[*sig, I])
-        g.op("SUB", [x, mean], [centred], "SubOptions", s.SubOptionsT())
-        x = g.tensor("norm.out", [*lead, I], signature=[*sig, I])
-        g.op("DIV", [centred, std], [x], "DivOptions", s.DivOptionsT())
+        centred = g.op("SUB", [x, g.const("norm.mean", np.array(seq.norm.mean, np.float32))],
+                       [g.like("norm.centred", x)])
+        x = g.op("DIV", [centred, g.const("norm.std", np.array(seq.norm.std, np.float32))],
+                 [g.like("norm.out", x)])
+    finals_h, finals_c, last = [], [], []
     for k, layer in enumerate(rnn.layers):
-        w = _lstm_weights(layer.forward)
-        ins = [x]
-        for part, name in (("Wx", "input"), ("Wh", "recurrent")):
-            for gate, rows in zip("ifgo", np.split(w[part], 4), strict=True):
-                ins.append(g.const(f"lstm{k}.{name}_{gate}", rows))
-        ins += [-1, -1, -1]  # peepholes
-        ins += [g.const(f"lstm{k}.bias_{gate}", b)
-                for gate, b in zip("ifgo", np.split(w["bias"], 4), strict=True)]
-        ins += [-1, -1]  # projection
-        ins += [g.tensor(f"lstm{k}.h", [B, H], variable=True),
-                g.tensor(f"lstm{k}.c", [B, H], variable=True)]
-        ins += [-1] * (_LSTM_INPUTS - len(ins))  # layer-norm coefficients
-        x = g.tensor(f"lstm{k}.y", [*lead, H], signature=[*sig, H])
-        opts = s.UnidirectionalSequenceLSTMOptionsT()
-        opts.fusedActivationFunction = s.ActivationFunctionType.TANH
-        opts.timeMajor = tm
-        g.op("UNIDIRECTIONAL_SEQUENCE_LSTM", ins, [x], "UnidirectionalSequenceLSTMOptions", opts)
+        cells = [layer.forward, layer.reverse] if rnn.bidirectional else [layer.forward]
+        ys, last = [], []
+        for d, cell in enumerate(cells):
+            label = f"l{k}" + (".rev" if d else "")
+            h0, c0 = (_row(g, s, k, f"{label}.{n}0") for n, s in zip("hc", [*states, None, None][:2],
+                                                                     strict=True))
+            y, h_n, c_n = direction(ctx, g, cell, rnn.cell_type, x, d == 1, streaming, label,
+                                    h0, c0 if lstm else None)
+            ys.append(y)
+            last.append(h_n)
+            finals_h.append(h_n)
+            finals_c.append(c_n)
+        x = ys[0] if len(ys) == 1 else g.op(
+            "CONCATENATION", ys, [g.like(f"l{k}.y", ys[0], last=2 * H)],
+            "ConcatenationOptions", axis=2)
+    out = _head(g, ctx, seq, x, last, names[1][0], _head_weight)
+    g.outputs = [out]
+    if streaming:
+        g.outputs.append(_stack(g, finals_h, "h_n", L, B, H))
+        if lstm:
+            g.outputs.append(_stack(g, finals_c, "c_n", L, B, H))
+    return m.finish("edgelstm export")
+
+
+def _row(g, state, k: int, name: str):
+    """Row ``k`` ``(B, H)`` of a state input ``(L, B, H)`` (``None`` passes through)."""
+    if state is None:
+        return None
+    shape = g.tensors[state].shape[1:]
+    return g.op("GATHER", [state, g.const(name + ".index", k, "int32")],
+                [g.tensor(name, shape)], "GatherOptions", axis=0)
+
+
+def _stack(g, rows, name: str, L: int, B: int, H: int) -> int:
+    return g.op("PACK", rows, [g.tensor(name, [L, B, H])], "PackOptions", valuesCount=L, axis=0)
+
+
+def _head(g, ctx, seq, x, last, out_name, head_weight) -> int:
+    """The head on the stack's output ``x`` ``(B, T, F)`` or its final states ``last``."""
     head = seq.head_type if seq is not None else None
-    if head == "sequence":
-        last = g.tensor("last_step", [B, H])
-        sl = s.StridedSliceOptionsT()
-        axis = 0 if tm else 1
-        sl.beginMask = sl.endMask = 0b111 & ~(1 << axis)
-        sl.shrinkAxisMask = 1 << axis
-        begin = [0, 0, 0]
-        begin[axis] = -1
-        g.op("STRIDED_SLICE", [x, g.const("slice.begin", begin, "int32"),
-                               g.const("slice.end", [0, 0, 0], "int32"),
-                               g.const("slice.strides", [1, 1, 1], "int32")],
-             [last], "StridedSliceOptions", sl)
-        x = last
-    if head is not None:
-        C = seq.num_outputs
-        fc = s.FullyConnectedOptionsT()
-        fc.keepNumDims = head == "frame"
-        shape, signature = ([B, C], None) if head == "sequence" else ([*lead, C], [*sig, C])
-        out = g.tensor(names[1][0], shape, signature=signature)
-        bias = seq.head.get("bias")
-        g.op("FULLY_CONNECTED", [x, g.const("head.weight", _head_weight(seq.head)),
-                                 -1 if bias is None else g.const("head.bias", np.array(bias))],
-             [out], "FullyConnectedOptions", fc)
-        x = out
-    else:
-        g.tensors[x].name = names[1][0]
-    return _pack(s, g.model([first], [x], "edgelstm export"))
+    if head is None:
+        g.tensors[x].name = out_name
+        return x
+    B = ctx.B
+    if head == "sequence" and seq.pool == "mean":
+        width = g.tensors[x].shape[-1]
+        x = g.op("MEAN", [x, g.const("pool.axis", [ctx.t_axis], "int32")],
+                 [g.tensor("pool.mean", [B, width])], "ReducerOptions", keepDims=False)
+    elif head == "sequence":
+        x = last[0] if len(last) == 1 else g.op(
+            "CONCATENATION", last, [g.tensor("last_steps", [B, ctx.H * len(last)])],
+            "ConcatenationOptions", axis=1)
+    C = seq.num_outputs
+    bias = seq.head.get("bias")
+    out = (g.tensor(out_name, [B, C]) if head == "sequence"
+           else g.like(out_name, x, last=C))
+    return g.op("FULLY_CONNECTED", [x, g.const("head.weight", head_weight(seq.head)),
+                                    -1 if bias is None else g.const("head.bias", np.array(bias))],
+                [out], "FullyConnectedOptions", keepNumDims=head == "frame")
 
 
-def _pack(schema, model_t) -> bytes:
-    import flatbuffers
-
-    builder = flatbuffers.Builder(1024)
-    builder.Finish(model_t.Pack(builder), file_identifier=b"TFL3")
-    return bytes(builder.Output())
-
-
-def to_tflite(model, path: str | os.PathLike, batch_size: int = 1, force: bool = False) -> Path:
+def to_tflite(model, path: str | os.PathLike, batch_size: int = 1, streaming: bool = False,
+              force: bool = False, int8: str = "dequantize") -> Path:
     """Write ``model`` as a ``.tflite`` file (atomically); see :func:`build_tflite`."""
     from edgelstm.io.fileio import atomic_output
 
-    data = build_tflite(model, batch_size=batch_size)
+    data = build_tflite(model, batch_size=batch_size, streaming=streaming, int8=int8)
     path = Path(path)
     with atomic_output(path, force=force) as tmp:
         Path(tmp).write_bytes(data)

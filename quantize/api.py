@@ -28,11 +28,17 @@ from edgelstm.quantize.report import (
 
 
 def output_format(dst: str | os.PathLike, fmt: Format | str | None) -> Format:
-    """The output format: explicit, else from ``dst`` (``.onnx`` -> QDQ, else MLX)."""
-    is_onnx = Path(dst).suffix.lower() == ".onnx"
+    """The output format: explicit, else from ``dst`` (``.onnx`` -> QDQ, ``.tflite``, else MLX)."""
+    suffix = Path(dst).suffix.lower()
+    is_onnx = suffix == ".onnx"
     if fmt is None:
-        return Format.ONNX_QDQ if is_onnx else Format.MLX
+        return Format.ONNX_QDQ if is_onnx else Format.TFLITE if suffix == ".tflite" else Format.MLX
     fmt = Format.parse(fmt)
+    if (fmt is Format.TFLITE) != (suffix == ".tflite"):
+        raise ConfigError(f"format tflite writes a .tflite file and a .tflite DST takes format "
+                          f"tflite; got {fmt} for {dst}")
+    if fmt is Format.TFLITE:
+        return fmt
     if (fmt is Format.MLX) == is_onnx:
         want = "a checkpoint directory (no .onnx suffix)" if fmt is Format.MLX else "a .onnx file"
         raise ConfigError(f"format {fmt} writes {want}; got {dst}")
@@ -49,14 +55,16 @@ def quantize_model(
     force: bool = False,
     seed: int = 0,
     verify_on: tuple[str, ...] | list[str] | str = ("onnxruntime",),
+    tflite_int8: str = "dequantize",
 ) -> QuantReport:
     """Quantize the model at ``src`` and write it to ``dst``.
 
     Args:
         src: any model edgelstm loads (checkpoint, ``.onnx``, PyTorch, Keras).
-        dst: checkpoint directory (``mlx``) or ``.onnx`` file.
+        dst: checkpoint directory (``mlx``), ``.onnx`` or ``.tflite`` file.
         config: :class:`QuantConfig`; default int8 ``Wx``/``Wh``.
-        format: ``mlx``, ``onnx-qdq`` or ``onnx-ort``; default from ``dst``.
+        format: ``mlx``, ``onnx-qdq``, ``onnx-ort`` or ``tflite`` (LiteRT, int8
+            weights checked against the MLX int8 model); default from ``dst``.
         eval_data: ``.npz`` with ``x (N, T, I)``, ``y (N,)|(N, T)``, optional
             ``lengths (N,)``, or a dataset spec (UEA ``.ts`` file/folder, FSDD
             folder; its test split): accuracy before and after goes in the report.
@@ -66,6 +74,9 @@ def quantize_model(
             or a list); ONNX Runtime always runs. Each other runtime must agree
             with ONNX Runtime on the quantized file within
             :data:`edgelstm.converters.DEFAULT_ATOL` (``report.runtimes``).
+        tflite_int8: a ``.tflite`` ``dst``'s int8 form, ``"dequantize"``
+            (weight-only, matches the MLX int8 model to 1e-4) or ``"hybrid"``
+            (LiteRT's dynamic-range kernels, within 2% of the output scale).
 
     Returns:
         :class:`QuantReport`.
@@ -79,7 +90,11 @@ def quantize_model(
         runtimes = parse_runtimes(verify_on)
     except EdgeLSTMError as exc:
         raise ConfigError(str(exc)) from None
-    if runtimes != ("onnxruntime",) and fmt is Format.MLX:
+    if tflite_int8 not in ("dequantize", "hybrid"):
+        raise ConfigError(f"tflite_int8 must be 'dequantize' or 'hybrid', got {tflite_int8!r}")
+    if tflite_int8 != "dequantize" and fmt is not Format.TFLITE:
+        raise ConfigError("--tflite-int8 applies to .tflite output only")
+    if runtimes != ("onnxruntime",) and fmt in (Format.MLX, Format.TFLITE):
         raise ConfigError("--verify-on applies to ONNX output only (DST must end in .onnx)")
     if "openvino" in runtimes:
         from edgelstm.converters.openvino_run import _openvino
@@ -94,6 +109,11 @@ def quantize_model(
         data = load_eval_data(eval_data, model=load(src))
     if fmt is Format.MLX:
         report = _to_mlx(src, dst, config, data, force, seed)
+    elif fmt is Format.TFLITE:
+        from edgelstm.quantize.tflite_out import to_tflite_int8
+
+        report = to_tflite_int8(src, dst, config, data, force, seed, _float_model(src),
+                                tflite_int8)
     else:
         report = _to_onnx(src, dst, config, fmt, data, force, seed, runtimes)
     if data is not None:

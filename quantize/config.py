@@ -57,6 +57,7 @@ class Format(_Choice):
     MLX = "mlx"  # native checkpoint directory
     ONNX_QDQ = "onnx-qdq"  # portable: int8 initializers + DequantizeLinear
     ONNX_ORT = "onnx-ort"  # com.microsoft.DynamicQuantizeLSTM (ONNX Runtime only)
+    TFLITE = "tflite"  # LiteRT flatbuffer: int8 tensors, per-channel quantization parameters
 
 
 class Target(_Choice):
@@ -128,6 +129,9 @@ class QuantConfig:
         if fmt is not Format.MLX and self.bits != 8:
             raise UnsupportedError(f"{self.bits}-bit quantization is MLX-only (experimental); "
                                    f"the {fmt} format holds 8-bit weights")
+        if fmt is Format.TFLITE and Target.HEAD in self.targets:
+            raise UnsupportedError("the tflite format quantizes the gate weights only "
+                                   "(Wx, Wh); drop --head")
         return fmt
 
     @property

@@ -95,7 +95,7 @@ def test_bidirectional_streaming_refused(bi_ckpt, tmp_path):
 
 def test_usage_errors_exit_2(ckpt, tmp_path):
     r = _invoke("convert", ckpt, tmp_path / "dir", "--streaming")
-    assert r.exit_code == 2 and "Error: --streaming needs an .onnx DST" in r.output
+    assert r.exit_code == 2 and "Error: --streaming needs an .onnx or .tflite DST" in r.output
     r = _invoke("convert", ckpt, tmp_path / "m.onnx", "--opset", "13")
     assert r.exit_code == 2 and "--opset" in r.output
 

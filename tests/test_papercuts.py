@@ -57,7 +57,7 @@ def test_cli_outputs_are_not_private(classifier, tmp_path, umask_022):
     assert _mode(tmp_path / "copy") == 0o755
 
 
-@pytest.mark.parametrize("suffix", [".pt", ".keras", ".mlpackage", ".h5"])
+@pytest.mark.parametrize("suffix", [".pt", ".keras", ".mlmodel", ".h5"])
 def test_convert_refuses_unsupported_destination_suffixes(classifier, tmp_path, suffix):
     from edgelstm.converters import convert
 
@@ -74,7 +74,8 @@ def test_output_format_table():
 
     assert output_format("a/b.ONNX") == "onnx" and output_format("a/ckpt") == "checkpoint"
     assert output_format("m.tflite") == "tflite"
-    assert set(OUTPUT_FORMATS) == {".onnx", ".tflite", ""}
+    assert output_format("m.mlpackage") == "coreml"
+    assert set(OUTPUT_FORMATS) == {".onnx", ".tflite", ".mlpackage", ""}
 
 
 def test_train_takes_batch_and_the_hidden_old_name(tmp_path):

@@ -13,7 +13,8 @@ from edgelstm.cli._common import force_option, handle_errors, log
 @click.option("--opset", type=click.IntRange(min=14), default=17, show_default=True,
               help="ONNX opset of an .onnx DST.")
 @click.option("--streaming", is_flag=True,
-              help="ONNX with state inputs h0/c0 and outputs h_n/c_n (not bidirectional).")
+              help="ONNX or TFLite with state inputs h0/c0 and outputs h_n/c_n (not "
+                   "bidirectional).")
 @click.option("--lengths", is_flag=True,
               help="ONNX with an int32 input lengths (B,), valid steps per sequence "
                    "(sequence_lens), for padded batches.")
@@ -32,10 +33,11 @@ from edgelstm.cli._common import force_option, handle_errors, log
 @force_option
 @handle_errors
 def convert(src, dst, opset, streaming, lengths, verify, verify_on, atol, head, nonlinearity, force):
-    """Convert SRC to DST: .onnx writes ONNX, .tflite LiteRT (LSTM), a name without suffix
+    """Convert SRC to DST: .onnx writes ONNX, .tflite LiteRT, .mlpackage a Core ML ML
+    program (LSTM; runs on Apple platforms only, so no --verify), a name without suffix
     a checkpoint directory.
 
-    Any other DST suffix (.pt, .keras, .mlpackage, ...) is refused.
+    Any other DST suffix (.pt, .keras, .mlmodel, ...) is refused.
 
     SRC is a checkpoint directory, .onnx, a PyTorch state dict
     (.pt/.pth/.safetensors), mlx.nn weights (.safetensors) or Keras (.keras/.h5).
@@ -46,13 +48,15 @@ def convert(src, dst, opset, streaming, lengths, verify, verify_on, atol, head, 
         $ edgelstm convert model/ padded.onnx --lengths --verify
         $ edgelstm convert model/ model.onnx --verify --verify-on onnxruntime,openvino
         $ edgelstm convert model/ model.tflite --verify
+        $ edgelstm convert model/ stream.tflite --streaming --verify
+        $ edgelstm convert model/ model.mlpackage
         $ edgelstm convert exported.onnx model/
         $ edgelstm convert lstm.pt model/ --head frame
     """
     from edgelstm.converters import convert as convert_model
 
-    if streaming and not dst.lower().endswith(".onnx"):
-        raise click.UsageError("--streaming needs an .onnx DST")
+    if streaming and not dst.lower().endswith((".onnx", ".tflite")):
+        raise click.UsageError("--streaming needs an .onnx or .tflite DST")
     if lengths and not dst.lower().endswith(".onnx"):
         raise click.UsageError("--lengths needs an .onnx DST")
     options = {k: v for k, v in (("head", head), ("nonlinearity", nonlinearity)) if v}

@@ -15,11 +15,13 @@ from edgelstm.cli._common import force_option, handle_errors
 @click.option("--bits", type=click.Choice(["8", "4"]), default="8", show_default=True,
               help="8: symmetric per-channel int8. 4: experimental, MLX affine group-wise, "
                    "mlx format only.")
-@click.option("--format", "fmt", type=click.Choice(["mlx", "onnx-qdq", "onnx-ort"]),
+@click.option("--format", "fmt", type=click.Choice(["mlx", "onnx-qdq", "onnx-ort", "tflite"]),
               default=None,
               help="mlx: checkpoint directory. onnx-qdq (default for .onnx): portable int8 "
                    "initializers + DequantizeLinear, runs in any ONNX runtime. onnx-ort: "
-                   "com.microsoft.DynamicQuantizeLSTM, ONNX Runtime only, LSTM only.")
+                   "com.microsoft.DynamicQuantizeLSTM, ONNX Runtime only, LSTM only. tflite "
+                   "(default for .tflite): LiteRT, int8 weights with per-channel "
+                   "quantization parameters.")
 @click.option("--group-size", type=click.Choice(["32", "64", "128"]), default=None,
               help="Group size for --bits 4 (default: largest that divides the widths).")
 @click.option("--head/--no-head", default=False, show_default=True,
@@ -32,14 +34,20 @@ from edgelstm.cli._common import force_option, handle_errors
               help="Comma-separated runtimes that run an .onnx DST: onnxruntime (always), "
                    "openvino (CPU, float32; pip install 'edgelstm[openvino]'), which must "
                    "agree with onnxruntime.")
+@click.option("--tflite-int8", type=click.Choice(["dequantize", "hybrid"]), default="dequantize",
+              show_default=True,
+              help="A .tflite DST's int8 form: dequantize (int8 weights, float kernels; "
+                   "matches MLX int8) or hybrid (LiteRT's dynamic-range kernels, which also "
+                   "quantize activations).")
 @click.option("--json", "as_json", is_flag=True, help="Print the report as JSON.")
 @force_option
 @handle_errors
-def quantize(src, dst, bits, fmt, group_size, head, eval_data, verify_on, as_json, force):
+def quantize(src, dst, bits, fmt, group_size, head, eval_data, verify_on, tflite_int8, as_json,
+             force):
     """Quantize SRC's gate weights and write DST; always prints the report.
 
-    DST's suffix picks the output: .onnx (QDQ by default) or a checkpoint
-    directory. The report gives sizes before/after, the output error on
+    DST's suffix picks the output: .onnx (QDQ by default), .tflite or a
+    checkpoint directory. The report gives sizes before/after, the output error on
     random input (max abs, cosine) and, with --eval, accuracy before/after.
 
     \b
@@ -47,6 +55,8 @@ def quantize(src, dst, bits, fmt, group_size, head, eval_data, verify_on, as_jso
         $ edgelstm quantize model model.int8.onnx --eval test.npz
         $ edgelstm quantize jv-model jv-int8 --eval ../shared/data/uea/JapaneseVowels
         $ edgelstm quantize model model.ort.onnx --format onnx-ort
+        $ edgelstm quantize model model.int8.tflite
+        $ edgelstm quantize model model.hybrid.tflite --tflite-int8 hybrid
     """
     from edgelstm.errors import EdgeLSTMError
     from edgelstm.quantize import QuantConfig, output_format, quantize_model
@@ -55,11 +65,13 @@ def quantize(src, dst, bits, fmt, group_size, head, eval_data, verify_on, as_jso
     try:  # an impossible combination of options is a usage error (exit 2)
         config = QuantConfig(bits=int(bits), targets=targets,
                              group_size=int(group_size) if group_size else None)
-        config.check_format(output_format(dst, fmt))
+        chosen = config.check_format(output_format(dst, fmt))
     except EdgeLSTMError as exc:
         raise click.UsageError(str(exc)) from None
+    if tflite_int8 != "dequantize" and chosen.value != "tflite":
+        raise click.UsageError("--tflite-int8 applies to a .tflite DST only")
     report = quantize_model(src, dst, config, format=fmt, eval_data=eval_data, force=force,
-                            verify_on=verify_on)
+                            verify_on=verify_on, tflite_int8=tflite_int8)
     if as_json:
         click.echo(json.dumps(report.to_dict(), indent=2, sort_keys=True))
     else:
