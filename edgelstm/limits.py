@@ -120,12 +120,21 @@ def _check_options(rc: dict, where: str) -> None:
                               or not lo <= v < hi or math.isnan(v)):
             raise ConfigError(f"{where}.{key} must be a number in [{lo}, {hi}), got {v!r}")
     acts = rc.get("activations")
-    if acts is not None and (not isinstance(acts, list)
-                             or not all(isinstance(a, str) for a in acts)):
-        raise ConfigError(f"{where}.activations must be null or a list of names, got {acts!r}")
+    if acts is not None and (not isinstance(acts, list) or not all(map(_is_activation, acts))):
+        raise ConfigError(f"{where}.activations must be null or a list of names or "
+                          f"[name, alpha, beta] triples, got {acts!r}")
     nl = rc.get("nonlinearity")
     if nl is not None and nl not in ("tanh", "relu"):
         raise ConfigError(f"{where}.nonlinearity must be tanh or relu, got {nl!r}")
+
+
+def _is_activation(a) -> bool:
+    """A name, or ``[name, alpha, beta]`` with numbers or nulls (how checkpoints store them)."""
+    if isinstance(a, str):
+        return True
+    return (isinstance(a, list) and 1 <= len(a) <= 3 and isinstance(a[0], str)
+            and all(v is None or (isinstance(v, Real) and not isinstance(v, bool)
+                                  and math.isfinite(v)) for v in a[1:]))
 
 
 def _check_names(config: dict) -> None:

@@ -17,6 +17,8 @@ MODELS = {
                                               peephole=True, clip=3.0),
     "gru-onnx-form": lambda: edgelstm.GRU(4, 6, linear_before_reset=False, bias=False),
     "rnn-relu": lambda: edgelstm.RNN(4, 6, nonlinearity="relu"),
+    "lstm-custom-activations": lambda: edgelstm.LSTM(
+        4, 6, activations=["sigmoid", "tanh", ["leakyrelu", 0.2, None]]),
     "sequence": lambda: edgelstm.SequenceModel(
         edgelstm.LSTM(4, 6, num_layers=2), head="sequence", labels=["a", "b", "c"],
         normalize=True, features={"kind": "mfcc", "sample_rate": 8000}),
