@@ -22,7 +22,6 @@ import numpy as np
 from edgelstm.converters import lift_algebra as A
 from edgelstm.converters.lift_cells import (
     Lifted,
-    attrs_of,
     cell_from_gru,
     cell_from_lstm,
     evaluate,
@@ -230,7 +229,7 @@ def _body_states(body, ctx, outer, n_lead, n_vars, init_names, allow_counters):
         cell = cell_from_lstm(hv, h=vin[j_h], c=vin[j_c])
     if cell is None:
         return None
-    for j, name in ((j_h, init_names[j_h]), (j_c, init_names[j_c] if j_c is not None else None)):
+    for name in (init_names[j_h], init_names[j_c] if j_c is not None else None):
         if name is not None and ctx.rank(name) not in (2, None):
             return None
     return env, prod, kinds, cell, j_h, j_c

@@ -5,6 +5,7 @@ from __future__ import annotations
 import numpy as np
 
 from edgelstm.converters import lift_algebra as A
+from edgelstm.converters.lift_cells import attrs_of
 from edgelstm.converters.lift_graph import (
     _DEFAULT,
     _body_states,
@@ -16,7 +17,6 @@ from edgelstm.converters.lift_graph import (
     _scan_outputs_ok,
     _unused,
 )
-from edgelstm.converters.lift_cells import attrs_of
 
 _PASS = ("Identity", "Cast")
 T = "T"  # a bound equal to the gathered sequence's length
