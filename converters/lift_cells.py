@@ -358,4 +358,14 @@ def lift_cells(model, forms=("loop", "scan", "step")):
     """
     from edgelstm.converters import lift_graph
 
+    if not _has_sigmoid(model.graph):  # every cell has sigmoid gates: skip the walk
+        return model, []
     return lift_graph.lift_model(model, forms)
+
+
+def _has_sigmoid(graph) -> bool:
+    for n in graph.node:
+        if n.op_type == "Sigmoid" or any(
+                _has_sigmoid(a.g) for a in n.attribute if a.type == a.GRAPH):
+            return True
+    return False
