@@ -570,7 +570,6 @@ def from_onnx(path: str | os.PathLike, check: bool = True, atol: float = CHECK_A
         UnsupportedError: a recurrent attribute edgelstm has no native form for.
     """
     from edgelstm.converters import _load_onnx
-
     from edgelstm.converters.lift_cells import lift_cells
 
     model = _load_onnx(path)

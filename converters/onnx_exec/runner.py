@@ -23,6 +23,7 @@ import numpy as np
 import onnx
 from onnx import AttributeProto, helper, numpy_helper
 
+from edgelstm.converters.lift_cells import lift_cells
 from edgelstm.converters.onnx_exec import (  # noqa: F401  (register ops)
     ops_control,
     ops_elementwise,
@@ -34,7 +35,6 @@ from edgelstm.converters.onnx_exec import (  # noqa: F401  (register ops)
     qdq_ops,
     rnn_ops,
 )
-from edgelstm.converters.lift_cells import lift_cells
 from edgelstm.converters.onnx_exec.ops import (
     DTYPES,
     REGISTRY,
