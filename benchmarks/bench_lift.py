@@ -75,9 +75,10 @@ def main(argv=None) -> int:
         for r in (lifted, plain):
             diff = float(np.abs(r.run({"x": x})["y"] - ref).max())
             assert diff < 1e-4, diff
-        variants = {"mlx lifted (fused GRU)": lambda: lifted.run({"x": x}),
-                    "mlx op by op (Loop)": lambda: plain.run({"x": x}),
-                    "onnxruntime (Loop)": lambda: sess.run(["y"], {"x": x})}
+        feeds = {"x": x}
+        variants = {"mlx lifted (fused GRU)": lambda f=feeds: lifted.run(f),
+                    "mlx op by op (Loop)": lambda f=feeds: plain.run(f),
+                    "onnxruntime (Loop)": lambda f=feeds: sess.run(["y"], f)}
         best = {k: float("inf") for k in variants}
         for _ in range(3):  # interleaved rounds; keep each variant's best median
             for k, fn in variants.items():

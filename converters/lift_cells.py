@@ -69,8 +69,10 @@ class Lifted:
     def __str__(self) -> str:
         lbr = "" if self.linear_before_reset is None else \
             f", linear_before_reset={self.linear_before_reset}"
+        what = ", ".join(self.replaced) if len(self.replaced) <= 3 else \
+            f"{len(self.replaced)} ops from {self.replaced[0]}"
         return (f"{self.form} -> {self.cell.upper()} '{self.node}' (H={self.hidden_size}{lbr}; "
-                f"replaced {', '.join(self.replaced)})")
+                f"replaced {what})")
 
 
 # --- evaluation of a node list --------------------------------------------------------

@@ -183,3 +183,20 @@ def test_cli_convert_unconvertible_is_one_line(tmp_path):
     assert r.exit_code == 1
     assert r.output.startswith("Error: ") and r.output.count("\n") == 1
     assert not (tmp_path / "ck").exists()
+
+
+def test_cli_info_names_lifted_cells(tmp_path):
+    import json
+
+    from edgelstm.cli import cli
+
+    for name, want in (("loop_lstm", "loop -> LSTM"), ("step_gru_x2", "step -> GRU"),
+                       ("loop_gru_swapped", None)):
+        src = tmp_path / f"{name}.onnx"
+        onnx.save(MODELS[name], str(src))
+        r = CliRunner().invoke(cli, ["info", str(src)])
+        assert r.exit_code == 0, r.output
+        row = next(line for line in r.output.splitlines() if line.startswith("lifted cells"))
+        assert (want in row) if want else row.split()[-1] == "none"
+        d = json.loads(CliRunner().invoke(cli, ["info", str(src), "--json"]).output)
+        assert len(d["lifted_cells"]) == len(F.LIFTED[name])
