@@ -198,8 +198,8 @@ def lift_loop(node, ctx, outer, oprod, used, graph_outputs):
     idx = _root(g.input[1], prod, ("Identity",))
     if not (idx == body.input[0].name or (idx in vin and kinds[vin.index(idx)] == ("counter", 0))):
         return None
-    if ctx.rank(data) not in (3, None) or not _float_input(ctx, data):
-        return None
+    if ctx.rank(data) != 3 or not _float_input(ctx, data):
+        return None  # x [T, B, I] must be known: a rank-4 x would batch the cell differently
     cond = _Cond(body, env, prod, kinds, vin, vout, init, outer, oprod, data)
     bounds = cond.terms(body.output[0].name)
     if bounds is None:
