@@ -57,6 +57,7 @@ class Lifted:
         replaced: names of the nodes it replaced (the Loop/Scan, or the step's ops).
         hidden_size: ``H``.
         linear_before_reset: GRU only: 1 for Keras ``reset_after=True``/PyTorch, else 0.
+        graph: ``""`` for the main graph, else the Loop/Scan whose body holds the step.
     """
 
     cell: str
@@ -65,14 +66,16 @@ class Lifted:
     replaced: list = field(default_factory=list)
     hidden_size: int = 0
     linear_before_reset: int | None = None
+    graph: str = ""
 
     def __str__(self) -> str:
         lbr = "" if self.linear_before_reset is None else \
             f", linear_before_reset={self.linear_before_reset}"
         what = ", ".join(self.replaced) if len(self.replaced) <= 3 else \
             f"{len(self.replaced)} ops from {self.replaced[0]}"
-        return (f"{self.form} -> {self.cell.upper()} '{self.node}' (H={self.hidden_size}{lbr}; "
-                f"replaced {what})")
+        where = f" in {self.graph}" if self.graph else ""
+        return (f"{self.form}{where} -> {self.cell.upper()} '{self.node}' "
+                f"(H={self.hidden_size}{lbr}; replaced {what})")
 
 
 # --- evaluation of a node list --------------------------------------------------------

@@ -277,6 +277,12 @@ def lift_model(model, forms):
             elif node.domain in _DEFAULT and node.op_type == "Scan" and "scan" in forms:
                 plan = lift_loops.lift_scan(node, ctx, outer, used, graph_outputs)
             if plan is None:
+                if "step" in forms and node.domain in _DEFAULT and \
+                        node.op_type in ("Loop", "Scan"):
+                    # the loop stays, but its body's step can still run as one fused cell
+                    body = next(a.g for a in node.attribute if a.name == "body")
+                    lifted += lift_steps.lift_steps(
+                        body, ctx, outer, f"{node.op_type} '{node.name or node.output[0]}' body")
                 nodes.append(node)
                 continue
             nodes.extend(plan.nodes)

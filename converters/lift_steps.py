@@ -57,13 +57,18 @@ def _find(nodes, ctx, env, prod):
     return found
 
 
-def lift_steps(g, ctx) -> list:
-    """Lift every recognised step of graph ``g`` in place; returns the :class:`Lifted` list."""
+def lift_steps(g, ctx, outer_consts=None, where: str = "") -> list:
+    """Lift every recognised step of graph ``g`` in place; returns the :class:`Lifted` list.
+
+    ``outer_consts`` (name -> array) are constants a subgraph reads from its
+    enclosing graph; ``where`` names the subgraph in the records.
+    """
     import onnx
 
     overridable = {i.name for i in g.input}
-    inits = {t.name: onnx.numpy_helper.to_array(t) for t in g.initializer
-             if t.name not in overridable}
+    inits = {k: v for k, v in (outer_consts or {}).items() if k not in overridable}
+    inits.update({t.name: onnx.numpy_helper.to_array(t) for t in g.initializer
+                  if t.name not in overridable})
     nodes = list(g.node)  # one set of wrapper objects: ids stay valid below
     env = evaluate(nodes, inits, ctx.opset)
     prod = {o: n for n in nodes for o in n.output}
@@ -105,6 +110,7 @@ def lift_steps(g, ctx) -> list:
         g.initializer.extend(em.inits)
         names = [n.name or n.output[0] for n in removed if id(n) in members]
         lifted.append(_record(em, cell, "step", names))
+        lifted[-1].graph = where
     return lifted
 
 

@@ -73,10 +73,14 @@ def test_lifted_set_and_parity(name, rng):
     assert [(r.cell, r.form) for r in with_lift.lifted] == F.LIFTED[name]
     assert without.lifted == []
     ops = [n.op_type for n in lifted_model.graph.node]
+    inner = [m.op_type for n in lifted_model.graph.node for a in n.attribute
+             if a.type == a.GRAPH for m in a.g.node]
     if lifted:
         want = {r.cell.upper() for r in lifted}
-        assert want <= set(ops)
-        assert "Loop" not in ops and "Scan" not in ops
+        assert want <= set(ops + inner)
+        kept_loop = any(r.graph for r in lifted)  # only the body's step was fused
+        assert kept_loop == ("Loop" in ops or "Scan" in ops)
+        assert all(r.graph.startswith(("Loop '", "Scan '")) for r in lifted if r.graph)
         onnx.checker.check_model(lifted_model)
     else:
         assert lifted_model is model
@@ -118,7 +122,10 @@ def test_short_loop_slices_and_keeps_names(rng):
 
 
 def test_forms_can_be_chosen():
-    assert lift_cells(MODELS["loop_gru_ra"], forms=("scan", "step"))[1] == []
+    # without "loop" the Loop stays and only the step in its body is fused
+    (r,) = lift_cells(MODELS["loop_gru_ra"], forms=("scan", "step"))[1]
+    assert r.form == "step" and r.graph.startswith("Loop '") and "in Loop" in str(r)
+    assert lift_cells(MODELS["loop_gru_ra"], forms=("scan",))[1] == []
     assert [r.form for r in lift_cells(MODELS["scan_lstm"], forms=("scan",))[1]] == ["scan"]
     assert lift_cells(MODELS["step_gru"], forms=("loop",))[1] == []
 
