@@ -26,8 +26,10 @@ Forms (``B`` batch, ``T`` steps, ``I`` inputs, ``H`` hidden):
   constants or from ``Shape(x)[0]`` (see :mod:`lift_loops`).
 - ``scan``: ``Scan`` with one scan input ``[T, B, I]`` (or ``[B, T, I]`` with
   ``scan_input_axes=[1]``), forward directions.
-- ``step``: one cell in the main graph, ``x [B, I]``, ``h``/``c [B, H]`` in,
-  new ``h``/``c`` out.
+- ``step``: one cell, ``x [B, I]``, ``h``/``c [B, H]`` in, new ``h``/``c``
+  out, in the main graph or in the body of a Loop/Scan that is not lifted
+  whole (e.g. its step count cannot be proven): the loop stays, each of its
+  steps runs as one fused cell.
 
 Only float32 cells are lifted. The lifted node computes the same arithmetic
 in another order (fused projections), so results agree to float32 rounding.

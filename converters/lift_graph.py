@@ -280,9 +280,11 @@ def lift_model(model, forms):
                 if "step" in forms and node.domain in _DEFAULT and \
                         node.op_type in ("Loop", "Scan"):
                     # the loop stays, but its body's step can still run as one fused cell
-                    body = next(a.g for a in node.attribute if a.name == "body")
-                    lifted += lift_steps.lift_steps(
-                        body, ctx, outer, f"{node.op_type} '{node.name or node.output[0]}' body")
+                    body = lift_loops._body(node)
+                    if body is not None:
+                        label = node.name or (node.output[0] if node.output else "?")
+                        where = f"{node.op_type} '{label}' body"
+                        lifted += lift_steps.lift_steps(body, ctx, outer, where)
                 nodes.append(node)
                 continue
             nodes.extend(plan.nodes)

@@ -168,10 +168,16 @@ def _count(bounds, static_len):
     return c, True
 
 
+def _body(node):
+    return next((a.g for a in node.attribute if a.name == "body" and a.type == a.GRAPH), None)
+
+
 def lift_loop(node, ctx, outer, oprod, used, graph_outputs):
-    body = next(a.g for a in node.attribute if a.name == "body")
+    body = _body(node)
     n = len(node.input) - 2
-    if n < 1 or len(body.input) != n + 2:
+    # malformed arities are the runner's to report; here they are just not a cell
+    if body is None or n < 1 or len(body.input) != n + 2 or \
+            len(body.output) != len(node.output) + 1 or len(node.output) < n:
         return None
     init = list(node.input[2:])
     found = _body_states(body, ctx, outer, 2, n, init, allow_counters=True)
@@ -248,14 +254,16 @@ def lift_scan(node, ctx, outer, used, graph_outputs):
     if ctx.opset < 9:
         return None
     at = attrs_of(node)
-    body = at["body"]
-    if at.get("num_scan_inputs") != 1:
-        return None
+    body = _body(node)
     n = len(node.input) - 1
     k = len(node.output) - n
+    if body is None or at.get("num_scan_inputs") != 1 or n < 1 or k < 0 or \
+            len(body.input) != n + 1 or len(body.output) != len(node.output):
+        return None
     in_axes = list(at.get("scan_input_axes", [0]))
     out_axes = list(at.get("scan_output_axes", [0] * k))
-    if in_axes not in ([0], [1], [-2]) or any(a not in (0, 1, -2) for a in out_axes):
+    if in_axes not in ([0], [1], [-2]) or len(out_axes) != k or \
+            any(a not in (0, 1, -2) for a in out_axes):
         return None
     if any(at.get("scan_input_directions", [0])) or any(at.get("scan_output_directions", [0])):
         return None
