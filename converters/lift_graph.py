@@ -78,6 +78,25 @@ class _Ctx:
         s = self.shapes.get(name)
         return None if s is None else len(s)
 
+    def dim(self, name, axis):
+        s = self.shapes.get(name)
+        return None if s is None or axis >= len(s) else s[axis]
+
+    def same_batch(self, states, x, x_axis) -> bool:
+        """False when a state's batch may broadcast against x's (a fused node would refuse).
+
+        Op by op, ``h [1, H]`` broadcasts against ``x [B, I]``; an LSTM/GRU node needs
+        equal batches. Only a provable mismatch or a static 1 facing another size counts.
+        """
+        b = self.dim(x, x_axis)
+        for s in states:
+            d = self.dim(s, 0) if s else None
+            if d is not None and b is not None and d != b:
+                return False
+            if (d == 1) != (b == 1) and (d == 1 or b == 1):
+                return False
+        return True
+
     def unique(self, base: str) -> str:
         while True:
             self.counter += 1

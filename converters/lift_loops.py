@@ -206,6 +206,8 @@ def lift_loop(node, ctx, outer, oprod, used, graph_outputs):
         return None
     if ctx.rank(data) != 3 or not _float_input(ctx, data):
         return None  # x [T, B, I] must be known: a rank-4 x would batch the cell differently
+    if not ctx.same_batch([init[j_h]] + ([init[j_c]] if j_c is not None else []), data, 1):
+        return None
     cond = _Cond(body, env, prod, kinds, vin, vout, init, outer, oprod, data)
     bounds = cond.terms(body.output[0].name)
     if bounds is None:
@@ -281,6 +283,9 @@ def lift_scan(node, ctx, outer, used, graph_outputs):
     extra = [finals[j] for j in range(n) if j not in (j_h, j_c)]
     x = node.input[n]
     if not _unused(used, extra, graph_outputs) or ctx.rank(x) != 3 or not _float_input(ctx, x):
+        return None
+    if not ctx.same_batch([init[j_h]] + ([init[j_c]] if j_c is not None else []), x,
+                          0 if in_axes == [1] else 1):
         return None
     em = _Emitter(ctx, node.name or node.output[0])
     X = x if in_axes == [0] else em.node("Transpose", [x], perm=[1, 0, 2])

@@ -51,7 +51,8 @@ def _find(nodes, ctx, env, prod):
             if cell is None:
                 continue
             leaves = [cell.x, cell.h] + ([cell.c] if cell.c else [])
-            if any(ctx.rank(n) != 2 for n in leaves) or not _float_input(ctx, cell.x):
+            if any(ctx.rank(n) != 2 for n in leaves) or not _float_input(ctx, cell.x) or \
+                    not ctx.same_batch(leaves[1:], cell.x, 0):
                 continue
             found.append((cell, out, c_new))
     return found

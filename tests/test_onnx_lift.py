@@ -259,3 +259,17 @@ def test_damaged_graphs_are_left_alone():
             del g.input[rnd.randrange(len(g.input))]
         _, lifted = lift_cells(m)  # must not raise
         assert all(r.cell in ("gru", "lstm") for r in lifted)
+
+
+def test_state_broadcast_over_batch_is_not_lifted(rng):
+    """h declared [1, H] against x [batch, I] broadcasts op by op; a GRU node would refuse."""
+    m = onnx.ModelProto()
+    m.CopyFrom(MODELS["step_gru"])
+    h = next(i for i in m.graph.input if i.name == "h")
+    h.type.tensor_type.shape.dim[0].Clear()
+    h.type.tensor_type.shape.dim[0].dim_value = 1
+    assert lift_cells(m)[1] == []
+    feeds = {"x": rng.standard_normal((3, F.I)).astype(np.float32),
+             "h": rng.standard_normal((1, F.H)).astype(np.float32)}
+    got, want = OnnxMLXRunner(m).run(feeds), _ort(m, feeds)
+    np.testing.assert_allclose(got["h_new"], want["h_new"], atol=ATOL, rtol=RTOL)
