@@ -218,7 +218,8 @@ def _body_states(body, ctx, outer, n_lead, n_vars, init_names, allow_counters):
         if kinds[j] == "pass":
             continue
         p = prod.get(_root(vout[j], prod))
-        if allow_counters and p is not None and p.op_type == "Add" and init_names[j] in outer:
+        if allow_counters and p is not None and p.op_type == "Add" and len(p.input) == 2 \
+                and init_names[j] in outer:
             a, b = (env.get(n) for n in p.input)
             other = [n for n, v in zip(p.input, (a, b), strict=True) if not _is_one(v)]
             t0 = np.asarray(outer[init_names[j]])

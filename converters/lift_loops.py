@@ -11,6 +11,7 @@ from edgelstm.converters.lift_graph import (
     _body_states,
     _Emitter,
     _float_input,
+    _is_one,
     _Plan,
     _record,
     _root,
@@ -141,10 +142,6 @@ class _Cond:
                 return [(T, 1 - t0 - after)]
             return [b - t0 - after + 1]
         return None
-
-
-def _is_one(v) -> bool:
-    return isinstance(v, A.Const) and v.value.size == 1 and float(np.ravel(v.value)[0]) == 1
 
 
 def _count(bounds, static_len):
