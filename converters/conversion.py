@@ -225,12 +225,12 @@ def convert(src: str | os.PathLike, dst: str | os.PathLike, opset: int = 17,
         if verify:
             rnn = getattr(model, "rnn", model)
             rng = np.random.default_rng(0)
-            x = rng.standard_normal((VERIFY_BATCH, VERIFY_STEPS, rnn.input_size)
-                                    ).astype(np.float32)
+            steps = _source_steps(src, src_format, model, rnn) or VERIFY_STEPS
+            x = rng.standard_normal((VERIFY_BATCH, steps, rnn.input_size)).astype(np.float32)
             if not rnn.batch_first:
                 x = np.ascontiguousarray(x.transpose(1, 0, 2))
             # native models always take lengths; an ONNX graph only with the input
-            lens = _verify_lengths(rng, VERIFY_BATCH, VERIFY_STEPS,
+            lens = _verify_lengths(rng, VERIFY_BATCH, steps,
                                    src_format != "onnx" or _takes_lengths(src),
                                    not (to_onnx or to_tflite) or (to_onnx and _takes_lengths(tmp)))
             if src_format == "onnx":
@@ -269,6 +269,17 @@ def convert(src: str | os.PathLike, dst: str | os.PathLike, opset: int = 17,
                 raise ConversionError(f"verification failed: max abs diff {worst:.3g} exceeds "
                                       f"the tolerance {atol:g}; {dst} was not written")
     return report
+
+
+def _source_steps(src, src_format, model, rnn) -> int | None:
+    """The time length an ONNX source fixes in its input shape (tf2onnx's Keras graphs)."""
+    if src_format != "onnx":
+        return None
+    from edgelstm.converters import _load_onnx
+    from edgelstm.converters.onnx_build import declared_steps
+
+    name = getattr(model, "input_names", [None])[0]
+    return declared_steps(_load_onnx(src), name, rnn.batch_first)
 
 
 def _tflite_outputs(path, model, x: np.ndarray, dst) -> tuple[dict[str, np.ndarray], str]:

@@ -278,6 +278,15 @@ def build_native(walker):
     return model
 
 
+def declared_steps(proto, name: str, batch_first: bool) -> int | None:
+    """The input's static time length, when the graph fixes one (e.g. tf2onnx's Keras)."""
+    for vi in proto.graph.input:
+        dims = vi.type.tensor_type.shape.dim if vi.name == name else ()
+        if len(dims) == 3 and dims[1 if batch_first else 0].dim_value > 0:
+            return int(dims[1 if batch_first else 0].dim_value)
+    return None
+
+
 def check_import(proto, model, walker, atol: float) -> float | None:
     """Run graph and model on one random input; raise if they differ by more than ``atol``.
 
@@ -288,7 +297,7 @@ def check_import(proto, model, walker, atol: float) -> float | None:
     from edgelstm.converters import run_onnx
 
     rnn = model.rnn
-    Bn, T = 2, 5
+    Bn, T = 2, declared_steps(proto, walker.input_name, rnn.batch_first) or 5
     rng = np.random.default_rng(0)
     x = rng.standard_normal((Bn, T, rnn.input_size)).astype(np.float32)
     if not rnn.batch_first:

@@ -570,9 +570,12 @@ def from_onnx(path: str | os.PathLike, check: bool = True, atol: float = CHECK_A
         UnsupportedError: a recurrent attribute edgelstm has no native form for.
     """
     from edgelstm.converters import _load_onnx
+    from edgelstm.converters.lift_cells import lift_cells
 
     model = _load_onnx(path)
-    walker = _Walker(model).run()
+    # hand-written cells (tf2onnx's Keras Loop, Scan, steps) become LSTM/GRU nodes first;
+    # the check below still runs the original graph
+    walker = _Walker(lift_cells(model)[0]).run()
     native = build_native(walker)
     if check:
         check_import(model, native, walker, atol)

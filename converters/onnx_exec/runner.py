@@ -23,6 +23,7 @@ import numpy as np
 import onnx
 from onnx import AttributeProto, helper, numpy_helper
 
+from edgelstm.converters.lift_cells import lift_cells
 from edgelstm.converters.onnx_exec import (  # noqa: F401  (register ops)
     ops_control,
     ops_elementwise,
@@ -188,8 +189,12 @@ class OnnxMLXRunner:
 
     Args:
         model: a ``ModelProto`` or a path to a ``.onnx`` file.
+        lift: replace hand-written LSTM/GRU cells (tf2onnx ``Loop``s, ``Scan``s,
+            unrolled steps) by fused recurrent nodes where they match exactly
+            (:func:`edgelstm.converters.lift_cells.lift_cells`). Default: True.
 
     Attributes:
+        lifted: the cells replaced at load time (``Lifted`` records; empty if none).
         input_names: graph inputs that must be fed (those without an initializer).
         optional_input_names: graph inputs with an initializer as default value.
         output_names: graph outputs, in graph order.
@@ -201,8 +206,9 @@ class OnnxMLXRunner:
             any node, input or initializer produces it.
     """
 
-    def __init__(self, model: onnx.ModelProto | str | PathLike):
+    def __init__(self, model: onnx.ModelProto | str | PathLike, lift: bool = True):
         model = _load(model)
+        model, self.lifted = lift_cells(model) if lift else (model, [])
         self.opsets = {
             ("" if o.domain in _DEFAULT_DOMAINS else o.domain): o.version
             for o in model.opset_import

@@ -43,6 +43,15 @@ def _environment(as_json: bool) -> None:
                  ("placement", env["placement"])])
 
 
+def _lifted_cells(path) -> list[str]:
+    """Hand-written LSTM/GRU cells that run as fused nodes (MLX backend, convert)."""
+    import onnx
+
+    from edgelstm.converters.lift_cells import lift_cells
+
+    return [str(r) for r in lift_cells(onnx.load(str(path)))[1]]
+
+
 @click.command()
 @click.argument("model", type=click.Path(exists=True), required=False)
 @click.option("--json", "as_json", is_flag=True, help="Print the description as JSON.")
@@ -62,6 +71,8 @@ def info(model, as_json):
         _environment(as_json)
         return
     d = describe(model)
+    if d["format"] == "onnx":
+        d["lifted_cells"] = _lifted_cells(model)
     if as_json:
         click.echo(json.dumps(d, indent=2, sort_keys=True, default=str))
         return
@@ -81,6 +92,7 @@ def info(model, as_json):
                  ("parameters", f"{d['parameters']:,}")]
         if d.get("metadata"):
             rows.append(("metadata", ", ".join(sorted(d["metadata"]))))
+        rows.append(("lifted cells", "; ".join(d["lifted_cells"]) or "none"))
     rows += [("inputs", _fmt_io(d["inputs"])), ("outputs", _fmt_io(d["outputs"])),
              ("kernels", d["kernels"]), ("mlx blas", d["blas"]), ("placement", d["placement"])]
     _print_rows(rows)
