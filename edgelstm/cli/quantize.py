@@ -24,42 +24,64 @@ from edgelstm.cli._common import force_option, handle_errors
               help="Group size for --bits 4 (default: largest that divides the widths).")
 @click.option("--head/--no-head", default=False, show_default=True,
               help="Also quantize the linear head's weights.")
+@click.option("--weights", "weight_set", type=click.Choice(["recurrent", "all"]),
+              default="recurrent", show_default=True,
+              help="recurrent: LSTM/GRU/RNN W and R only. all: also MatMul/Gemm weights "
+                   "and (onnx-qdq) Conv/ConvTranspose kernels.")
+@click.option("--const", "consts", multiple=True, metavar="NAME=VALUE",
+              help="Value of an ONNX input for the comparison run, e.g. sr=16000 "
+                   "(repeatable; needed for integer inputs).")
+@click.option("--dim", "dims", multiple=True, metavar="NAME=SIZE",
+              help="Size of a symbolic ONNX dim in the comparison input, e.g. samples=512 "
+                   "(repeatable; default: batch 4, time 50, others 64).")
 @click.option("--eval", "eval_data", type=click.Path(exists=True),
               help="Report accuracy before and after on DATA: an .npz with x (N,T,I), "
                    "y (N,) or (N,T), optional lengths, or a dataset (UEA .ts file or "
                    "folder, FSDD folder; its test split).")
-@click.option("--verify-on", default="onnxruntime", show_default=True, metavar="RUNTIMES",
+@click.option("--verify-on", default="onnxruntime,mlx", show_default=True, metavar="RUNTIMES",
               help="Comma-separated runtimes that run an .onnx DST: onnxruntime (always), "
-                   "openvino (CPU, float32; pip install 'edgelstm[openvino]'), which must "
-                   "agree with onnxruntime.")
+                   "mlx (edgelstm's MLX executor), openvino (CPU, float32; pip install "
+                   "'edgelstm[openvino]'); each must agree with onnxruntime on every output.")
 @click.option("--json", "as_json", is_flag=True, help="Print the report as JSON.")
 @force_option
 @handle_errors
-def quantize(src, dst, bits, fmt, group_size, head, eval_data, verify_on, as_json, force):
+def quantize(src, dst, bits, fmt, group_size, head, weight_set, consts, dims, eval_data,
+             verify_on, as_json, force):
     """Quantize SRC's gate weights and write DST; always prints the report.
 
     DST's suffix picks the output: .onnx (QDQ by default) or a checkpoint
     directory. The report gives sizes before/after, the output error on
-    random input (max abs, cosine) and, with --eval, accuracy before/after.
+    random input (max abs, cosine; per output for an ONNX graph with several)
+    and, with --eval, accuracy before/after.
+
+    SRC may be any ONNX graph with LSTM/GRU/RNN nodes (convolutions, If, Loop
+    and other standard ops around them are kept as they are). The comparison
+    input is generated from its declared inputs: --dim sizes symbolic dims,
+    --const gives inputs such as a sample rate.
 
     \b
         $ edgelstm quantize model ckpt-int8
         $ edgelstm quantize model model.int8.onnx --eval test.npz
         $ edgelstm quantize jv-model jv-int8 --eval ../shared/data/uea/JapaneseVowels
         $ edgelstm quantize model model.ort.onnx --format onnx-ort
+        $ edgelstm quantize vad.onnx vad.int8.onnx --weights all --const sr=16000
     """
     from edgelstm.errors import EdgeLSTMError
     from edgelstm.quantize import QuantConfig, output_format, quantize_model
+    from edgelstm.quantize.config import WEIGHT_SETS, Format, Target
 
-    targets = ("Wx", "Wh", "head") if head else ("Wx", "Wh")
     try:  # an impossible combination of options is a usage error (exit 2)
-        config = QuantConfig(bits=int(bits), targets=targets,
+        out_fmt = output_format(dst, fmt)
+        targets = list(WEIGHT_SETS[weight_set]) + ([Target.HEAD] if head else [])
+        if out_fmt is not Format.ONNX_QDQ:  # conv kernels: QDQ only; "all" means what fits
+            targets = [t for t in targets if t is not Target.CONV]
+        config = QuantConfig(bits=int(bits), targets=tuple(targets),
                              group_size=int(group_size) if group_size else None)
-        config.check_format(output_format(dst, fmt))
+        config.check_format(out_fmt)
     except EdgeLSTMError as exc:
         raise click.UsageError(str(exc)) from None
     report = quantize_model(src, dst, config, format=fmt, eval_data=eval_data, force=force,
-                            verify_on=verify_on)
+                            verify_on=verify_on, consts=list(consts), dims=list(dims))
     if as_json:
         click.echo(json.dumps(report.to_dict(), indent=2, sort_keys=True))
     else:
