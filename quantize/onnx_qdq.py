@@ -96,7 +96,14 @@ def qdq_opset(model):
     except UnsupportedError:
         raised = None
     if raised is not None and _same_graph(model.graph, raised.graph):
-        return raised, None
+        # only the version number changes: keep the original protos (the converter
+        # also writes inferred shapes into subgraphs' value_info)
+        out = type(model)()
+        out.CopyFrom(model)
+        for o in out.opset_import:
+            if o.domain in ("", "ai.onnx"):
+                o.version = _default_opset(raised)
+        return out, None
     if old >= PER_AXIS_MIN_OPSET:
         return model, (f"kept opset {old}: raising it to {QDQ_MIN_OPSET} would change nodes "
                        f"(onnx.reference runs DequantizeLinear from {QDQ_MIN_OPSET} only)")
@@ -106,9 +113,34 @@ def qdq_opset(model):
 
 
 def _same_graph(a, b) -> bool:
-    """Nodes (subgraphs included), initializers, inputs and outputs protobuf-equal."""
-    return all(list(getattr(a, f)) == list(getattr(b, f))
-               for f in ("node", "initializer", "input", "output"))
+    """Nodes (subgraphs included, their value_info aside), initializers, inputs and
+    outputs protobuf-equal."""
+    if not all(list(getattr(a, f)) == list(getattr(b, f))
+               for f in ("initializer", "input", "output")):
+        return False
+    if len(a.node) != len(b.node):
+        return False
+    for x, y in zip(a.node, b.node, strict=True):
+        xs, ys = _subgraphs(x), _subgraphs(y)
+        if len(xs) != len(ys) or not all(_same_graph(g, h) for g, h in zip(xs, ys, strict=True)):
+            return False
+        if _without_subgraphs(x) != _without_subgraphs(y):
+            return False
+    return True
+
+
+def _subgraphs(node) -> list:
+    return [g for a in node.attribute for g in ([a.g] if a.HasField("g") else [])
+            + list(a.graphs)]
+
+
+def _without_subgraphs(node):
+    n = type(node)()
+    n.CopyFrom(node)
+    for a in n.attribute:
+        a.ClearField("g")
+        del a.graphs[:]
+    return n
 
 
 class _Writer:
