@@ -168,7 +168,8 @@ def check_runtime(name: str, path, feeds: dict, ort_out: dict, dst) -> tuple[dic
     try:
         out = run_onnx(path, feeds, backend=name)
     except EdgeLSTMError as exc:
-        raise ConversionError(f"cannot check on {name}: {exc}; {dst} was not written") from None
+        raise ConversionError(f"cannot check on {name}: {exc}; {dst} was not written "
+                              f"(--verify-on onnxruntime skips the {name} check)") from None
     diffs = {}
     for k, ref in ort_out.items():
         ref64 = np.asarray(ref, np.float64)

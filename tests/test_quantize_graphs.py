@@ -261,3 +261,19 @@ def test_opset_is_kept_when_raising_it_would_rewrite_nodes(tmp_path):
     assert q.opset_import[0].version == 17 and any("kept opset 17" in n for n in r.notes)
     assert list(q.graph.node[-2:]) == nodes
     assert r.runtimes["mlx"]["max_abs_diff_vs_onnxruntime"] < 1e-5
+
+
+def test_a_graph_the_mlx_executor_refuses_writes_nothing_unless_told(tmp_path):
+    """The MLX check is on by default; --verify-on onnxruntime leaves it out."""
+    m = onnx.load(str(MODEL))
+    # a random op (which no executor can match bit for bit) on a side branch
+    m.graph.node.append(helper.make_node("RandomUniformLike", ["output"], ["noise"],
+                                         name="noise"))
+    src, dst = tmp_path / "r.onnx", tmp_path / "r.int8.onnx"
+    onnx.save(m, str(src))
+    with pytest.raises(EdgeLSTMError, match="RandomUniformLike.*--verify-on onnxruntime"):
+        quantize_model(src, dst, consts={"sr": 8000}, dims={"samples": 288})
+    assert not dst.exists()
+    r = quantize_model(src, dst, consts={"sr": 8000}, dims={"samples": 288},
+                       verify_on="onnxruntime")
+    assert dst.exists() and r.runtimes == {} and r.outputs["output"]["cosine"] > 0.999

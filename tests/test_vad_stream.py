@@ -257,3 +257,14 @@ def test_cli_errors_are_one_line(args, message):
     assert r.exit_code != 0 and message in r.output, r.output
     errors = [line for line in r.output.splitlines() if line.startswith("Error:")]
     assert "Traceback" not in r.output and len(errors) == 1 and message in errors[0]
+
+
+def test_events_refuse_a_wide_output_unless_a_column_is_named():
+    from edgelstm.errors import DataError
+    from edgelstm.streaming.session import ChunkResult
+
+    r = ChunkResult(0, 0, 3, np.array([[0.9, 0.1], [0.8, 0.2], [0.1, 0.9]], np.float32), 0.0)
+    with pytest.raises(DataError, match="one column"):
+        SegmentDetector().update(r)
+    ev = SegmentDetector(column=1).update(r)
+    assert [(e.kind, e.start) for e in ev] == [("start", 2)]

@@ -109,16 +109,18 @@ class SegmentDetector:
         min_speech: frames a segment needs to count. Default: ``1``.
         min_silence: inactive frames that end a segment. Default: ``1``.
         frame_ms: frame duration, to stamp events with times.
-        column: which column of a result's output is the probability. Default: ``0``.
+        column: which column of a result's output is the probability; default:
+            the only one (a wider output is refused: logits are not probabilities).
     """
 
     def __init__(self, on: float = 0.5, off: float | None = None, min_speech: int = 1,
-                 min_silence: int = 1, frame_ms: float | None = None, column: int = 0):
+                 min_silence: int = 1, frame_ms: float | None = None,
+                 column: int | None = None):
         self.on, self.off = check_thresholds(on, off)
         if min_speech < 0 or min_silence < 0:
             raise ConfigError("minimum durations must be >= 0 frames")
         self.min_speech, self.min_silence = int(min_speech), int(min_silence)
-        self.frame_ms, self.column = frame_ms, int(column)
+        self.frame_ms, self.column = frame_ms, column
         self.reset()
 
     def reset(self) -> None:
@@ -132,10 +134,13 @@ class SegmentDetector:
     def update(self, result: ChunkResult) -> list[SpeechEvent]:
         """Feed one chunk's result; return the events it completes."""
         out = np.asarray(result.output)
-        if out.ndim != 2 or not 0 <= self.column < out.shape[1]:
-            raise DataError(f"events need a per-frame probability; the output rows have "
-                            f"shape {out.shape[1:]} (column {self.column})")
-        return self.feed(out[:, self.column])
+        col = self.column
+        if out.ndim != 2 or (col is None and out.shape[1] != 1) or (
+                col is not None and not 0 <= col < out.shape[1]):
+            which = "one column" if col is None else f"column {col}"
+            raise DataError(f"events need a per-frame probability ({which}); the model's "
+                            f"output rows have shape {out.shape[1:]}")
+        return self.feed(out[:, col or 0])
 
     def feed(self, probs) -> list[SpeechEvent]:
         """Feed the next frames' probabilities ``(t,)``; return the events they complete."""
