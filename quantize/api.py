@@ -86,6 +86,11 @@ def quantize_model(
     fmt = config.check_format(output_format(dst, format))
     names = verify_on.split(",") if isinstance(verify_on, str) else list(verify_on)
     names = [n.strip().lower() for n in names]
+    known = ("onnxruntime", "mlx", "openvino")
+    bad = [n for n in names if n not in known]
+    if bad:
+        raise ConfigError(f"unknown runtime {bad[0]!r} for --verify-on; choose from "
+                          f"{', '.join(known)}")
     try:
         runtimes = parse_runtimes([n for n in names if n != "mlx"])
     except EdgeLSTMError as exc:
