@@ -29,8 +29,8 @@ pytest.importorskip("onnxruntime")
 from onnx import TensorProto, helper, numpy_helper  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
-MODEL = ROOT / "tests" / "fixtures" / "vad_stream.onnx"
-REF = np.load(ROOT / "tests" / "fixtures" / "vad_stream.npz")
+MODEL = ROOT / "tests" / "fixtures" / "vad" / "vad_stream.onnx"
+REF = np.load(ROOT / "tests" / "fixtures" / "vad" / "vad_stream.npz")
 QDQ_HELPERS = {"DequantizeLinear", "Cast", "Reshape", "ConstantOfShape", "Concat"}
 
 

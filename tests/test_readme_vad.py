@@ -37,7 +37,7 @@ def test_readme_vad_commands_run_as_written(tmp_path):
                            capture_output=True, text=True, timeout=300)
         assert r.returncode == 0, f"{line}\n{r.stderr[-2000:]}"
         outputs.append(r.stdout)
-    ref = np.load(ROOT / "tests" / "fixtures" / "vad_stream.npz")
+    ref = np.load(ROOT / "tests" / "fixtures" / "vad" / "vad_stream.npz")
     got = np.load(tmp_path / "vad.npz")
     np.testing.assert_allclose(got["output"], ref["out8"], atol=2e-5)
     assert "40.4 KB -> 17.3 KB" in outputs[1]  # the sizes the README quotes

@@ -1,4 +1,4 @@
-"""A third-party-style streaming VAD (tests/fixtures/vad_stream.onnx, from PyTorch):
+"""A third-party-style streaming VAD (tests/fixtures/vad/vad_stream.onnx, from PyTorch):
 run on ONNX Runtime and the MLX executor, streamed from raw samples, segments from it.
 
 The oracles: PyTorch's own outputs (``vad_stream.npz``, written by
@@ -27,8 +27,8 @@ from edgelstm.streaming.segments import SegmentDetector, speech_segments
 ort = pytest.importorskip("onnxruntime")
 
 ROOT = Path(__file__).resolve().parents[1]
-MODEL = ROOT / "tests" / "fixtures" / "vad_stream.onnx"
-REF = np.load(ROOT / "tests" / "fixtures" / "vad_stream.npz")
+MODEL = ROOT / "tests" / "fixtures" / "vad" / "vad_stream.onnx"
+REF = np.load(ROOT / "tests" / "fixtures" / "vad" / "vad_stream.npz")
 WAV = ROOT / "examples" / "fsdd" / "samples" / "8_jackson_2.wav"
 N, M, SR = 256, 32, 8000
 BACKENDS = ("onnxruntime", "mlx")
