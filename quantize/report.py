@@ -96,7 +96,9 @@ class QuantReport:
             rows.append(("error", f"per output, float vs int8 on {self.backend} (random input "
                                   + ", ".join(f"{k} {'x'.join(map(str, v)) or 'scalar'}"
                                               for k, v in self.inputs.items()) + ")"))
-            rows += [(f"  {k}", f"max abs {o['max_abs_error']:.3g}, cosine {o['cosine']:.6f}")
+            rows += [(f"  {k}", f"max abs {o['max_abs_error']:.3g}, cosine {o['cosine']:.6f}"
+                      + "".join(f"; {r} vs onnxruntime {o[f'{r}_max_abs_diff']:.3g}"
+                                for r in self.runtimes if f"{r}_max_abs_diff" in o))
                      for k, o in self.outputs.items()]
         if self.accuracy_before is not None:
             drop = 100 * (self.accuracy_before - self.accuracy_after)
