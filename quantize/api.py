@@ -51,6 +51,7 @@ def quantize_model(
     verify_on: tuple[str, ...] | list[str] | str = ("onnxruntime", "mlx"),
     consts: dict | list | None = None,
     dims: dict | list | None = None,
+    feeds: str | os.PathLike | dict | None = None,
 ) -> QuantReport:
     """Quantize the model at ``src`` and write it to ``dst``.
 
@@ -74,6 +75,8 @@ def quantize_model(
         dims: sizes of symbolic dims of the generated inputs, e.g.
             ``{"samples": 288}`` (ONNX output); see
             :func:`edgelstm.quantize.onnx_verify.graph_feeds`.
+        feeds: ``.npz`` (or dict) of arrays by input name used instead of
+            generated ones in the comparison (ONNX output), e.g. real audio.
 
     Returns:
         :class:`QuantReport`.
@@ -99,14 +102,19 @@ def quantize_model(
     if fmt is Format.MLX:
         if set(runtimes) - {"onnxruntime", "mlx"}:
             raise ConfigError("--verify-on applies to ONNX output only (DST must end in .onnx)")
-        if consts or dims:
-            raise ConfigError("--const and --dim apply to ONNX output only")
+        if consts or dims or feeds is not None:
+            raise ConfigError("--const, --dim and --feeds apply to ONNX output only")
     consts, dims = parse_consts(consts), parse_dims(dims)
+    if feeds is not None:
+        from edgelstm.frontend.arrays import load_npz
+
+        given = load_npz(feeds) if not isinstance(feeds, dict) else feeds
+        consts = {**{k: np.asarray(v) for k, v in given.items()}, **consts}
     if "openvino" in runtimes:
         from edgelstm.converters.openvino_run import _openvino
 
         _openvino()  # missing OpenVINO is reported before anything is written
-    check_output_path(dst, [src, eval_data])  # even with force: never replace an input
+    check_output_path(dst, [src, eval_data, feeds if not isinstance(feeds, dict) else None])
     check_writable(dst, force)
     data = None
     if eval_data is not None:

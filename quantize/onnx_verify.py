@@ -78,7 +78,9 @@ def graph_feeds(model, consts: dict | None = None, dims: dict | None = None,
 
     Args:
         model: ``onnx.ModelProto``.
-        consts: ``{input name: value}``, e.g. ``{"sr": 16000}``; cast to the declared type.
+        consts: ``{input name: value}``, e.g. ``{"sr": 16000}`` or a whole array
+            (whose shape then sizes the symbolic dims it has); cast to the
+            declared type.
         dims: ``{symbolic dim name: size}``.
         seed: seed of the float inputs.
 
@@ -97,8 +99,15 @@ def graph_feeds(model, consts: dict | None = None, dims: dict | None = None,
     names = [i.name for i in inputs]
     unknown = sorted(set(consts) - set(names))
     if unknown:
-        raise ConfigError(f"--const {unknown[0]}: the graph has no input {unknown[0]!r} "
+        raise ConfigError(f"{unknown[0]!r} (--const/--feeds) is not an input of the graph "
                           f"(inputs: {', '.join(names)})")
+    for vi in inputs:  # whole arrays given (--feeds) size the symbolic dims they carry
+        value = np.asarray(consts.get(vi.name, ()))
+        d = vi.type.tensor_type.shape.dim
+        if value.size > 1 and value.ndim == len(d):
+            for k, dim in enumerate(d):
+                if dim.dim_param and dim.dim_param not in dims:
+                    dims[dim.dim_param] = value.shape[k]
     states = {i for i, _ in state_pairs(names, [o.name for o in model.graph.output])}
     rng = np.random.default_rng(seed)
     feeds = {}
@@ -124,7 +133,7 @@ def graph_feeds(model, consts: dict | None = None, dims: dict | None = None,
 
 def _const(name, value, dtype, shape, t) -> np.ndarray:
     arr = np.asarray(value).astype(dtype)
-    if not t.HasField("shape"):
+    if not t.HasField("shape") or list(arr.shape) == shape:
         return arr
     if arr.size == 1 and np.prod(shape, dtype=np.int64) == 1:
         return arr.reshape(shape)

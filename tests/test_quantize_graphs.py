@@ -277,3 +277,23 @@ def test_a_graph_the_mlx_executor_refuses_writes_nothing_unless_told(tmp_path):
     r = quantize_model(src, dst, consts={"sr": 8000}, dims={"samples": 288},
                        verify_on="onnxruntime")
     assert dst.exists() and r.runtimes == {} and r.outputs["output"]["cosine"] > 0.999
+
+
+def test_feeds_replace_generated_inputs_and_size_the_rest(tmp_path):
+    """The README's feeds (batch 2, with states) replace generated inputs; --dim is not needed."""
+    feeds = ROOT / "tests" / "fixtures" / "vad" / "vad_stream_feeds.npz"
+    r = quantize_model(MODEL, tmp_path / "f.onnx", feeds=feeds)
+    assert r.inputs == {"input": [2, 288], "sr": [], "h": [1, 2, 16], "c": [1, 2, 16]}
+    given = dict(np.load(feeds))
+    ref, q = run_onnx(MODEL, given), run_onnx(tmp_path / "f.onnx", given)
+    assert r.outputs["hn"]["max_abs_error"] == pytest.approx(
+        float(np.max(np.abs(q["hn"].astype(np.float64) - ref["hn"]))))
+    with pytest.raises(EdgeLSTMError, match="not an input"):
+        quantize_model(MODEL, tmp_path / "g.onnx", feeds={"audio": np.zeros(3)},
+                       consts={"sr": 8000})
+
+
+def test_generated_states_follow_a_given_batch(tmp_path):
+    x = np.load(ROOT / "tests" / "fixtures" / "vad" / "vad_stream_feeds.npz")["input"][:1]
+    r = quantize_model(MODEL, tmp_path / "b.onnx", feeds={"input": x}, consts={"sr": 8000})
+    assert r.inputs["h"] == [1, 1, 16] and r.inputs["input"] == [1, 288]

@@ -31,6 +31,10 @@ from edgelstm.cli._common import force_option, handle_errors
 @click.option("--const", "consts", multiple=True, metavar="NAME=VALUE",
               help="Value of an ONNX input for the comparison run, e.g. sr=16000 "
                    "(repeatable; needed for integer inputs).")
+@click.option("--feeds", type=click.Path(exists=True, dir_okay=False), default=None,
+              metavar="FEEDS.npz",
+              help="Arrays by ONNX input name to compare on instead of generated ones "
+                   "(e.g. real audio); the rest are generated to match.")
 @click.option("--dim", "dims", multiple=True, metavar="NAME=SIZE",
               help="Size of a symbolic ONNX dim in the comparison input, e.g. samples=512 "
                    "(repeatable; default: batch 4, time 50, others 64).")
@@ -45,8 +49,8 @@ from edgelstm.cli._common import force_option, handle_errors
 @click.option("--json", "as_json", is_flag=True, help="Print the report as JSON.")
 @force_option
 @handle_errors
-def quantize(src, dst, bits, fmt, group_size, head, weight_set, consts, dims, eval_data,
-             verify_on, as_json, force):
+def quantize(src, dst, bits, fmt, group_size, head, weight_set, consts, feeds, dims,
+             eval_data, verify_on, as_json, force):
     """Quantize SRC's gate weights and write DST; always prints the report.
 
     DST's suffix picks the output: .onnx (QDQ by default) or a checkpoint
@@ -81,7 +85,8 @@ def quantize(src, dst, bits, fmt, group_size, head, weight_set, consts, dims, ev
     except EdgeLSTMError as exc:
         raise click.UsageError(str(exc)) from None
     report = quantize_model(src, dst, config, format=fmt, eval_data=eval_data, force=force,
-                            verify_on=verify_on, consts=list(consts), dims=list(dims))
+                            verify_on=verify_on, consts=list(consts), dims=list(dims),
+                            feeds=feeds)
     if as_json:
         click.echo(json.dumps(report.to_dict(), indent=2, sort_keys=True))
     else:
