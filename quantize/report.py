@@ -93,7 +93,7 @@ class QuantReport:
             rows.append(("error", f"max abs {self.max_abs_error:.3g}, cosine {self.cosine:.6f} "
                                   f"(random input {shape}, {self.backend})"))
         else:
-            rows.append(("error", f"per output, float vs int8 on {self.backend} (random input "
+            rows.append(("error", f"per output, float vs int8 on {self.backend} (inputs "
                                   + ", ".join(f"{k} {'x'.join(map(str, v)) or 'scalar'}"
                                               for k, v in self.inputs.items()) + ")"))
             rows += [(f"  {k}", f"max abs {o['max_abs_error']:.3g}, cosine {o['cosine']:.6f}"
