@@ -268,3 +268,12 @@ def test_events_refuse_a_wide_output_unless_a_column_is_named():
         SegmentDetector().update(r)
     ev = SegmentDetector(column=1).update(r)
     assert [(e.kind, e.start) for e in ev] == [("start", 2)]
+
+
+def test_cli_model_failures_are_one_line():
+    r = _invoke(WAV, "--frame-samples", "10", "--const", f"sr={SR}", "--sample-rate", str(SR))
+    assert r.exit_code == 1 and "Traceback" not in r.output
+    assert r.output.strip().splitlines() == [r.output.strip()] and "Pad" in r.output
+    r = CliRunner().invoke(cli, ["stream", str(ROOT / "examples" / "fsdd" / "model"), str(WAV),
+                                 "--frame-samples", "256"])
+    assert r.exit_code == 1 and "takes an .onnx graph" in r.output

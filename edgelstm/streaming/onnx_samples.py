@@ -24,7 +24,7 @@ from pathlib import Path
 
 import numpy as np
 
-from edgelstm.errors import CheckpointError, ConfigError, UnsupportedError
+from edgelstm.errors import CheckpointError, ConfigError, DataError, EdgeLSTMError, UnsupportedError
 from edgelstm.frontend.samples import SampleFrames
 from edgelstm.streaming.onnx_state import ENGINES, state_pairs
 
@@ -57,6 +57,9 @@ class OnnxSampleBackend:
         self.frontend = frames
         self.config: dict = {}
         file = Path(path).name
+        if Path(path).is_dir() or Path(path).suffix.lower() != ".onnx":
+            raise ConfigError(f"{path}: raw-sample streaming (--frame-samples) takes an .onnx "
+                              "graph")
         try:
             proto = onnx.load(str(path))
         except Exception as exc:  # onnx raises DecodeError and friends
@@ -118,6 +121,7 @@ class OnnxSampleBackend:
             import onnxruntime as ort
 
             opts = ort.SessionOptions()
+            opts.log_severity_level = 4  # failures become one DataError line, not a log too
             opts.intra_op_num_threads = int(threads)
             opts.inter_op_num_threads = 1
             self._session = ort.InferenceSession(proto.SerializeToString(), opts,
@@ -138,10 +142,18 @@ class OnnxSampleBackend:
     def _call(self, x: np.ndarray, state: list) -> list:
         feeds = {self.input_name: x, **self.consts}
         feeds.update(zip(self.state_names, state, strict=True))
-        if self.name == "mlx":
-            got = self._runner.run(feeds)
-            return [np.asarray(got[n]) for n in self.output_names]
-        return self._session.run(self.output_names, feeds)
+        try:
+            if self.name == "mlx":
+                got = self._runner.run(feeds)
+                return [np.asarray(got[n]) for n in self.output_names]
+            return self._session.run(self.output_names, feeds)
+        except EdgeLSTMError:
+            raise
+        except Exception as exc:  # ORT's own error types; MLX's ValueError/RuntimeError
+            from edgelstm.converters import _ort_message
+
+            raise DataError(f"{self.name} failed on a step of {x.shape[1]} samples: "
+                            f"{_ort_message(exc)}") from None
 
     def step(self, x: np.ndarray, state: list) -> tuple[np.ndarray, list]:
         """One model step: ``x`` ``(B, M + N)``; returns ``(B, C)`` and the new state."""
