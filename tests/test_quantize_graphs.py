@@ -214,7 +214,7 @@ def test_cli_json_report_per_output(tmp_path):
     assert all("mlx_max_abs_diff" in o for o in rep["outputs"].values())
 
 
-@pytest.mark.parametrize("case", ["corrupt", "exists", "no-const", "bad-const"])
+@pytest.mark.parametrize("case", ["corrupt", "exists", "no-const", "bad-const", "ort-fails"])
 def test_cli_errors_are_one_line_and_write_nothing(tmp_path, case):
     src, dst = MODEL, tmp_path / "o.onnx"
     args = ["--const", "sr=8000"]
@@ -225,12 +225,16 @@ def test_cli_errors_are_one_line_and_write_nothing(tmp_path, case):
         dst.write_text("keep me")
     elif case == "no-const":
         args = []
+    elif case == "ort-fails":  # reflection padding longer than the generated input
+        args += ["--dim", "samples=8"]
     else:
         args = ["--const", "sr=eight"]
     before = sorted(tmp_path.iterdir())
     r = _cli(src, dst, *args)
     errors = [line for line in r.output.splitlines() if line.startswith("Error:")]
     assert r.exit_code != 0 and len(errors) == 1 and "Traceback" not in r.output, r.output
+    if r.exit_code == 1:  # not a usage error: the Error line is all there is
+        assert r.output.strip() == errors[0]
     assert sorted(tmp_path.iterdir()) == before
     if case == "exists":
         assert dst.read_text() == "keep me" and "--force" in errors[0]
@@ -297,3 +301,17 @@ def test_generated_states_follow_a_given_batch(tmp_path):
     x = np.load(ROOT / "tests" / "fixtures" / "vad" / "vad_stream_feeds.npz")["input"][:1]
     r = quantize_model(MODEL, tmp_path / "b.onnx", feeds={"input": x}, consts={"sr": 8000})
     assert r.inputs["h"] == [1, 1, 16] and r.inputs["input"] == [1, 288]
+
+
+def test_onnxruntime_failure_prints_only_the_error_line(tmp_path):
+    """ORT's own log goes to the process's stderr (not sys.stderr): run a real process."""
+    import subprocess
+    import sys
+
+    r = subprocess.run([sys.executable, "-m", "edgelstm", "quantize", str(MODEL),
+                        str(tmp_path / "o.onnx"), "--const", "sr=8000", "--dim", "samples=8"],
+                       capture_output=True, text=True, timeout=300)
+    assert r.returncode == 1 and r.stdout == ""
+    assert r.stderr.strip().startswith("Error: onnxruntime failed") and len(
+        r.stderr.strip().splitlines()) == 1, r.stderr
+    assert list(tmp_path.iterdir()) == []
