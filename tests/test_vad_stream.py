@@ -277,3 +277,70 @@ def test_cli_model_failures_are_one_line():
     r = CliRunner().invoke(cli, ["stream", str(ROOT / "examples" / "fsdd" / "model"), str(WAV),
                                  "--frame-samples", "256"])
     assert r.exit_code == 1 and "takes an .onnx graph" in r.output
+
+
+# -- a second shape: one GRU state (state -> stateN), batch fixed at 1 -----------------------
+def _gru_step_model(path):
+    """``input (1, 64)``, ``state (1, 1, 8)`` -> ``prob (1, 1)``, ``stateN``: four 16-sample
+    frames through a GRU, Gemm + Sigmoid on the last hidden state (hand-built, opset 17)."""
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    rng = np.random.default_rng(5)
+
+    def init(name, *shape):
+        return numpy_helper.from_array((rng.standard_normal(shape) * 0.5).astype(np.float32),
+                                       name)
+
+    nodes = [
+        helper.make_node("Reshape", ["input", "shape"], ["x"]),
+        helper.make_node("GRU", ["x", "W", "R", "B", "", "state"], ["", "stateN"],
+                         hidden_size=8, linear_before_reset=1),
+        helper.make_node("Reshape", ["stateN", "flat"], ["h"]),
+        helper.make_node("Gemm", ["h", "fc", "fc_b"], ["logit"]),
+        helper.make_node("Sigmoid", ["logit"], ["prob"]),
+    ]
+    inits = [init("W", 1, 24, 16), init("R", 1, 24, 8), init("B", 1, 48), init("fc", 8, 1),
+             init("fc_b", 1), numpy_helper.from_array(np.array([4, 1, 16], np.int64), "shape"),
+             numpy_helper.from_array(np.array([1, 8], np.int64), "flat")]
+    f = TensorProto.FLOAT
+    graph = helper.make_graph(
+        nodes, "gru_step",
+        [helper.make_tensor_value_info("input", f, [1, 64]),
+         helper.make_tensor_value_info("state", f, [1, 1, 8])],
+        [helper.make_tensor_value_info("prob", f, [1, 1]),
+         helper.make_tensor_value_info("stateN", f, [1, 1, 8])], initializer=inits)
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    onnx.checker.check_model(model)
+    onnx.save(model, str(path))
+    return path
+
+
+def test_single_state_gru_at_batch_one_streams_batched_and_quantized(tmp_path):
+    from edgelstm.quantize import quantize_model
+
+    path = _gru_step_model(tmp_path / "gru.onnx")
+    x = np.random.default_rng(6).standard_normal(1000).astype(np.float32)
+    sess = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    fr = SampleFrames(48, 16, 16000)
+    state, want = np.zeros((1, 1, 8), np.float32), []
+    for w in fr.frames(x):
+        p, state = sess.run(None, {"input": w[None], "state": state})
+        want.append(p[0, 0])
+    session = StreamingSession.from_onnx_samples(path, 48, 16, 16000, chunk_frames=3)
+    for chunk in (7, 48, 1000):
+        np.testing.assert_array_equal(_stream(session, x, chunk), want)
+    # two streams stepped together: the graph takes batch 1, so they run one by one
+    streams = [session.create_stream() for _ in range(2)]
+    for s, sig in zip(streams, (x, x[::-1].copy()), strict=True):
+        s.accept_waveform(sig)
+        s.input_finished()
+    rows = []
+    while session.is_ready(streams[0]):
+        rows.append(session.step_many(streams)[0].output)
+    np.testing.assert_array_equal(np.concatenate(rows)[:, 0], want)
+    r = quantize_model(path, tmp_path / "gru.int8.onnx")
+    assert sorted(r.weights["quantized"]) == ["R", "W"] and r.inputs["input"] == [1, 64]
+    q_mlx = StreamingSession.from_onnx_samples(tmp_path / "gru.int8.onnx", 48, 16, 16000,
+                                               backend="mlx")
+    np.testing.assert_allclose(_stream(q_mlx, x, 500), want, atol=0.02)
