@@ -86,12 +86,12 @@ def stream(model, input_path, chunk_ms, chunk_frames, as_json, backend, rate, st
         $ some-sensor-tool | edgelstm stream sensor.onnx - --chunk-frames 5
         $ edgelstm stream torch_lstm.onnx x.npy --backend mlx --state h=hn --state c=cn
         $ edgelstm stream kws/model mic.wav --threshold 0.8 --smooth-ms 300
-        $ edgelstm stream vad.onnx speech.wav --frame-samples 512 --context-samples 64 \
-              --sample-rate 16000 --const sr=16000 --events
+        $ edgelstm stream vad.onnx a.wav --frame-samples 512 --context-samples 64 --events
 
     With --frame-samples, MODEL is an ONNX graph taking M+N raw samples, its
-    state and constant inputs per call (a streaming VAD); each chunk is
-    --chunk-frames such steps.
+    state and constant inputs (--const sr=16000) per call, as streaming VADs
+    are published; each chunk is --chunk-frames such steps, and --events
+    prints speech segments from its probability output.
     """
     from edgelstm.streaming.detect import DEFAULT_IGNORE, Detector
     from edgelstm.streaming.run import DEFAULT_FRAME_MS, open_input, run_stream
