@@ -65,8 +65,13 @@ class Target(_Choice):
 
     WX = "Wx"  # input weights of every layer/direction (RNN: Wxh)
     WH = "Wh"  # recurrent weights (RNN: Whh)
-    HEAD = "head"  # the linear head's weight (MLX: QuantizedLinear, affine)
+    HEAD = "head"  # the linear head's weight (MLX: QuantizedLinear, affine); ONNX: MatMul/Gemm
+    CONV = "conv"  # ONNX Conv/ConvTranspose weights (ONNX formats only)
 
+
+#: ``--weights`` choices: recurrent weights only, or every weight matrix and kernel.
+WEIGHT_SETS = {"recurrent": (Target.WX, Target.WH),
+               "all": (Target.WX, Target.WH, Target.HEAD, Target.CONV)}
 
 SUPPORTED_BITS = {8: "int8, every format", 4: "experimental, mlx format only"}
 GROUP_SIZES = (128, 64, 32)  # what mx.quantize accepts
@@ -83,7 +88,8 @@ class QuantConfig:
         granularity: :class:`Granularity`; ``None`` picks it from ``mode``.
         group_size: inputs per group for affine mode (32/64/128); ``None``
             picks the largest that divides every quantized width.
-        targets: which tensors to quantize. Default: ``("Wx", "Wh")``.
+        targets: which tensors to quantize. Default: ``("Wx", "Wh")``;
+            :data:`WEIGHT_SETS` names the two common sets.
 
     Example:
         >>> QuantConfig()                     # int8, Wx and Wh
@@ -126,6 +132,9 @@ class QuantConfig:
     def check_format(self, fmt: Format | str) -> Format:
         """Refuse combinations a format cannot hold; return the parsed format."""
         fmt = Format.parse(fmt)
+        if Target.CONV in self.targets and fmt is not Format.ONNX_QDQ:
+            raise UnsupportedError(f"conv weights are quantized in the onnx-qdq format only, "
+                                   f"not {fmt}")
         if fmt is not Format.MLX and self.bits != 8:
             raise UnsupportedError(f"{self.bits}-bit quantization is MLX-only (experimental); "
                                    f"the {fmt} format holds 8-bit weights")

@@ -31,13 +31,20 @@ class QuantReport:
         bytes_before: size of the float model in the output format.
         bytes_after: size of the quantized output.
         max_abs_error, cosine: first output, float vs quantized, on seeded
-            random input ``input_shape`` ``(B, T, I)``.
+            random input whose first array is ``input_shape`` (``(B, T, I)`` for
+            edgelstm's own models).
         backend: what ran both models for the comparison.
         bits_per_weight: stored bits per weight (MLX), else ``None``.
         accuracy_before, accuracy_after: on ``eval_data`` (fraction), if given.
         runtimes: runtimes beyond ``backend`` that ran the quantized ONNX file
             (``--verify-on``): ``{name: {"max_abs_diff_vs_onnxruntime", "version",
             "precision", "device"}}``.
+        outputs: ONNX output: ``{output: {"max_abs_error", "cosine",
+            "<runtime>_max_abs_diff"...}}``, float vs quantized on ONNX Runtime
+            and each other runtime vs ONNX Runtime on the quantized file.
+        inputs: ONNX output: ``{input: shape}`` of the generated inputs.
+        weights: ONNX QDQ output: ``{"quantized": [...], "compacted": [...]}``
+            initializer names; every other tensor and node is unchanged.
     """
 
     src: str
@@ -48,7 +55,7 @@ class QuantReport:
     bytes_after: int
     max_abs_error: float
     cosine: float
-    input_shape: tuple[int, int, int]
+    input_shape: tuple[int, ...]
     backend: str
     bits_per_weight: float | None = None
     eval_data: str | None = None
@@ -57,6 +64,9 @@ class QuantReport:
     accuracy_after: float | None = None
     notes: list[str] = field(default_factory=list)
     runtimes: dict = field(default_factory=dict)
+    outputs: dict = field(default_factory=dict)
+    inputs: dict = field(default_factory=dict)
+    weights: dict = field(default_factory=dict)
 
     @property
     def ratio(self) -> float:
@@ -74,9 +84,22 @@ class QuantReport:
                          f"({self.ratio:.2f}x smaller)")]
         if self.bits_per_weight is not None:
             rows.append(("bits/weight", f"{self.bits_per_weight:.2f}"))
-        B, T, I = self.input_shape
-        rows.append(("error", f"max abs {self.max_abs_error:.3g}, cosine {self.cosine:.6f} "
-                              f"(random input {B}x{T}x{I}, {self.backend})"))
+        if self.weights.get("quantized"):
+            rows.append(("weights", f"{len(self.weights['quantized'])} tensors int8"
+                                    + (f", {len(self.weights['compacted'])} biases compacted"
+                                       if self.weights.get("compacted") else "")))
+        shape = "x".join(map(str, self.input_shape))
+        if len(self.outputs) <= 1:
+            rows.append(("error", f"max abs {self.max_abs_error:.3g}, cosine {self.cosine:.6f} "
+                                  f"(random input {shape}, {self.backend})"))
+        else:
+            rows.append(("error", f"per output, float vs int8 on {self.backend} (inputs "
+                                  + ", ".join(f"{k} {'x'.join(map(str, v)) or 'scalar'}"
+                                              for k, v in self.inputs.items()) + ")"))
+            rows += [(f"  {k}", f"max abs {o['max_abs_error']:.3g}, cosine {o['cosine']:.6f}"
+                      + "".join(f"; {r} vs onnxruntime {o[f'{r}_max_abs_diff']:.3g}"
+                                for r in self.runtimes if f"{r}_max_abs_diff" in o))
+                     for k, o in self.outputs.items()]
         if self.accuracy_before is not None:
             drop = 100 * (self.accuracy_before - self.accuracy_after)
             rows.append(("accuracy", f"{100 * self.accuracy_before:.2f}% -> "

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 import os
 import sys
 
@@ -41,9 +42,36 @@ from edgelstm.streaming.run import STDIN_FORMATS, StopStream
 @click.option("--state", "state_map", multiple=True, metavar="IN=OUT",
               help="ONNX state input and the output it becomes (repeatable, hidden state "
               "first; default: pairs by name, h0->h_n, h->hn, state->stateN).")
+@click.option("--frame-samples", type=click.IntRange(1), default=None, metavar="N",
+              help="Raw-sample ONNX model: N new samples per model step (a WAV or stdin "
+              "PCM feeds it directly).")
+@click.option("--context-samples", type=click.IntRange(0), default=0, show_default=True,
+              metavar="M", help="With --frame-samples: M samples of left context before "
+              "each step's N (carried between chunks).")
+@click.option("--sample-rate", type=click.IntRange(MIN_SAMPLE_RATE, MAX_SAMPLE_RATE),
+              default=16000, show_default=True,
+              help="With --frame-samples: the model's sample rate (audio is resampled to it).")
+@click.option("--const", "consts", multiple=True, metavar="NAME=VALUE",
+              help="With --frame-samples: value of another model input, e.g. sr=16000 "
+              "(repeatable).")
+@click.option("--output", "output_name", default=None, metavar="NAME",
+              help="With --frame-samples: the output to report (default: first non-state).")
+@click.option("--events", is_flag=True,
+              help="Print speech start/end segments from a per-frame probability output "
+              "instead of every chunk.")
+@click.option("--on", "on_threshold", type=click.FloatRange(0, 1, min_open=True), default=0.5,
+              show_default=True, help="--events: probability that starts speech.")
+@click.option("--off", "off_threshold", type=click.FloatRange(0, 1), default=None,
+              help="--events: probability below which speech stops (default: on - 0.15).")
+@click.option("--min-speech-ms", type=click.FloatRange(min=0), default=250.0, show_default=True,
+              help="--events: shorter segments are dropped.")
+@click.option("--min-silence-ms", type=click.FloatRange(min=0), default=100.0,
+              show_default=True, help="--events: shorter pauses do not end a segment.")
 @handle_errors
 def stream(model, input_path, chunk_ms, chunk_frames, as_json, backend, rate, stdin_format,
-           columns, frame_ms, threshold, smooth_ms, ignore, state_map):
+           columns, frame_ms, threshold, smooth_ms, ignore, state_map, frame_samples,
+           context_samples, sample_rate, consts, output_name, events, on_threshold,
+           off_threshold, min_speech_ms, min_silence_ms):
     """Stream INPUT through MODEL chunk by chunk, carrying the recurrent state.
 
     INPUT is a .wav (speech models), .csv (one frame per row) or .npy (T, F)
@@ -58,6 +86,12 @@ def stream(model, input_path, chunk_ms, chunk_frames, as_json, backend, rate, st
         $ some-sensor-tool | edgelstm stream sensor.onnx - --chunk-frames 5
         $ edgelstm stream torch_lstm.onnx x.npy --backend mlx --state h=hn --state c=cn
         $ edgelstm stream kws/model mic.wav --threshold 0.8 --smooth-ms 300
+        $ edgelstm stream vad.onnx a.wav --frame-samples 512 --context-samples 64 --events
+
+    With --frame-samples, MODEL is an ONNX graph taking M+N raw samples, its
+    state and constant inputs (--const sr=16000) per call, as streaming VADs
+    are published; each chunk is --chunk-frames such steps, and --events
+    prints speech segments from its probability output.
     """
     from edgelstm.streaming.detect import DEFAULT_IGNORE, Detector
     from edgelstm.streaming.run import DEFAULT_FRAME_MS, open_input, run_stream
@@ -71,7 +105,16 @@ def stream(model, input_path, chunk_ms, chunk_frames, as_json, backend, rate, st
         if not sep or not src.strip() or not dst.strip():
             raise click.BadParameter(f"{pair!r} is not IN=OUT", param_hint="--state")
         states[src.strip()] = dst.strip()
-    session = StreamingSession.from_path(model, backend=backend, states=states or None)
+    if frame_samples is not None:
+        from edgelstm.quantize.onnx_verify import parse_consts
+
+        session = StreamingSession.from_onnx_samples(
+            model, frame_samples, context_samples, sample_rate, consts=parse_consts(consts),
+            backend=backend or "onnxruntime", states=states or None, output=output_name)
+    elif consts or output_name:
+        raise click.UsageError("--const and --output need --frame-samples")
+    else:
+        session = StreamingSession.from_path(model, backend=backend, states=states or None)
     fms = frame_ms or session.frame_ms or DEFAULT_FRAME_MS
     n = chunk_frames or max(1, round((chunk_ms or 100.0) / fms))
     if n > MAX_CHUNK_FRAMES:
@@ -85,7 +128,15 @@ def stream(model, input_path, chunk_ms, chunk_frames, as_json, backend, rate, st
     chunks, name = open_input(session, input_path, chunk_frames=n, rate=rate,
                               stdin_format=stdin_format, columns=cols)
     detector = None
-    if threshold is not None:
+    if events and threshold is not None:
+        raise click.UsageError("--events and --threshold are mutually exclusive")
+    if events:
+        from edgelstm.streaming.segments import SegmentDetector
+
+        detector = SegmentDetector(on_threshold, off_threshold,
+                                   _frames_for(min_speech_ms, fms), _frames_for(min_silence_ms,
+                                                                                fms), fms)
+    elif threshold is not None:
         if not session.labels:
             raise click.UsageError("--threshold needs a model with labels")
         detector = Detector(session.labels, threshold, max(1, round(smooth_ms / fms)),
@@ -104,6 +155,11 @@ def stream(model, input_path, chunk_ms, chunk_frames, as_json, backend, rate, st
     log(summary.line())
     if summary.interrupted:
         sys.exit(130)
+
+
+def _frames_for(ms: float, frame_ms: float) -> int:
+    """Frames covering at least ``ms``."""
+    return int(math.ceil(ms / frame_ms - 1e-9))
 
 
 def _print_json(item) -> None:
@@ -148,6 +204,12 @@ class _LiveView:
             _out(line)
 
     def detection(self, d) -> None:
+        if hasattr(d, "line"):  # a speech segment event
+            if self.dirty:
+                _out("")
+                self.dirty = False
+            _out(d.line())
+            return
         when = f"{d.time_s:.2f} s" if d.time_s is not None else f"frame {d.frame}"
         if self.dirty:
             _out("")

@@ -108,7 +108,9 @@ class OnnxStateBackend:
         data = [n for n in names if n not in self.state_names and n != LENGTHS]
         if len(data) != 1:
             raise UnsupportedError(f"{file}: expected one data input besides the states, "
-                                   f"found {data}")
+                                   f"found {data}; a model taking raw samples and constant "
+                                   "inputs streams with --frame-samples N (and --const "
+                                   "NAME=VALUE)")
         self.input_name = data[0]
         self.takes_lengths = LENGTHS in names  # a --lengths export: every chunk is full
         main = [o for o in outs if o not in state_outs]

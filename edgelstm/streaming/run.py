@@ -175,6 +175,11 @@ def run_stream(session: StreamingSession, chunks: Iterable[np.ndarray], *,
             emit(session.process(stream))
         stream.input_finished()
         emit(session.process(stream))
+        finish = getattr(detector, "finish", None)  # segment detectors close an open segment
+        for d in finish() if finish is not None else ():
+            summary.detections += 1
+            if on_detection is not None:
+                on_detection(d)
     except KeyboardInterrupt:
         summary.interrupted = True
     except StopStream:

@@ -118,7 +118,8 @@ class StreamingSession:
         if not isinstance(chunk_frames, int) or chunk_frames < 1:
             raise ConfigError(f"chunk_frames must be a positive integer, got {chunk_frames!r}")
         cfg = backend.config
-        frontend = _frontend(cfg.get("features"))
+        # a raw-sample backend brings its own framing (edgelstm.frontend.samples)
+        frontend = getattr(backend, "frontend", None) or _frontend(cfg.get("features"))
         width = getattr(frontend, "num_features", None)
         if width is not None and width != backend.input_size:
             raise ConfigError(f"the front end gives {width} features per frame but the model "
@@ -166,6 +167,36 @@ class StreamingSession:
         from edgelstm.streaming.onnx_state import OnnxStateBackend
 
         return cls(OnnxStateBackend(path, backend, threads=threads, states=states), chunk_frames)
+
+    @classmethod
+    def from_onnx_samples(cls, path: str | os.PathLike, frame_samples: int,
+                          context_samples: int = 0, sample_rate: int = 16000,
+                          consts: dict | None = None, backend: str = "onnxruntime",
+                          chunk_frames: int = 10, states: dict[str, str] | None = None,
+                          output: str | None = None, threads: int = 1) -> StreamingSession:
+        """Session over an ONNX graph that takes raw samples, one model step per window.
+
+        Audio fed with ``accept_waveform`` is cut into windows of
+        ``frame_samples`` new samples after ``context_samples`` of left
+        context (:class:`edgelstm.frontend.samples.SampleFrames`); each window
+        is one model step, so a chunk of ``chunk_frames`` windows is that many
+        calls, the state carried between them.
+
+        Args:
+            path: the ``.onnx`` file (see :mod:`edgelstm.streaming.onnx_samples`).
+            frame_samples, context_samples: ``N`` and ``M``.
+            sample_rate: the model's rate; audio at other rates is resampled.
+            consts: values of the other inputs, e.g. ``{"sr": 16000}``.
+            backend: ``"onnxruntime"`` or ``"mlx"``.
+            states: explicit ``{state input: state output}``.
+            output: the output to report; default: the first that is not a state.
+        """
+        from edgelstm.frontend.samples import SampleFrames
+        from edgelstm.streaming.onnx_samples import OnnxSampleBackend
+
+        frames = SampleFrames(frame_samples, context_samples, sample_rate)
+        return cls(OnnxSampleBackend(path, frames, backend, consts=consts, states=states,
+                                     output=output, threads=threads), chunk_frames)
 
     @classmethod
     def from_path(cls, path: str | os.PathLike, backend: str | None = None,
@@ -218,8 +249,9 @@ class StreamingSession:
     def is_speech(self) -> bool:
         """The model carries a speech front end (takes audio samples)."""
         from edgelstm.frontend.features import FeatureConfig
+        from edgelstm.frontend.samples import SampleFrames
 
-        return isinstance(self.frontend, FeatureConfig)
+        return isinstance(self.frontend, (FeatureConfig, SampleFrames))
 
     @property
     def sample_rate(self) -> int | None:
