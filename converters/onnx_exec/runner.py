@@ -5,8 +5,11 @@
 >>> outputs = run_onnx("model.onnx", {"x": x})
 
 The runner is built once (attributes checked, constant subgraphs folded,
-static recurrent weights converted on first use and cached) and can be run
-many times, e.g. by the streaming engine. Anything it does not implement
+nodes that reach no output dropped, static recurrent weights converted on
+first use and cached) and can be run many times, e.g. by the streaming
+engine: from the second call with the same input shapes on, the plan runs as
+``mx.compile``d segments (:mod:`.compiled`), recurrent nodes on the fused
+kernels inside them. Anything it does not implement
 exactly raises :class:`edgelstm.errors.UnsupportedError` naming the node.
 Subgraphs of ``If``/``Loop``/``Scan`` are prepared the same way and see the
 names of every enclosing graph (outer scope).
@@ -24,10 +27,12 @@ import onnx
 from onnx import AttributeProto, helper, numpy_helper
 
 from edgelstm.converters.onnx_exec import (  # noqa: F401  (register ops)
+    compiled,
     ops_control,
     ops_elementwise,
     ops_nn,
     ops_reduce,
+    ops_resize,
     ops_shape,
     ops_signal,
     ops_tensor,
@@ -123,6 +128,7 @@ class _Graph:
                     f"graph output '{name}' is not produced by any node, input or initializer"
                 )
         self._own = {k: v for k, v in own.items() if v is not None}
+        self.plan = compiled.remove_dead(self.plan, self.output_names)
 
     def _is_static(self, name: str) -> bool:
         return name == "" or self.consts.get(name) is not None
@@ -188,6 +194,8 @@ class OnnxMLXRunner:
 
     Args:
         model: a ``ModelProto`` or a path to a ``.onnx`` file.
+        compile_after: op-by-op calls per input signature (shapes, dtypes) before
+            that signature runs compiled; ``None`` never compiles.
 
     Attributes:
         input_names: graph inputs that must be fed (those without an initializer).
@@ -201,7 +209,7 @@ class OnnxMLXRunner:
             any node, input or initializer produces it.
     """
 
-    def __init__(self, model: onnx.ModelProto | str | PathLike):
+    def __init__(self, model: onnx.ModelProto | str | PathLike, compile_after: int | None = 1):
         model = _load(model)
         self.opsets = {
             ("" if o.domain in _DEFAULT_DOMAINS else o.domain): o.version
@@ -211,6 +219,11 @@ class OnnxMLXRunner:
         self.input_names = self._graph.input_names
         self.optional_input_names = self._graph.optional_input_names
         self.output_names = self._graph.output_names
+        g = self._graph
+        self._compiled = (
+            None if compile_after is None
+            else compiled.CompiledPlan(g.plan, g.output_names, g.consts, compile_after)
+        )
 
     def _feed(self, name: str, value) -> mx.array:
         if isinstance(value, mx.array):
@@ -257,7 +270,12 @@ class OnnxMLXRunner:
         bound = dict(self._graph.defaults)
         for name, value in feeds.items():
             bound[name] = self._feed(name, value)
-        outs = self._graph.run(self._graph.scope(None, bound))
+        env = self._graph.scope(None, bound)
+        if self._compiled is None:
+            outs = self._graph.run(env)
+        else:
+            self._compiled.run(env)
+            outs = [env[n] for n in self.output_names]
         result = {n: to_mx(v) for n, v in zip(self.output_names, outs, strict=True)}
         mx.eval(list(result.values()))
         return result

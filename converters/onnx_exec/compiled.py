@@ -1,0 +1,237 @@
+"""Run a prepared graph's plan as few MLX dispatches as it can: ``mx.compile``d segments.
+
+Every MLX op on the CPU costs a dispatch, and a plan run op by op also costs
+Python per node, so a streaming step of a small model is overhead-bound. Here
+the plan is cut into *segments*: maximal runs of nodes that can be traced by
+``mx.compile`` (all of them when nothing reads tensor data on the host), and
+single *eager* nodes between them (``If``/``Loop``/``Scan``, which run
+subgraphs, and any node found to read a traced value on the host, such as a
+``Reshape`` whose target shape is computed from data).
+
+A compiled segment is keyed by its input signature: shapes and dtypes of its
+MLX inputs, and the values of its small numpy inputs (shape arithmetic), so
+shape computations (``Shape`` -> ``Gather`` -> ``Concat`` -> ``Reshape``) are
+folded into the trace once per signature. A signature runs op by op the first
+``compile_after`` times it is seen (one-shot calls never pay for a trace; the
+first call also fills the ops' static caches, such as converted recurrent
+weights) and compiled from then on. Tracing that fails marks the node that
+failed eager and re-cuts the plan; the call itself then runs op by op, so a
+failed trace never changes a result.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import mlx.core as mx
+import numpy as np
+
+# numpy inputs at most this big are part of a segment's key (shape values);
+# bigger ones (overridable weights) are passed to the trace as MLX arrays
+_SMALL = 64
+
+
+def subgraph_reads(graphs: dict) -> set[str]:
+    """Every name read anywhere in ``graphs`` (prepared subgraphs), nested ones included."""
+    names: set[str] = set()
+    for g in graphs.values():
+        names.update(g.output_names)
+        for ctx, _ in g.plan:
+            names.update(n for n in ctx.node.input if n)
+            names |= subgraph_reads(ctx.graphs)
+    return names
+
+
+def node_reads(ctx) -> set[str]:
+    """Names a node reads: its inputs, and outer-scope names of its subgraphs."""
+    reads = {n for n in ctx.node.input if n}
+    return reads | subgraph_reads(ctx.graphs) if ctx.graphs else reads
+
+
+def remove_dead(plan: list, outputs: list[str]) -> list:
+    """``plan`` without the nodes none of whose outputs reach ``outputs``."""
+    live = set(outputs)
+    kept = []
+    for ctx, fn in reversed(plan):
+        if any(n in live for n in ctx.node.output if n):
+            kept.append((ctx, fn))
+            live |= node_reads(ctx)
+    return kept[::-1]
+
+
+class _Segment:
+    """Nodes ``plan[start:stop]``; ``eager`` runs them op by op always."""
+
+    def __init__(self, plan, start, stop, eager, consts):
+        self.nodes = plan[start:stop]
+        self.start = start
+        self.eager = eager
+        produced: set[str] = set()
+        reads: list[str] = []
+        for ctx, _ in self.nodes:
+            for n in sorted(node_reads(ctx)):
+                if n not in produced and n not in reads:
+                    reads.append(n)
+            produced.update(n for n in ctx.node.output if n)
+        self.produced = produced
+        # static names (initializers, folded constants) are bound by reference, never keyed
+        self.inputs = [n for n in reads if consts.get(n) is None]
+        self.outputs: list[str] = []  # set by the plan: produced here and read later
+        self.cache: dict[tuple, list] = {}  # key -> [calls seen, compiled fn, host outputs]
+
+
+class CompiledPlan:
+    """A plan (list of ``(ctx, fn)``) run as compiled segments; see the module docstring.
+
+    Args:
+        plan: the prepared nodes in order (dead ones already removed).
+        outputs: names the caller reads after the run (graph outputs).
+        consts: static values (name -> numpy), as the graph's ``consts``.
+        compile_after: op-by-op calls of a signature before it is compiled.
+    """
+
+    def __init__(self, plan: list, outputs: list[str], consts, compile_after: int = 1):
+        self.plan = plan
+        self.output_names = list(outputs)
+        self.consts = consts
+        self.compile_after = compile_after
+        self.enabled = True
+        self.eager_nodes = {i for i, (ctx, _) in enumerate(plan) if ctx.graphs}
+        self._cut()
+
+    def _cut(self) -> None:
+        """Segments from ``eager_nodes``; each one's outputs are the names read later."""
+        segs, start = [], 0
+        for i in range(len(self.plan) + 1):
+            if i == len(self.plan) or i in self.eager_nodes:
+                if start < i:
+                    segs.append(_Segment(self.plan, start, i, False, self.consts))
+                if i < len(self.plan):
+                    segs.append(_Segment(self.plan, i, i + 1, True, self.consts))
+                start = i + 1
+        needed = set(self.output_names)
+        for seg in reversed(segs):
+            seg.outputs = sorted(seg.produced & needed)
+            needed |= set(seg.inputs)
+        self.segments = segs
+
+    @property
+    def num_compiled(self) -> int:
+        """Compiled segment functions built so far (all signatures)."""
+        return sum(e[1] is not None for s in self.segments for e in s.cache.values())
+
+    def run(self, env) -> None:
+        """Run every segment in ``env`` (a ChainMap with inputs and outer names bound)."""
+        for seg in list(self.segments):
+            if seg.eager or not self.enabled:
+                _run_nodes(seg.nodes, env)
+            else:
+                self._run_segment(seg, env)
+
+    def _run_segment(self, seg: _Segment, env) -> None:
+        args, host, key = [], {}, []
+        for n in seg.inputs:
+            v = env[n]
+            if isinstance(v, mx.array):
+                args.append(v)
+                key.append((n, tuple(v.shape), v.dtype))
+            elif v is None:
+                host[n] = None
+                key.append((n, None))
+            else:
+                a = np.asarray(v)
+                if a.size <= _SMALL and a.dtype != object:
+                    host[n] = a
+                    key.append((n, a.dtype.str, a.shape, a.tobytes()))
+                else:  # a big overridable initializer: traced like any tensor
+                    args.append(mx.array(a))
+                    key.append((n, a.shape, a.dtype.str, "traced"))
+        key = tuple(key)
+        entry = seg.cache.setdefault(key, [0, None, {}])
+        entry[0] += 1
+        if entry[0] <= self.compile_after:
+            _run_nodes(seg.nodes, env)
+            return
+        if entry[1] is None:
+            entry[1] = self._trace_fn(seg, host, entry[2])
+        failed: list[int] = []
+        try:
+            outs = entry[1](*args, failed=failed)
+        except Exception:
+            # a node read a traced value on the host (or MLX cannot trace it): run it
+            # eagerly from now on; this call goes op by op, so its result is unchanged
+            if failed:
+                self.eager_nodes.add(seg.start + failed[0])
+                self._cut()
+            else:
+                self.enabled = False
+            _run_nodes(seg.nodes, env)
+            return
+        arrays = iter(outs)
+        for n in seg.outputs:
+            env[n] = entry[2][n] if n in entry[2] else next(arrays)
+
+    def _trace_fn(self, seg: _Segment, host: dict, host_outs: dict):
+        """The segment as ``fn(*mx_inputs, failed) -> [mx outputs]`` under ``mx.compile``."""
+        names = [n for n in seg.inputs if n not in host]
+        consts = self.consts
+        box: dict[str, Any] = {}
+
+        def body(*arrays):
+            env = _Env({**host, **dict(zip(names, arrays, strict=True))}, consts)
+            for k, (ctx, fn) in enumerate(seg.nodes):
+                try:
+                    _run_node(ctx, fn, env)
+                except Exception:
+                    box["failed"] = k
+                    raise
+            out = []
+            host_outs.clear()
+            for n in seg.outputs:
+                v = env[n]
+                if isinstance(v, mx.array):
+                    out.append(v)
+                else:  # numpy (shape values) or None: fixed for this signature
+                    host_outs[n] = v
+            return out
+
+        compiled = mx.compile(body)
+
+        def call(*arrays, failed: list):
+            box.pop("failed", None)
+            try:
+                return compiled(*arrays)
+            finally:
+                if "failed" in box:
+                    failed.append(box["failed"])
+
+        return call
+
+
+class _Env(dict):
+    """A segment's names, falling back to the static values."""
+
+    def __init__(self, bound: dict, consts):
+        super().__init__(bound)
+        self._consts = consts
+
+    def __missing__(self, name):
+        return self._consts[name]
+
+
+def _run_node(ctx, fn, env) -> None:
+    ins = [env[n] if n else None for n in ctx.node.input]
+    outs = fn(ctx, ins)
+    for name, v in zip(ctx.node.output, outs, strict=False):
+        if name:
+            env[name] = v
+
+
+def _run_nodes(nodes, env) -> None:
+    for ctx, fn in nodes:
+        if ctx.graphs:
+            ctx.scope = env
+        try:
+            _run_node(ctx, fn, env)
+        finally:
+            ctx.scope = None
