@@ -14,6 +14,7 @@ import numpy as np
 from edgelstm.converters import gates
 from edgelstm.converters.onnx_exec.ops import NodeCtx, register, to_mx, to_np
 from edgelstm.errors import ConversionError
+from edgelstm.fast import dispatch
 from edgelstm.nn import activations as A
 from edgelstm.nn import recurrent
 
@@ -134,6 +135,28 @@ def _check(ctx: NodeCtx, W, R, dirs: int, n_gates: int):
         )
 
 
+# The fused kernels project the input with one matmul of T*B rows: their own
+# gemv / small-gemm loops below 8 rows, BLAS sgemm from 8 rows on, and the three
+# sum in different orders, so a streaming chunk of fewer than 8 rows rounded
+# differently from the same rows inside a longer call (~1e-7 per step). Padding
+# such calls to 8 rows (the padding masked off by sequence lengths) keeps every
+# call on sgemm, whose rows do not depend on the row count: chunked streaming
+# then equals the full pass bit for bit (tests/test_onnx_compiled.py).
+_MIN_ROWS = 8
+
+
+def _pad_rows(x, lengths):
+    """``(x, lengths, T)``: ``x (B, T, I)`` zero-padded in time to >= _MIN_ROWS rows."""
+    B, T = x.shape[0], x.shape[1]
+    if not (0 < B * T < _MIN_ROWS) or x.dtype != mx.float32 or not dispatch.available():
+        return x, lengths, T
+    T2 = -(-_MIN_ROWS // B)
+    x = mx.concatenate([x, mx.zeros((B, T2 - T, x.shape[2]), x.dtype)], axis=1)
+    if lengths is None:
+        lengths = mx.full((B,), T, dtype=mx.int32)
+    return x, lengths, T
+
+
 def _run(ctx: NodeCtx, fn, X, seq, states, per_dir, extra, n_states):
     """Shared driver: layouts, directions, outputs ``[Y, Y_h, (Y_c)]``."""
     direction, dirs = _direction(ctx)
@@ -141,6 +164,8 @@ def _run(ctx: NodeCtx, fn, X, seq, states, per_dir, extra, n_states):
     X = to_mx(X)
     x = X.transpose(1, 0, 2) if layout == 0 else X  # -> (B, T, I)
     lengths = None if seq is None else to_mx(seq).astype(mx.int32)
+    given_lengths = lengths
+    x, lengths, T = _pad_rows(x, lengths)
     init = []
     for s in states:
         s = None if s is None else to_mx(s).astype(x.dtype)
@@ -160,15 +185,15 @@ def _run(ctx: NodeCtx, fn, X, seq, states, per_dir, extra, n_states):
             activations=acts[d],
             **extra,
         )
-        ys.append(y)
+        ys.append(y[:, :T])
         finals.append(st if isinstance(st, tuple) else (st,))
     Y = mx.stack(ys, axis=2)  # (B, T, dirs, H)
     Y = Y.transpose(1, 2, 0, 3) if layout == 0 else Y
     outs = [Y]
     for k in range(n_states):
         s = mx.stack([f[k] for f in finals], axis=0)  # (dirs, B, H)
-        if lengths is not None:  # as ORT: a zero-length sequence ends in zero state, not h0
-            s = mx.where((lengths > 0)[None, :, None], s, mx.array(0, s.dtype))
+        if given_lengths is not None:  # as ORT: a zero-length sequence ends in zero state
+            s = mx.where((given_lengths > 0)[None, :, None], s, mx.array(0, s.dtype))
         outs.append(s if layout == 0 else s.transpose(1, 0, 2))
     return outs[: max(1, len(ctx.node.output))]
 
