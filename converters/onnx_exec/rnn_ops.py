@@ -165,10 +165,13 @@ def _run(ctx: NodeCtx, fn, X, seq, states, per_dir, extra, n_states):
     x = X.transpose(1, 0, 2) if layout == 0 else X  # -> (B, T, I)
     lengths = None if seq is None else to_mx(seq).astype(mx.int32)
     given_lengths = lengths
-    x, lengths, T = _pad_rows(x, lengths)
+    T = x.shape[1]
+    x, lengths, _ = _pad_rows(x, lengths)
+    padded = x.shape[1] != T
     init = []
     for s in states:
-        s = None if s is None else to_mx(s).astype(x.dtype)
+        s = None if s is None else to_mx(s)
+        s = s if s is None or s.dtype == x.dtype else s.astype(x.dtype)
         init.append(s if s is None or layout == 0 else s.transpose(1, 0, 2))
     acts = _activations(ctx, extra.pop("defaults"), dirs)
     ys, finals = [], []
@@ -185,13 +188,13 @@ def _run(ctx: NodeCtx, fn, X, seq, states, per_dir, extra, n_states):
             activations=acts[d],
             **extra,
         )
-        ys.append(y[:, :T])
+        ys.append(y[:, :T] if padded else y)
         finals.append(st if isinstance(st, tuple) else (st,))
-    Y = mx.stack(ys, axis=2)  # (B, T, dirs, H)
+    Y = mx.stack(ys, axis=2) if dirs > 1 else mx.expand_dims(ys[0], 2)  # (B, T, dirs, H)
     Y = Y.transpose(1, 2, 0, 3) if layout == 0 else Y
     outs = [Y]
     for k in range(n_states):
-        s = mx.stack([f[k] for f in finals], axis=0)  # (dirs, B, H)
+        s = mx.stack([f[k] for f in finals], axis=0) if dirs > 1 else finals[0][k][None]
         if given_lengths is not None:  # as ORT: a zero-length sequence ends in zero state
             s = mx.where((given_lengths > 0)[None, :, None], s, mx.array(0, s.dtype))
         outs.append(s if layout == 0 else s.transpose(1, 0, 2))
