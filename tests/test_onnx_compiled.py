@@ -212,3 +212,19 @@ def test_node_cases_pass_through_the_compiled_plan():
     bad = [f"{r.status} {r.name}: {r.detail}" for r in results if r.status in ("wrong", "crash")]
     assert not bad, "\n".join(bad)
     assert sum(r.status == "pass" for r in results) >= 300
+
+
+def test_overridable_initializers_compile_as_defaults_and_can_be_overridden():
+    """A graph input with an initializer (old exporters' weights) keeps working compiled."""
+    model, feeds = _rnn_graph("GRU", 6, 2, "forward", 0, False)
+    model.graph.input.append(_vi("W", [1, 12, 3]))  # W becomes an overridable input
+    runner = OnnxMLXRunner(model)
+    assert runner.optional_input_names == ["W"]
+    want = _ort(model, feeds)
+    W2 = np.random.default_rng(9).normal(0, 0.6, (1, 12, 3)).astype(np.float32)
+    want2 = _ort(model, {**feeds, "W": W2})
+    for _ in range(3):
+        got = runner.run(feeds)
+        np.testing.assert_allclose(got["Y"], want["Y"], rtol=1e-5, atol=1e-5)
+        got2 = runner.run({**feeds, "W": W2})
+        np.testing.assert_allclose(got2["Y"], want2["Y"], rtol=1e-5, atol=1e-5)

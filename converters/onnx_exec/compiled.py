@@ -9,7 +9,8 @@ subgraphs, and any node found to read a traced value on the host, such as a
 ``Reshape`` whose target shape is computed from data).
 
 A compiled segment is keyed by its input signature: shapes and dtypes of its
-MLX inputs, and the values of its small numpy inputs (shape arithmetic), so
+MLX inputs, the values of its small numpy inputs (shape arithmetic) and
+which overridable initializers were left at their defaults, so
 shape computations (``Shape`` -> ``Gather`` -> ``Concat`` -> ``Reshape``) are
 folded into the trace once per signature. A signature runs op by op the first
 ``compile_after`` times it is seen (one-shot calls never pay for a trace; the
@@ -88,12 +89,16 @@ class CompiledPlan:
         outputs: names the caller reads after the run (graph outputs).
         consts: static values (name -> numpy), as the graph's ``consts``.
         compile_after: op-by-op calls of a signature before it is compiled.
+        defaults: initializer defaults of overridable inputs (name -> numpy); when
+            not overridden they are bound into the trace like constants.
     """
 
-    def __init__(self, plan: list, outputs: list[str], consts, compile_after: int = 1):
+    def __init__(self, plan: list, outputs: list[str], consts, compile_after: int = 1,
+                 defaults: dict | None = None):
         self.plan = plan
         self.output_names = list(outputs)
         self.consts = consts
+        self.defaults = defaults or {}
         self.compile_after = compile_after
         self.enabled = True
         self.eager_nodes = {i for i, (ctx, _) in enumerate(plan) if ctx.graphs}
@@ -138,6 +143,9 @@ class CompiledPlan:
             elif v is None:
                 host[n] = None
                 key.append((n, None))
+            elif v is self.defaults.get(n):  # an initializer default nobody overrode
+                host[n] = v
+                key.append((n, "default"))
             else:
                 a = np.asarray(v)
                 if a.size <= _SMALL and a.dtype != object:

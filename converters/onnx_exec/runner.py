@@ -222,7 +222,7 @@ class OnnxMLXRunner:
         g = self._graph
         self._compiled = (
             None if compile_after is None
-            else compiled.CompiledPlan(g.plan, g.output_names, g.consts, compile_after)
+            else compiled.CompiledPlan(g.plan, g.output_names, g.consts, compile_after, g.defaults)
         )
 
     def _feed(self, name: str, value) -> mx.array:
