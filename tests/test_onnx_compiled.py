@@ -142,21 +142,27 @@ def test_short_calls_padded_to_eight_rows_match_ort(op, direction, T, B, layout,
             np.testing.assert_allclose(got[k], w, rtol=1e-5, atol=1e-5, err_msg=k)
 
 
-def test_recurrent_nodes_run_on_the_fused_kernels(monkeypatch):
+@pytest.mark.parametrize("op", sorted(GATES))
+def test_recurrent_nodes_run_on_the_fused_kernels(monkeypatch, op):
     if not dispatch.available():
         pytest.skip(f"fused kernels unavailable: {dispatch.reason()}")
     calls = []
-    real = dispatch.lstm
+    real = getattr(dispatch, op.lower())
 
     def spy(*args, **kw):
         calls.append(args[0].shape)
         return real(*args, **kw)
 
-    monkeypatch.setattr(dispatch, "lstm", spy)
-    model, states, H = conv_rnn("LSTM")
+    monkeypatch.setattr(dispatch, op.lower(), spy)  # a spy: the real kernel still runs
+    model, states, H = conv_rnn(op)
     x = np.random.default_rng(0).standard_normal((1, 10, 6)).astype(np.float32)
-    OnnxMLXRunner(model).run({"x": x, **{s: np.zeros((1, 1, H), np.float32) for s in states}})
-    assert [c[1:] for c in calls] == [(10, 8)]
+    runner = OnnxMLXRunner(model)
+    feeds = {"x": x, **{s: np.zeros((1, 1, H), np.float32) for s in states}}
+    first = runner.run(feeds)
+    assert [c[1:] for c in calls] == [(10, 8)]  # (B, T, C) into the kernel
+    runner.run(feeds)  # the trace of the compiled plan goes through it too
+    assert len(calls) == 2
+    np.testing.assert_array_equal(runner.run(feeds)["y"], first["y"])
 
 
 def test_static_graph_is_one_compiled_segment_and_dead_nodes_are_dropped():

@@ -219,6 +219,7 @@ class OnnxMLXRunner:
         self.input_names = self._graph.input_names
         self.optional_input_names = self._graph.optional_input_names
         self.output_names = self._graph.output_names
+        self._known = frozenset(self.input_names) | frozenset(self.optional_input_names)
         g = self._graph
         self._compiled = (
             None if compile_after is None
@@ -226,11 +227,13 @@ class OnnxMLXRunner:
         )
 
     def _feed(self, name: str, value) -> mx.array:
-        if isinstance(value, mx.array):
-            value = to_np(value)
-        arr = np.asarray(value)
         t = self._graph.input_types.get(name, 0)
         want = DTYPES.get(t)
+        if isinstance(value, mx.array):
+            if want is None or value.dtype == want[1]:
+                return value  # no round trip through numpy (streamed states)
+            value = to_np(value)
+        arr = np.asarray(value)
         if want is not None and arr.dtype != want[0]:
             if not (np.issubdtype(arr.dtype, np.number) or arr.dtype == np.bool_):
                 raise DataError(f"input '{name}': cannot use dtype {arr.dtype}")
@@ -260,12 +263,12 @@ class OnnxMLXRunner:
 
     def run_mx(self, feeds: dict[str, Any]) -> dict[str, Any]:
         """Like :meth:`run`, but leaves outputs as MLX arrays (evaluated)."""
-        known = set(self.input_names) | set(self.optional_input_names)
-        unknown = sorted(set(feeds) - known)
-        if unknown:
+        known = self._known
+        if not known.issuperset(feeds):
+            unknown = sorted(set(feeds) - known)
             raise DataError(f"unknown input(s) {unknown}; the model takes {sorted(known)}")
-        missing = [n for n in self.input_names if n not in feeds]
-        if missing:
+        if len(feeds) < len(self.input_names) or not all(n in feeds for n in self.input_names):
+            missing = [n for n in self.input_names if n not in feeds]
             raise DataError(f"missing input(s) {missing}")
         bound = dict(self._graph.defaults)
         for name, value in feeds.items():
