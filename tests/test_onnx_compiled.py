@@ -234,3 +234,19 @@ def test_overridable_initializers_compile_as_defaults_and_can_be_overridden():
         np.testing.assert_allclose(got["Y"], want["Y"], rtol=1e-5, atol=1e-5)
         got2 = runner.run({**feeds, "W": W2})
         np.testing.assert_allclose(got2["Y"], want2["Y"], rtol=1e-5, atol=1e-5)
+
+
+def test_signature_cache_is_bounded(monkeypatch):
+    from edgelstm.converters.onnx_exec import compiled
+
+    monkeypatch.setattr(compiled, "MAX_SIGNATURES", 3)
+    model, states, H = conv_rnn("RNN")
+    runner = OnnxMLXRunner(model)
+    eager = OnnxMLXRunner(model, compile_after=None)
+    rng = np.random.default_rng(0)
+    for T in (2, 2, 3, 3, 4, 4, 5, 5, 2, 2):
+        feeds = {"x": rng.standard_normal((1, T, 6)).astype(np.float32),
+                 "h": np.zeros((1, 1, H), np.float32)}
+        np.testing.assert_array_equal(runner.run(feeds)["y"], eager.run(feeds)["y"])
+    (seg,) = runner._compiled.segments
+    assert len(seg.cache) == 3

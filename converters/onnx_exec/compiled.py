@@ -30,6 +30,9 @@ import numpy as np
 # numpy inputs at most this big are part of a segment's key (shape values);
 # bigger ones (overridable weights) are passed to the trace as MLX arrays
 _SMALL = 64
+# signatures remembered per segment (the oldest is dropped first): a caller with
+# ever-new shapes must not grow the cache of traces without bound
+MAX_SIGNATURES = 32
 
 
 def subgraph_reads(graphs: dict) -> set[str]:
@@ -155,7 +158,11 @@ class CompiledPlan:
                     args.append(mx.array(a))
                     key.append((n, a.shape, a.dtype.str, "traced"))
         key = tuple(key)
-        entry = seg.cache.setdefault(key, [0, None, {}])
+        entry = seg.cache.get(key)
+        if entry is None:
+            if len(seg.cache) >= MAX_SIGNATURES:
+                del seg.cache[next(iter(seg.cache))]
+            entry = seg.cache[key] = [0, None, {}]
         entry[0] += 1
         if entry[0] <= self.compile_after:
             _run_nodes(seg.nodes, env)
