@@ -250,3 +250,36 @@ def test_signature_cache_is_bounded(monkeypatch):
         np.testing.assert_array_equal(runner.run(feeds)["y"], eager.run(feeds)["y"])
     (seg,) = runner._compiled.segments
     assert len(seg.cache) == 3
+
+
+def _scan_rnn_cell(H=6, I=3, seed=0):
+    """A tanh RNN cell written out (MatMul/Add/Tanh) in a Scan body, weights outer-scope."""
+    rng = np.random.default_rng(seed)
+    body = helper.make_graph(
+        [helper.make_node("MatMul", ["x_t", "Wx"], ["a"]),
+         helper.make_node("MatMul", ["h_in", "Wh"], ["b"]),
+         helper.make_node("Add", ["a", "b"], ["s"]),
+         helper.make_node("Add", ["s", "bias"], ["s2"]),
+         helper.make_node("Tanh", ["s2"], ["h_out"]),
+         helper.make_node("Identity", ["h_out"], ["y_t"])],
+        "body", [_vi("h_in", [1, H]), _vi("x_t", [1, I])], [_vi("h_out", [1, H]), _vi("y_t", [1, H])])
+    scan = helper.make_node("Scan", ["h0", "x"], ["hn", "y"], body=body, num_scan_inputs=1)
+    inits = {"Wx": rng.normal(0, 0.5, (I, H)).astype(np.float32),
+             "Wh": rng.normal(0, 0.5, (H, H)).astype(np.float32),
+             "bias": rng.normal(0, 0.5, H).astype(np.float32)}
+    return _model([scan], [_vi("h0", [1, H]), _vi("x", ["T", 1, I])], [_vi("hn"), _vi("y")], inits)
+
+
+def test_scan_body_is_compiled_once_and_reused_every_step():
+    model = _scan_rnn_cell()
+    runner = OnnxMLXRunner(model)
+    rng = np.random.default_rng(1)
+    for T in (5, 5, 5, 3):
+        feeds = {"h0": rng.standard_normal((1, 6)).astype(np.float32),
+                 "x": rng.standard_normal((T, 1, 3)).astype(np.float32)}
+        got, want = runner.run(feeds), _ort(model, feeds)
+        for k in want:
+            np.testing.assert_allclose(got[k], want[k], rtol=1e-5, atol=1e-6, err_msg=k)
+    scan_ctx = runner._graph.plan[0][0]
+    assert runner._compiled.eager_nodes == {0}  # the Scan node itself loops on the host
+    assert scan_ctx.graphs["body"].compiled.num_compiled == 1  # one body signature

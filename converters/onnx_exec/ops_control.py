@@ -9,7 +9,6 @@ call per step (the trip count is data; MLX builds each step lazily).
 from __future__ import annotations
 
 import mlx.core as mx
-import numpy as np
 
 from edgelstm.converters.onnx_exec.ops import opt, register, to_mx, to_np
 
@@ -35,7 +34,9 @@ def _loop(ctx, ins):
     scans: list[list] = []
     i = 0
     while keep and (trips is None or i < trips):
-        outs = body.call(ctx.scope, [np.array(i, np.int64), np.array(keep), *state])
+        # MLX scalars, not numpy: one signature for every iteration, so a compiled body
+        # is reused (a node that needs the count on the host runs eagerly in it)
+        outs = body.call(ctx.scope, [mx.array(i, mx.int64), mx.array(keep), *state])
         keep = bool(to_np(outs[0]).reshape(-1)[0])
         state = outs[1 : 1 + n_state]
         step = outs[1 + n_state :]

@@ -89,10 +89,14 @@ class _Graph:
         opsets: domain -> opset version of the model.
         outer_known: names visible from enclosing graphs.
         outer_consts: static values of enclosing graphs (name -> numpy).
+        compile_after: as :class:`OnnxMLXRunner`'s, for this graph and its subgraphs
+            (``None``: always op by op).
     """
 
-    def __init__(self, graph, opsets: dict[str, int], outer_known=frozenset(), outer_consts=None):
+    def __init__(self, graph, opsets: dict[str, int], outer_known=frozenset(), outer_consts=None,
+                 compile_after: int | None = None):
         self.opsets = opsets
+        self.compile_after = compile_after
         for t in graph.initializer:
             check_type(t.data_type, f"initializer '{t.name}'")
         for vi in graph.input:
@@ -129,6 +133,8 @@ class _Graph:
                 )
         self._own = {k: v for k, v in own.items() if v is not None}
         self.plan = compiled.remove_dead(self.plan, self.output_names)
+        self.compiled = None if compile_after is None else compiled.CompiledPlan(
+            self.plan, self.output_names, self.consts, compile_after, self.defaults)
 
     def _is_static(self, name: str) -> bool:
         return name == "" or self.consts.get(name) is not None
@@ -148,7 +154,8 @@ class _Graph:
             if attr.name not in allowed:
                 raise UnsupportedError(f"{ctx.label}: attribute '{attr.name}' is not supported")
             if attr.type == AttributeProto.GRAPH:
-                ctx.graphs[attr.name] = _Graph(attr.g, self.opsets, self.known, self.consts)
+                ctx.graphs[attr.name] = _Graph(attr.g, self.opsets, self.known, self.consts,
+                                               self.compile_after)
                 continue
             if attr.type == AttributeProto.TENSOR:
                 check_type(attr.t.data_type, f"{ctx.label}: attribute '{attr.name}'")
@@ -168,6 +175,9 @@ class _Graph:
 
     def run(self, env: ChainMap) -> list:
         """Execute the plan in ``env`` (inputs and outer names bound); outputs in graph order."""
+        if self.compiled is not None:
+            self.compiled.run(env)
+            return [env[n] for n in self.output_names]
         for ctx, fn in self.plan:
             ins = [env[n] if n else None for n in ctx.node.input]
             if ctx.graphs:
@@ -215,16 +225,12 @@ class OnnxMLXRunner:
             ("" if o.domain in _DEFAULT_DOMAINS else o.domain): o.version
             for o in model.opset_import
         }
-        self._graph = _Graph(model.graph, self.opsets)
+        self._graph = _Graph(model.graph, self.opsets, compile_after=compile_after)
         self.input_names = self._graph.input_names
         self.optional_input_names = self._graph.optional_input_names
         self.output_names = self._graph.output_names
         self._known = frozenset(self.input_names) | frozenset(self.optional_input_names)
-        g = self._graph
-        self._compiled = (
-            None if compile_after is None
-            else compiled.CompiledPlan(g.plan, g.output_names, g.consts, compile_after, g.defaults)
-        )
+        self._compiled = self._graph.compiled
 
     def _feed(self, name: str, value) -> mx.array:
         t = self._graph.input_types.get(name, 0)
@@ -273,12 +279,7 @@ class OnnxMLXRunner:
         bound = dict(self._graph.defaults)
         for name, value in feeds.items():
             bound[name] = self._feed(name, value)
-        env = self._graph.scope(None, bound)
-        if self._compiled is None:
-            outs = self._graph.run(env)
-        else:
-            self._compiled.run(env)
-            outs = [env[n] for n in self.output_names]
+        outs = self._graph.run(self._graph.scope(None, bound))
         result = {n: to_mx(v) for n, v in zip(self.output_names, outs, strict=True)}
         mx.eval(list(result.values()))
         return result
