@@ -270,16 +270,38 @@ def _scan_rnn_cell(H=6, I=3, seed=0):
     return _model([scan], [_vi("h0", [1, H]), _vi("x", ["T", 1, I])], [_vi("hn"), _vi("y")], inits)
 
 
-def test_scan_body_is_compiled_once_and_reused_every_step():
+def test_scan_is_traced_with_its_body_unrolled():
     model = _scan_rnn_cell()
     runner = OnnxMLXRunner(model)
     rng = np.random.default_rng(1)
-    for T in (5, 5, 5, 3):
+    for T in (5, 5, 5, 3, 3):
         feeds = {"h0": rng.standard_normal((1, 6)).astype(np.float32),
                  "x": rng.standard_normal((T, 1, 3)).astype(np.float32)}
         got, want = runner.run(feeds), _ort(model, feeds)
         for k in want:
             np.testing.assert_allclose(got[k], want[k], rtol=1e-5, atol=1e-6, err_msg=k)
-    scan_ctx = runner._graph.plan[0][0]
-    assert runner._compiled.eager_nodes == {0}  # the Scan node itself loops on the host
-    assert scan_ctx.graphs["body"].compiled.num_compiled == 1  # one body signature
+    assert [s.eager for s in runner._compiled.segments] == [False]
+    assert runner._compiled.num_compiled == 2  # T = 5 and T = 3, each one function
+
+
+def test_loop_body_is_compiled_once_and_reused_every_iteration():
+    """Loop reads its condition on the host: it stays eager, its body is compiled."""
+    body = helper.make_graph(
+        [helper.make_node("Cast", ["i"], ["fi"], to=TP.FLOAT),
+         helper.make_node("Mul", ["s_in", "two"], ["s2"]),
+         helper.make_node("Add", ["s2", "fi"], ["s_out"]),
+         helper.make_node("Identity", ["cond"], ["cond_out"]),
+         helper.make_node("Tanh", ["s_out"], ["scan_out"])],
+        "body", [_vi("i", [], TP.INT64), _vi("cond", [], TP.BOOL), _vi("s_in", [3])],
+        [_vi("cond_out", [], TP.BOOL), _vi("s_out", [3]), _vi("scan_out", [3])],
+        [numpy_helper.from_array(np.array(2.0, np.float32), "two")])
+    loop = helper.make_node("Loop", ["M", "", "s0"], ["s", "ys"], body=body)
+    model = _model([loop], [_vi("M", [], TP.INT64), _vi("s0", [3])], [_vi("s"), _vi("ys")])
+    runner = OnnxMLXRunner(model)
+    for m in (4, 4, 6):
+        feeds = {"M": np.array(m, np.int64), "s0": np.array([0.1, -0.2, 0.3], np.float32)}
+        got, want = runner.run(feeds), _ort(model, feeds)
+        for k in want:
+            np.testing.assert_allclose(got[k], want[k], rtol=1e-6, err_msg=k)
+    assert runner._compiled.eager_nodes == {0}
+    assert runner._graph.plan[0][0].graphs["body"].compiled.num_compiled == 1

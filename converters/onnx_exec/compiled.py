@@ -4,9 +4,11 @@ Every MLX op on the CPU costs a dispatch, and a plan run op by op also costs
 Python per node, so a streaming step of a small model is overhead-bound. Here
 the plan is cut into *segments*: maximal runs of nodes that can be traced by
 ``mx.compile`` (all of them when nothing reads tensor data on the host), and
-single *eager* nodes between them (``If``/``Loop``/``Scan``, which run
-subgraphs, and any node found to read a traced value on the host, such as a
-``Reshape`` whose target shape is computed from data).
+single *eager* nodes between them (``If`` and ``Loop``, whose conditions are
+read on the host, and any node found to read a traced value on the host, such
+as a ``Reshape`` whose target shape is computed from data). A ``Scan`` is
+traced with its body unrolled (its trip count is a shape); subgraphs of eager
+nodes get compiled plans of their own.
 
 A compiled segment is keyed by its input signature: shapes and dtypes of its
 MLX inputs, the values of its small numpy inputs (shape arithmetic) and
@@ -22,6 +24,7 @@ failed trace never changes a result.
 
 from __future__ import annotations
 
+from collections import ChainMap
 from typing import Any
 
 import mlx.core as mx
@@ -33,16 +36,21 @@ _SMALL = 64
 # signatures remembered per segment (the oldest is dropped first): a caller with
 # ever-new shapes must not grow the cache of traces without bound
 MAX_SIGNATURES = 32
+# > 0 while a segment is being traced: plans of subgraphs met then run inline (no nested
+# compile), so a Scan's body is unrolled into the enclosing trace
+_TRACING = 0
 
 
 def subgraph_reads(graphs: dict) -> set[str]:
-    """Every name read anywhere in ``graphs`` (prepared subgraphs), nested ones included."""
+    """Outer-scope names read in ``graphs`` (prepared subgraphs), nested ones included."""
     names: set[str] = set()
     for g in graphs.values():
-        names.update(g.output_names)
+        local = set(g.input_names) | set(g.optional_input_names) | set(g.consts.maps[0])
+        reads = set(g.output_names)
         for ctx, _ in g.plan:
-            names.update(n for n in ctx.node.input if n)
-            names |= subgraph_reads(ctx.graphs)
+            reads |= node_reads(ctx)
+            local.update(n for n in ctx.node.output if n)
+        names |= reads - local
     return names
 
 
@@ -104,7 +112,10 @@ class CompiledPlan:
         self.defaults = defaults or {}
         self.compile_after = compile_after
         self.enabled = True
-        self.eager_nodes = {i for i, (ctx, _) in enumerate(plan) if ctx.graphs}
+        # If and Loop read a condition on the host; a Scan (trip count from shapes) is
+        # traced with its body unrolled, unless its body reads data on the host
+        self.eager_nodes = {i for i, (ctx, _) in enumerate(plan) if ctx.graphs
+                            and ctx.node.op_type != "Scan"}
         self._cut()
 
     def _cut(self) -> None:
@@ -131,7 +142,7 @@ class CompiledPlan:
     def run(self, env) -> None:
         """Run every segment in ``env`` (a ChainMap with inputs and outer names bound)."""
         for seg in list(self.segments):
-            if seg.eager or not self.enabled:
+            if seg.eager or not self.enabled or _TRACING:  # a subgraph inside a trace: inline
                 _run_nodes(seg.nodes, env)
             else:
                 self._run_segment(seg, env)
@@ -193,13 +204,18 @@ class CompiledPlan:
         box: dict[str, Any] = {}
 
         def body(*arrays):
-            env = _Env({**host, **dict(zip(names, arrays, strict=True))}, consts)
-            for k, (ctx, fn) in enumerate(seg.nodes):
-                try:
-                    _run_node(ctx, fn, env)
-                except Exception:
-                    box["failed"] = k
-                    raise
+            global _TRACING
+            env = ChainMap({}, {**host, **dict(zip(names, arrays, strict=True))}, consts)
+            _TRACING += 1
+            try:
+                for k, (ctx, fn) in enumerate(seg.nodes):
+                    try:
+                        _run_nodes([(ctx, fn)], env)
+                    except Exception:
+                        box["failed"] = k
+                        raise
+            finally:
+                _TRACING -= 1
             out = []
             host_outs.clear()
             for n in seg.outputs:
@@ -221,17 +237,6 @@ class CompiledPlan:
                     failed.append(box["failed"])
 
         return call
-
-
-class _Env(dict):
-    """A segment's names, falling back to the static values."""
-
-    def __init__(self, bound: dict, consts):
-        super().__init__(bound)
-        self._consts = consts
-
-    def __missing__(self, name):
-        return self._consts[name]
 
 
 def _run_node(ctx, fn, env) -> None:
