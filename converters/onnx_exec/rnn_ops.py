@@ -177,7 +177,9 @@ def _run(ctx: NodeCtx, fn, X, seq, states, per_dir, extra, n_states):
     ys, finals = [], []
     for d in range(dirs):
         kw = {
-            name: (None if s is None else s[d]) for name, s in zip(("h0", "c0"), init, strict=False)
+            # squeeze, not s[d]: an integer index is a Gather primitive (~3x a view's cost)
+            name: (None if s is None else mx.squeeze(s, 0) if dirs == 1 else s[d])
+            for name, s in zip(("h0", "c0"), init, strict=False)
         }
         y, st = fn(
             x,
