@@ -305,3 +305,28 @@ def test_loop_body_is_compiled_once_and_reused_every_iteration():
             np.testing.assert_allclose(got[k], want[k], rtol=1e-6, err_msg=k)
     assert runner._compiled.eager_nodes == {0}
     assert runner._graph.plan[0][0].graphs["body"].compiled.num_compiled == 1
+
+
+@pytest.mark.parametrize("dims", [[2, 3], ["N", 3]])
+def test_shapes_static_at_load_are_folded_and_feeds_held_to_them(dims):
+    """Shape of a tensor whose dims inference proves static becomes a constant at load."""
+    from edgelstm.errors import DataError
+
+    nodes = [helper.make_node("Relu", ["x"], ["r"]),
+             helper.make_node("Shape", ["r"], ["s"]),
+             helper.make_node("Cast", ["s"], ["sf"], to=TP.FLOAT),
+             helper.make_node("ReduceSum", ["sf"], ["n"], keepdims=0),
+             helper.make_node("Add", ["r", "n"], ["y"])]
+    model = _model(nodes, [_vi("x", dims)], [_vi("y")])
+    runner = OnnxMLXRunner(model)
+    static = isinstance(dims[0], int)
+    assert ("Shape" in [c.node.op_type for c, _ in runner._graph.plan]) != static
+    x = np.random.default_rng(0).standard_normal((2, 3)).astype(np.float32)
+    for _ in range(2):
+        np.testing.assert_allclose(runner.run({"x": x})["y"], _ort(model, {"x": x})["y"])
+    x4 = np.ones((4, 3), np.float32)
+    if static:
+        with pytest.raises(DataError, match=r"input 'x' must have shape \(2, 3\), got \(4, 3\)"):
+            runner.run({"x": x4})
+    else:
+        np.testing.assert_allclose(runner.run({"x": x4})["y"], 1 + 7)

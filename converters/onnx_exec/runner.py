@@ -81,6 +81,22 @@ def _check_value_info(vi, what: str) -> None:
     check_type(vi.type.tensor_type.elem_type, f"{what} '{vi.name}'")
 
 
+def _static_shapes(model: onnx.ModelProto) -> dict[str, tuple[int, ...]]:
+    """Names of the top-level graph whose shapes ONNX shape inference proves static."""
+    try:
+        inferred = onnx.shape_inference.infer_shapes(model)
+    except Exception:  # inference is an optimisation; graphs it cannot read still run
+        return {}
+    g = inferred.graph
+    out = {}
+    for vi in [*g.input, *g.value_info, *g.output]:
+        t = vi.type.tensor_type
+        if vi.type.HasField("tensor_type") and t.HasField("shape") and all(
+                d.HasField("dim_value") for d in t.shape.dim):
+            out[vi.name] = tuple(d.dim_value for d in t.shape.dim)
+    return out
+
+
 class _Graph:
     """A graph or subgraph prepared for execution.
 
@@ -91,12 +107,17 @@ class _Graph:
         outer_consts: static values of enclosing graphs (name -> numpy).
         compile_after: as :class:`OnnxMLXRunner`'s, for this graph and its subgraphs
             (``None``: always op by op).
+        static_shapes: name -> static shape from ONNX shape inference; ``Shape`` and
+            ``Size`` of those names fold to constants at load time.
     """
 
     def __init__(self, graph, opsets: dict[str, int], outer_known=frozenset(), outer_consts=None,
-                 compile_after: int | None = None):
+                 compile_after: int | None = None, static_shapes: dict | None = None):
         self.opsets = opsets
         self.compile_after = compile_after
+        # name -> shape ONNX shape inference proved static (top-level graph only)
+        self.static_shapes = static_shapes or {}
+        self.shapes_folded = False
         for t in graph.initializer:
             check_type(t.data_type, f"initializer '{t.name}'")
         for vi in graph.input:
@@ -165,6 +186,14 @@ class _Graph:
         self.known.update(node.output)
         ctx.static = tuple(self._is_static(n) for n in node.input)
         foldable = node.input or node.op_type == "Constant"
+        if node.op_type in ("Shape", "Size") and node.input[0] in self.static_shapes:
+            # the shape is known at load: fold it (feeds are checked against the graph's
+            # declared dims, which the inference started from)
+            shape = self.static_shapes[node.input[0]]
+            outs = fn(ctx, [np.broadcast_to(np.zeros((), np.bool_), shape)])
+            self.consts.maps[0][node.output[0]] = to_np(outs[0])
+            self.shapes_folded = True
+            return
         if all(ctx.static) and foldable and not ctx.graphs:
             outs = fn(ctx, [self.consts.get(n) if n else None for n in node.input])
             for name, v in zip(node.output, outs, strict=False):
@@ -225,7 +254,14 @@ class OnnxMLXRunner:
             ("" if o.domain in _DEFAULT_DOMAINS else o.domain): o.version
             for o in model.opset_import
         }
-        self._graph = _Graph(model.graph, self.opsets, compile_after=compile_after)
+        self._graph = _Graph(model.graph, self.opsets, compile_after=compile_after,
+                             static_shapes=_static_shapes(model))
+        self._declared = {
+            vi.name: [d.dim_value if d.HasField("dim_value") else None
+                      for d in vi.type.tensor_type.shape.dim]
+            for vi in model.graph.input
+            if vi.type.HasField("tensor_type") and vi.type.tensor_type.HasField("shape")
+        }
         self.input_names = self._graph.input_names
         self.optional_input_names = self._graph.optional_input_names
         self.output_names = self._graph.output_names
@@ -250,6 +286,15 @@ class OnnxMLXRunner:
             raise DataError(
                 f"input '{name}': cannot use dtype {arr.dtype} (declared {type_name(t)})"
             ) from None
+
+    def _check_shape(self, name: str, shape) -> None:
+        want = self._declared.get(name)
+        if want is None:
+            return
+        if len(want) != len(shape) or any(w is not None and w != g
+                                          for w, g in zip(want, shape, strict=True)):
+            dims = ", ".join("?" if w is None else str(w) for w in want)
+            raise DataError(f"input '{name}' must have shape ({dims}), got {tuple(shape)}")
 
     def run(self, feeds: dict[str, Any]) -> dict[str, np.ndarray]:
         """Run the graph.
@@ -278,7 +323,9 @@ class OnnxMLXRunner:
             raise DataError(f"missing input(s) {missing}")
         bound = dict(self._graph.defaults)
         for name, value in feeds.items():
-            bound[name] = self._feed(name, value)
+            bound[name] = v = self._feed(name, value)
+            if self._graph.shapes_folded:
+                self._check_shape(name, v.shape)
         outs = self._graph.run(self._graph.scope(None, bound))
         result = {n: to_mx(v) for n, v in zip(self.output_names, outs, strict=True)}
         mx.eval(list(result.values()))
