@@ -5,11 +5,15 @@
 >>> outputs = run_onnx("model.onnx", {"x": x})
 
 The runner is built once (attributes checked, constant subgraphs folded,
-nodes that reach no output dropped, static recurrent weights converted on
+``Shape``/``Size`` of tensors shape inference proves static folded, nodes
+that reach no output dropped, static recurrent weights converted on
 first use and cached) and can be run many times, e.g. by the streaming
 engine: from the second call with the same input shapes on, the plan runs as
 ``mx.compile``d segments (:mod:`.compiled`), recurrent nodes on the fused
-kernels inside them. Anything it does not implement
+kernels inside them. The call that compiles a signature pays for the trace and,
+for fused elementwise kernels MLX has not built on this machine before, its C++
+JIT (about a second each the first time; cached on disk after);
+``compile_after=None`` never compiles. Anything it does not implement
 exactly raises :class:`edgelstm.errors.UnsupportedError` naming the node.
 Subgraphs of ``If``/``Loop``/``Scan`` are prepared the same way and see the
 names of every enclosing graph (outer scope).
