@@ -86,8 +86,12 @@ def _stream(runner, x, states, H, chunk):
 
 @pytest.mark.parametrize("op", sorted(GATES))
 @pytest.mark.parametrize("B", [1, 2, 3])
-def test_chunked_streaming_equals_the_full_pass_bit_for_bit(op, B):
+@pytest.mark.parametrize("clip", [None, 0.5])  # fused kernels / pure-MLX path (no clip fused)
+def test_chunked_streaming_equals_the_full_pass_bit_for_bit(op, B, clip):
     model, states, H = conv_rnn(op)
+    if clip is not None:
+        next(n for n in model.graph.node if n.op_type == op).attribute.append(
+            helper.make_attribute("clip", clip))
     x = np.random.default_rng(B).standard_normal((B, 29, 6)).astype(np.float32)
     full, st_full = _stream(OnnxMLXRunner(model), x, states, H, 29)
     want = _ort(model, {"x": x, **{s: np.zeros((1, B, H), np.float32) for s in states}})
