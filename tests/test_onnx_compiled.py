@@ -334,3 +334,20 @@ def test_shapes_static_at_load_are_folded_and_feeds_held_to_them(dims):
             runner.run({"x": x4})
     else:
         np.testing.assert_allclose(runner.run({"x": x4})["y"], 1 + 7)
+
+
+def test_static_weights_are_copied_into_mlx_once():
+    """Initializers are frozen; each has one MLX twin shared by every call and trace."""
+    from edgelstm.converters.onnx_exec.ops import to_mx
+
+    w = np.random.default_rng(0).standard_normal((32, 16)).astype(np.float32)
+    model = _model([helper.make_node("MatMul", ["x", "w"], ["y"])], [_vi("x", ["N", 32])],
+                   [_vi("y")], {"w": w})
+    runner = OnnxMLXRunner(model)
+    const = runner._graph.consts["w"]
+    assert not const.flags.writeable
+    assert to_mx(const) is to_mx(const)
+    assert to_mx(w) is not to_mx(w)  # a writeable array is copied every time
+    for n in (1, 1, 4, 4):
+        x = np.ones((n, 32), np.float32)
+        np.testing.assert_allclose(runner.run({"x": x})["y"], x @ w, rtol=1e-5)

@@ -48,6 +48,7 @@ from edgelstm.converters.onnx_exec.ops import (
     REGISTRY,
     NodeCtx,
     check_type,
+    freeze,
     to_mx,
     to_np,
     type_name,
@@ -130,7 +131,7 @@ class _Graph:
             _check_value_info(vi, "output")
         for vi in graph.value_info:
             _check_value_info(vi, "value")
-        inits = {t.name: numpy_helper.to_array(t) for t in graph.initializer}
+        inits = {t.name: freeze(numpy_helper.to_array(t)) for t in graph.initializer}
         self.input_names = [i.name for i in graph.input if i.name not in inits]
         self.optional_input_names = [i.name for i in graph.input if i.name in inits]
         self.output_names = [o.name for o in graph.output]
@@ -195,14 +196,14 @@ class _Graph:
             # declared dims, which the inference started from)
             shape = self.static_shapes[node.input[0]]
             outs = fn(ctx, [np.broadcast_to(np.zeros((), np.bool_), shape)])
-            self.consts.maps[0][node.output[0]] = to_np(outs[0])
+            self.consts.maps[0][node.output[0]] = freeze(to_np(outs[0]))
             self.shapes_folded = True
             return
         if all(ctx.static) and foldable and not ctx.graphs:
             outs = fn(ctx, [self.consts.get(n) if n else None for n in node.input])
             for name, v in zip(node.output, outs, strict=False):
                 if name:
-                    self.consts.maps[0][name] = to_np(v)
+                    self.consts.maps[0][name] = freeze(to_np(v))
             return
         self.plan.append((ctx, fn))
 
