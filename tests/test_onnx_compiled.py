@@ -351,3 +351,36 @@ def test_static_weights_are_copied_into_mlx_once():
     for n in (1, 1, 4, 4):
         x = np.ones((n, 32), np.float32)
         np.testing.assert_allclose(runner.run({"x": x})["y"], x @ w, rtol=1e-5)
+
+
+def test_for_loop_over_time_is_traced_whole():
+    """tf2onnx's shape: trip count = Shape(x)[0], condition passed through, x[i] gathered."""
+    H, I = 4, 3
+    rng = np.random.default_rng(3)
+    body = helper.make_graph(
+        [helper.make_node("Gather", ["x", "i"], ["x_t"]),  # outer-scope x, (1, I)
+         helper.make_node("MatMul", ["x_t", "Wx"], ["a"]),
+         helper.make_node("MatMul", ["h_in", "Wh"], ["b"]),
+         helper.make_node("Add", ["a", "b"], ["s"]),
+         helper.make_node("Tanh", ["s"], ["h_out"]),
+         helper.make_node("Identity", ["cond"], ["cond_out"]),
+         helper.make_node("Identity", ["h_out"], ["y_t"])],
+        "body", [_vi("i", [], TP.INT64), _vi("cond", [], TP.BOOL), _vi("h_in", [1, H])],
+        [_vi("cond_out", [], TP.BOOL), _vi("h_out", [1, H]), _vi("y_t", [1, H])])
+    nodes = [helper.make_node("Shape", ["x"], ["shp"]),
+             helper.make_node("Gather", ["shp", "zero"], ["T"]),
+             helper.make_node("Loop", ["T", "true", "h0"], ["hn", "ys"], body=body)]
+    inits = {"zero": np.array(0, np.int64), "true": np.array(True),
+             "Wx": rng.normal(0, 0.5, (I, H)).astype(np.float32),
+             "Wh": rng.normal(0, 0.5, (H, H)).astype(np.float32)}
+    model = _model(nodes, [_vi("x", ["T", 1, I]), _vi("h0", [1, H])], [_vi("hn"), _vi("ys")],
+                   inits)
+    runner = OnnxMLXRunner(model)
+    for T in (6, 6, 6):
+        feeds = {"x": rng.standard_normal((T, 1, I)).astype(np.float32),
+                 "h0": rng.standard_normal((1, H)).astype(np.float32)}
+        got, want = runner.run(feeds), _ort(model, feeds)
+        for k in want:
+            np.testing.assert_allclose(got[k], want[k], rtol=1e-5, atol=1e-6, err_msg=k)
+    assert runner._compiled.eager_nodes == set()
+    assert runner._compiled.num_compiled == 1

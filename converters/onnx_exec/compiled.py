@@ -4,11 +4,12 @@ Every MLX op on the CPU costs a dispatch, and a plan run op by op also costs
 Python per node, so a streaming step of a small model is overhead-bound. Here
 the plan is cut into *segments*: maximal runs of nodes that can be traced by
 ``mx.compile`` (all of them when nothing reads tensor data on the host), and
-single *eager* nodes between them (``If`` and ``Loop``, whose conditions are
-read on the host, and any node found to read a traced value on the host, such
-as a ``Reshape`` whose target shape is computed from data). A ``Scan`` is
-traced with its body unrolled (its trip count is a shape); subgraphs of eager
-nodes get compiled plans of their own.
+single *eager* nodes between them (``If``, whose condition is read on the
+host, and any node found to read a traced value on the host, such as a
+``Reshape`` whose target shape is computed from data, or a ``Loop`` whose
+condition changes). A ``Scan``, and a ``Loop`` with a shape-derived trip count
+and a pass-through condition, are traced with the body unrolled; subgraphs of
+eager nodes get compiled plans of their own.
 
 A compiled segment is keyed by its input signature: shapes and dtypes of its
 MLX inputs, the values of its small numpy inputs (shape arithmetic) and
@@ -112,10 +113,11 @@ class CompiledPlan:
         self.defaults = defaults or {}
         self.compile_after = compile_after
         self.enabled = True
-        # If and Loop read a condition on the host; a Scan (trip count from shapes) is
-        # traced with its body unrolled, unless its body reads data on the host
+        # If reads its condition on the host; a Scan (trip count from shapes) and a Loop
+        # are traced with the body unrolled, unless a trace finds a host read (a Loop's
+        # changing condition, a data-dependent trip count, a body reading data)
         self.eager_nodes = {i for i, (ctx, _) in enumerate(plan) if ctx.graphs
-                            and ctx.node.op_type != "Scan"}
+                            and ctx.node.op_type not in ("Scan", "Loop")}
         self._cut()
 
     def _cut(self) -> None:
