@@ -16,7 +16,8 @@ changes hit all of them alike):
 * ``ort-1``: ONNX Runtime CPU provider, ``intra_op_num_threads=1``;
 * ``ort-default``: ONNX Runtime with its default thread count.
 
-Usage: ``python benchmarks/bench_onnx_exec.py [--chunk 10] [--rounds 2000] [--json]``.
+Usage: ``python benchmarks/bench_onnx_exec.py [--chunk 10] [--rounds 2000] [--no-conv] [--json]``
+(``--no-conv``: the same graph without the convolutions).
 Prints p50/p90 per peer (µs) and the MLX / ORT ratios of the p50s.
 """
 
@@ -35,8 +36,11 @@ from edgelstm.converters.onnx_exec.runner import OnnxMLXRunner
 
 
 def build_model(features: int = 40, channels: int = 64, hidden: int = 64,
-                seed: int = 0) -> onnx.ModelProto:
-    """The conv front end + LSTM graph described in the module docstring."""
+                seed: int = 0, conv: bool = True) -> onnx.ModelProto:
+    """The conv front end + LSTM graph described in the module docstring.
+
+    ``conv=False`` drops the two convolutions (the LSTM reads the features).
+    """
     rng = np.random.default_rng(seed)
     F, C, H = features, channels, hidden
 
@@ -45,7 +49,7 @@ def build_model(features: int = 40, channels: int = 64, hidden: int = 64,
 
     inits = {
         "conv1.w": w(C, F, 3), "conv1.b": w(C), "conv2.w": w(C, C, 3), "conv2.b": w(C),
-        "lstm.W": w(1, 4 * H, C), "lstm.R": w(1, 4 * H, H), "lstm.B": w(1, 8 * H),
+        "lstm.W": w(1, 4 * H, C if conv else F), "lstm.R": w(1, 4 * H, H), "lstm.B": w(1, 8 * H),
         "head.w": w(H, 1), "head.b": w(1),
         "idx0": np.array(0, np.int64), "idx1": np.array(1, np.int64),
         "minus1": np.array([-1], np.int64), "ax0": np.array([0], np.int64),
@@ -80,6 +84,10 @@ def build_model(features: int = 40, channels: int = 64, hidden: int = 64,
         helper.make_node("Concat", ["b1", "t1", "minus1"], ["out_shape"], axis=0),
         helper.make_node("Reshape", ["p", "out_shape"], ["y"]),
     ]
+    if not conv:
+        nodes = [helper.make_node("Transpose", ["x"], ["seq"], perm=[1, 0, 2]), *nodes[6:]]
+        for k in ("conv1.w", "conv1.b", "conv2.w", "conv2.b"):
+            del inits[k]
     graph = helper.make_graph(
         nodes, "conv_lstm_stream",
         [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, "T", F]),
@@ -109,9 +117,9 @@ def _ort(model: onnx.ModelProto, threads: int | None):
 
 
 def run(chunk: int = 10, rounds: int = 2000, warmup: int = 50, features: int = 40,
-        hidden: int = 64) -> dict:
+        hidden: int = 64, conv: bool = True) -> dict:
     """Time the peers interleaved; returns ``{peer: {"p50_us", "p90_us"}, "ratios": ...}``."""
-    model = build_model(features=features, hidden=hidden)
+    model = build_model(features=features, hidden=hidden, conv=conv)
     mlx_runner = OnnxMLXRunner(model)
     peers = {"mlx": mlx_runner.run, "ort-1": _ort(model, 1), "ort-default": _ort(model, None)}
     rng = np.random.default_rng(1)
@@ -140,7 +148,7 @@ def run(chunk: int = 10, rounds: int = 2000, warmup: int = 50, features: int = 4
         for k in ("ort-1", "ort-default")
     }
     result["config"] = {"chunk": chunk, "rounds": rounds, "features": features,
-                        "hidden": hidden, "batch": 1}
+                        "hidden": hidden, "batch": 1, "conv": conv}
     return result
 
 
@@ -148,15 +156,17 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--chunk", type=int, default=10)
     ap.add_argument("--rounds", type=int, default=2000)
+    ap.add_argument("--no-conv", action="store_true", help="LSTM and head only")
     ap.add_argument("--json", action="store_true")
     args = ap.parse_args()
-    res = run(chunk=args.chunk, rounds=args.rounds)
+    res = run(chunk=args.chunk, rounds=args.rounds, conv=not args.no_conv)
     if args.json:
         print(json.dumps(res, indent=2))  # noqa: T201
         return
     cfg = res["config"]
-    print(f"streaming step: batch 1, chunk {cfg['chunk']} frames, F={cfg['features']}, "  # noqa: T201
-          f"H={cfg['hidden']}, {cfg['rounds']} interleaved rounds")
+    front = "conv front end + " if cfg["conv"] else ""
+    print(f"streaming step ({front}LSTM): batch 1, chunk {cfg['chunk']} frames, "  # noqa: T201
+          f"F={cfg['features']}, H={cfg['hidden']}, {cfg['rounds']} interleaved rounds")
     for name in ("mlx", "ort-1", "ort-default"):
         r = res[name]
         print(f"  {name:12} p50 {r['p50_us']:8.1f} us   p90 {r['p90_us']:8.1f} us")  # noqa: T201
