@@ -151,9 +151,10 @@ def _pad_rows(x, lengths):
     if not (0 < B * T < _MIN_ROWS) or x.dtype != mx.float32 or not dispatch.available():
         return x, lengths, T
     T2 = -(-_MIN_ROWS // B)
-    x = mx.concatenate([x, mx.zeros((B, T2 - T, x.shape[2]), x.dtype)], axis=1)
+    # padding and lengths built in numpy: constants of a trace, not primitives per call
+    x = mx.concatenate([x, to_mx(np.zeros((B, T2 - T, x.shape[2]), np.float32))], axis=1)
     if lengths is None:
-        lengths = mx.full((B,), T, dtype=mx.int32)
+        lengths = to_mx(np.full((B,), T, np.int32))
     return x, lengths, T
 
 
