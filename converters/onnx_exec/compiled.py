@@ -25,6 +25,7 @@ failed trace never changes a result.
 
 from __future__ import annotations
 
+import threading
 from collections import ChainMap
 from typing import Any
 
@@ -37,9 +38,13 @@ _SMALL = 64
 # signatures remembered per segment (the oldest is dropped first): a caller with
 # ever-new shapes must not grow the cache of traces without bound
 MAX_SIGNATURES = 32
-# > 0 while a segment is being traced: plans of subgraphs met then run inline (no nested
-# compile), so a Scan's body is unrolled into the enclosing trace
-_TRACING = 0
+# depth > 0 while this thread traces a segment: plans of subgraphs met then run inline
+# (no nested compile), so a Scan's body is unrolled into the enclosing trace
+_TRACE = threading.local()
+
+
+def _tracing() -> bool:
+    return getattr(_TRACE, "depth", 0) > 0
 
 
 def subgraph_reads(graphs: dict) -> set[str]:
@@ -144,7 +149,7 @@ class CompiledPlan:
     def run(self, env) -> None:
         """Run every segment in ``env`` (a ChainMap with inputs and outer names bound)."""
         for seg in list(self.segments):
-            if seg.eager or not self.enabled or _TRACING:  # a subgraph inside a trace: inline
+            if seg.eager or not self.enabled or _tracing():  # a subgraph inside a trace: inline
                 _run_nodes(seg.nodes, env)
             else:
                 self._run_segment(seg, env)
@@ -206,9 +211,8 @@ class CompiledPlan:
         box: dict[str, Any] = {}
 
         def body(*arrays):
-            global _TRACING
             env = ChainMap({}, {**host, **dict(zip(names, arrays, strict=True))}, consts)
-            _TRACING += 1
+            _TRACE.depth = getattr(_TRACE, "depth", 0) + 1
             try:
                 for k, (ctx, fn) in enumerate(seg.nodes):
                     try:
@@ -217,7 +221,7 @@ class CompiledPlan:
                         box["failed"] = k
                         raise
             finally:
-                _TRACING -= 1
+                _TRACE.depth -= 1
             out = []
             host_outs.clear()
             for n in seg.outputs:
