@@ -88,6 +88,8 @@ def _check_value_info(vi, what: str) -> None:
 
 def _static_shapes(model: onnx.ModelProto) -> dict[str, tuple[int, ...]]:
     """Names of the top-level graph whose shapes ONNX shape inference proves static."""
+    if not any(n.op_type in ("Shape", "Size") for n in model.graph.node):
+        return {}  # nothing would fold: skip the inference (it copies the model)
     try:
         inferred = onnx.shape_inference.infer_shapes(model)
     except Exception:  # inference is an optimisation; graphs it cannot read still run
