@@ -147,29 +147,39 @@ def run_onnx(path, feeds: dict, backend: str = "onnxruntime") -> dict[str, np.nd
 
     Raises:
         DataError: missing, unknown or mis-shaped inputs.
+        NonFiniteError: NaN/Inf in a float input (the policy of ``run_model`` and the CLI).
+        LimitError: an input larger than :data:`~edgelstm.limits.MAX_ELEMENTS`.
         ConversionError / UnsupportedError: unreadable or unsupported model.
     """
+    # deferred: the one input policy run_model and the CLI apply (runtime sits above us)
+    from edgelstm.runtime.inference import check_feeds
+
+    if backend not in ("mlx", "openvino", "onnxruntime"):
+        raise UnsupportedError(f"unknown backend {backend!r}; choose mlx, onnxruntime or "
+                               "openvino")
+    model = _load_onnx(path)  # read once for the check and the backend
+    inputs = _proto_inputs(model)
+    first = next((n for n, (_, _, required) in inputs.items() if required), None)
+    check_feeds(feeds, first, batch_first=None)
     if backend == "mlx":
         from edgelstm.converters.onnx_exec.runner import run_onnx as _run_mlx
 
-        model = path if not isinstance(path, (str, os.PathLike)) else _load_onnx(path)
-        return _run_mlx(model, _check_feeds(_proto_inputs(model), feeds))
+        return _run_mlx(model, _check_feeds(inputs, feeds))
     if backend == "openvino":
         from edgelstm.converters.openvino_run import run_openvino
 
-        model = path if not isinstance(path, (str, os.PathLike)) else _load_onnx(path)
-        return run_openvino(model, _check_feeds(_proto_inputs(model), feeds))
-    if backend != "onnxruntime":
-        raise UnsupportedError(f"unknown backend {backend!r}; choose mlx, onnxruntime or "
-                               "openvino")
-    return _run_ort(path, feeds)
+        return run_openvino(model, _check_feeds(inputs, feeds))
+    return _run_ort(path, feeds, model)
 
 
-def ort_session(path):
-    """An onnxruntime ``InferenceSession`` on the CPU provider, errors made one-line."""
+def ort_session(path, model=None):
+    """An onnxruntime ``InferenceSession`` on the CPU provider, errors made one-line.
+
+    ``model``: the already loaded ``ModelProto`` of ``path`` (saves a second read).
+    """
     import onnxruntime as ort
 
-    model = _load_onnx(path)
+    model = _load_onnx(path) if model is None else model
     opts = ort.SessionOptions()
     opts.log_severity_level = 4  # run failures come back as one DataError line, no log
     try:
@@ -180,8 +190,8 @@ def ort_session(path):
                                ) from None
 
 
-def _run_ort(path, feeds: dict) -> dict[str, np.ndarray]:
-    sess = ort_session(path)
+def _run_ort(path, feeds: dict, model=None) -> dict[str, np.ndarray]:
+    sess = ort_session(path, model)
     inputs = {i.name: (_ORT_TYPES.get(i.type), i.shape, True) for i in sess.get_inputs()}
     arrays = _check_feeds(inputs, feeds)
     try:

@@ -732,3 +732,22 @@ def test_feed_errors():
     # float64 feeds are cast to the declared float32
     out = runner.run({"X": feeds["X"].astype(np.float64)})
     assert out["Y"].dtype == np.float32
+
+
+@pytest.mark.parametrize("backend", ["mlx", "onnxruntime"])
+@pytest.mark.parametrize("bad", [np.nan, np.inf])
+def test_converters_run_onnx_refuses_non_finite_input(tmp_path, backend, bad):
+    """edgelstm.converters.run_onnx applies run_model's input policy itself."""
+    from edgelstm.converters import run_onnx as run_any
+    from edgelstm.errors import NonFiniteError
+
+    m = _model([helper.make_node("Relu", ["x"], ["y"])], [_vi("x", shape=[1, 3, 2])],
+               [_vi("y", shape=[1, 3, 2])])
+    onnx.save(m, tmp_path / "m.onnx")
+    x = np.zeros((1, 3, 2), np.float32)
+    np.testing.assert_array_equal(run_any(tmp_path / "m.onnx", {"x": x}, backend=backend)["y"], x)
+    x[0, 2, 1] = bad
+    what = "NaN" if np.isnan(bad) else "Inf"
+    for model in (tmp_path / "m.onnx", m):
+        with pytest.raises(NonFiniteError, match=rf"input 'x' has {what} at index \(0, 2, 1\)"):
+            run_any(model, {"x": x}, backend=backend)

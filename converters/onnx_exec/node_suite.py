@@ -123,13 +123,17 @@ def _array(v) -> np.ndarray:
     return numpy_helper.to_array(v) if isinstance(v, onnx.TensorProto) else np.asarray(v)
 
 
-def run_case(case, op: str) -> CaseResult:
-    """Run one case (all its data sets) and classify it."""
+def run_case(case, op: str, compile_after: int | None = 1) -> CaseResult:
+    """Run one case (all its data sets) and classify it.
+
+    ``compile_after`` is passed to the runner: ``0`` runs every data set through
+    the ``mx.compile``d plan, ``None`` op by op.
+    """
     from edgelstm.converters.onnx_exec.runner import OnnxMLXRunner
 
     graph = case.model.graph
     try:
-        runner = OnnxMLXRunner(case.model)
+        runner = OnnxMLXRunner(case.model, compile_after=compile_after)
         for inputs, expected in case.data_sets:
             feeds = {vi.name: _array(v) for vi, v in zip(graph.input, inputs, strict=False)}
             with warnings.catch_warnings():

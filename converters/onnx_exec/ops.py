@@ -9,6 +9,7 @@ The op families live in ``ops_*.py``, ``rnn_ops.py`` and ``qdq_ops.py``.
 
 from __future__ import annotations
 
+import weakref
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -111,16 +112,43 @@ def is_np(v) -> bool:
     return isinstance(v, (np.ndarray, np.generic))
 
 
+# MLX twins of read-only numpy constants (initializers, folded values: see freeze),
+# so a weight is copied into MLX once per runner, not once per call or per trace
+_TWINS: dict[int, tuple[Any, mx.array]] = {}
+_TWIN_MIN = 256  # elements; smaller constants are cheaper to copy than to look up
+
+
+def freeze(v):
+    """Mark a static numpy value read-only, so :func:`to_mx` may reuse its MLX twin."""
+    if isinstance(v, np.ndarray):
+        v.setflags(write=False)
+    return v
+
+
 def to_mx(v) -> mx.array:
     """An MLX array with the same dtype (numpy float64 stays float64, not float32)."""
     if isinstance(v, mx.array):
         return v
-    v = np.asarray(v)
-    dt = _NP_TO_MX.get(v.dtype)
+    frozen = isinstance(v, np.ndarray) and v.size >= _TWIN_MIN and not v.flags.writeable
+    if frozen:
+        hit = _TWINS.get(id(v))
+        if hit is not None and hit[0]() is v:
+            return hit[1]
+    a = np.asarray(v)
+    dt = _NP_TO_MX.get(a.dtype)
     if dt is None:
-        raise UnsupportedError(f"tensor type {v.dtype} is not supported")
+        raise UnsupportedError(f"tensor type {a.dtype} is not supported")
     # MLX refuses negative strides (numpy reverse slices); copy() keeps 0-d shapes
-    return mx.array(v if v.flags.c_contiguous else v.copy(), dtype=dt)
+    out = mx.array(a if a.flags.c_contiguous else a.copy(), dtype=dt)
+    if frozen:
+        key = id(v)
+        mx.eval(out)  # a plain constant, never part of a trace
+
+        def drop(_ref, key=key):
+            _TWINS.pop(key, None)
+
+        _TWINS[key] = (weakref.ref(v, drop), out)
+    return out
 
 
 def to_np(v) -> np.ndarray:

@@ -9,7 +9,6 @@ call per step (the trip count is data; MLX builds each step lazily).
 from __future__ import annotations
 
 import mlx.core as mx
-import numpy as np
 
 from edgelstm.converters.onnx_exec.ops import opt, register, to_mx, to_np
 
@@ -24,19 +23,37 @@ def _stack(vals, axis=0):
     return mx.stack([to_mx(v) for v in vals], axis=axis)
 
 
+def _cond_passthrough(body) -> bool:
+    """Whether the body hands its condition input straight back (tf2onnx's ``for`` loops)."""
+    if len(body.input_names) < 2 or not body.output_names:
+        return False
+    cin, cout = body.input_names[1], body.output_names[0]
+    return cin == cout or any(
+        c.node.op_type == "Identity" and list(c.node.input) == [cin]
+        and list(c.node.output) == [cout] for c, _ in body.plan)
+
+
 @register("Loop", ("body",))
 def _loop(ctx, ins):
     body = ctx.graphs["body"]
     m, cond = opt(ins, 0), opt(ins, 1)
     trips = int(to_np(m).reshape(-1)[0]) if m is not None else None
     keep = bool(to_np(cond).reshape(-1)[0]) if cond is not None else True
+    # a condition the body passes through never changes: no host read per iteration,
+    # so a Loop with a shape-derived trip count can be traced like a Scan
+    fixed = _cond_passthrough(body)
+    if fixed and keep and trips is None:
+        raise ctx.unsupported("a Loop without trip count whose condition never changes")
     state = list(ins[2:])
     n_state = len(state)
     scans: list[list] = []
     i = 0
     while keep and (trips is None or i < trips):
-        outs = body.call(ctx.scope, [np.array(i, np.int64), np.array(keep), *state])
-        keep = bool(to_np(outs[0]).reshape(-1)[0])
+        # MLX scalars, not numpy: one signature for every iteration, so a compiled body
+        # is reused (a node that needs the count on the host runs eagerly in it)
+        outs = body.call(ctx.scope, [mx.array(i, mx.int64), mx.array(keep), *state])
+        if not fixed:
+            keep = bool(to_np(outs[0]).reshape(-1)[0])
         state = outs[1 : 1 + n_state]
         step = outs[1 + n_state :]
         if not scans:

@@ -13,7 +13,7 @@ import math
 import mlx.core as mx
 import numpy as np
 
-from edgelstm.converters.onnx_exec.ops import norm_axis, opt, register, to_mx
+from edgelstm.converters.onnx_exec.ops import is_np, norm_axis, opt, register, to_mx
 
 _CONV = ("auto_pad", "dilations", "group", "kernel_shape", "pads", "strides")
 
@@ -51,23 +51,47 @@ def _first(x):
     return mx.moveaxis(x, -1, 1)
 
 
+def _static_weights(ctx, ins, n_sp):
+    """Channels-last float weight and broadcastable bias, converted once when static.
+
+    Built in numpy so the cached arrays are plain constants (never part of a trace).
+    """
+    w, b = ins[1], opt(ins, 2)
+    static = len(ctx.static) > 1 and ctx.static[1] and is_np(w) and (
+        b is None or (len(ctx.static) > 2 and ctx.static[2] and is_np(b)))
+    if not static:
+        wl = _last(_up(to_mx(w)))
+        return wl, None if b is None else to_mx(b).reshape([-1] + [1] * n_sp)
+    if "w" not in ctx.cache:
+        wn = np.asarray(w)
+        if wn.dtype != np.float64 and wn.dtype != np.float32:
+            wn = wn.astype(np.float32)
+        ctx.cache["w"] = to_mx(np.ascontiguousarray(np.moveaxis(wn, 1, -1)))
+        ctx.cache["b"] = None if b is None else to_mx(np.asarray(b).reshape([-1] + [1] * n_sp))
+    return ctx.cache["w"], ctx.cache["b"]
+
+
 @register("Conv", _CONV)
 def _conv(ctx, ins):
-    x, w, b = to_mx(ins[0]), to_mx(ins[1]), opt(ins, 2)
+    x = to_mx(ins[0])
     n_sp = x.ndim - 2
-    k = list(ctx.get("kernel_shape") or w.shape[2:])
+    wl, b = _static_weights(ctx, ins, n_sp)
+    k = list(ctx.get("kernel_shape") or wl.shape[1:-1])
     s = list(ctx.get("strides", [1] * n_sp))
     d = list(ctx.get("dilations", [1] * n_sp))
     pads = _auto_pads(ctx, x.shape[2:], k, s, d)
     dt = x.dtype
-    xl = mx.pad(_last(_up(x)), [(0, 0)] + pads + [(0, 0)])
-    y = mx.conv_general(
-        xl, _last(_up(w)), stride=s, kernel_dilation=d, groups=ctx.get("group", 1)
-    )
+    xl = _last(_up(x))
+    if all(lo >= 0 and hi >= 0 for lo, hi in pads):  # the conv pads: no padded copy
+        padding = ([lo for lo, _ in pads], [hi for _, hi in pads])
+    else:
+        xl, padding = mx.pad(xl, [(0, 0)] + pads + [(0, 0)]), 0
+    y = mx.conv_general(xl, wl, stride=s, padding=padding, kernel_dilation=d,
+                        groups=ctx.get("group", 1))
     y = _first(y)
     if b is not None:
-        y = y + to_mx(b).reshape([-1] + [1] * n_sp)
-    return [y.astype(dt)]
+        y = y + b.astype(y.dtype)
+    return [y if y.dtype == dt else y.astype(dt)]
 
 
 @register("ConvTranspose", (*_CONV, "output_padding", "output_shape"))

@@ -5,8 +5,15 @@
 >>> outputs = run_onnx("model.onnx", {"x": x})
 
 The runner is built once (attributes checked, constant subgraphs folded,
-static recurrent weights converted on first use and cached) and can be run
-many times, e.g. by the streaming engine. Anything it does not implement
+``Shape``/``Size`` of tensors shape inference proves static folded, nodes
+that reach no output dropped, static recurrent weights converted on
+first use and cached) and can be run many times, e.g. by the streaming
+engine: from the second call with the same input shapes on, the plan runs as
+``mx.compile``d segments (:mod:`.compiled`), recurrent nodes on the fused
+kernels inside them. The call that compiles a signature pays for the trace and,
+for fused elementwise kernels MLX has not built on this machine before, its C++
+JIT (about a second each the first time; cached on disk after);
+``compile_after=None`` never compiles. Anything it does not implement
 exactly raises :class:`edgelstm.errors.UnsupportedError` naming the node.
 Subgraphs of ``If``/``Loop``/``Scan`` are prepared the same way and see the
 names of every enclosing graph (outer scope).
@@ -25,10 +32,12 @@ from onnx import AttributeProto, helper, numpy_helper
 
 from edgelstm.converters.lift_cells import lift_cells
 from edgelstm.converters.onnx_exec import (  # noqa: F401  (register ops)
+    compiled,
     ops_control,
     ops_elementwise,
     ops_nn,
     ops_reduce,
+    ops_resize,
     ops_shape,
     ops_signal,
     ops_tensor,
@@ -40,6 +49,7 @@ from edgelstm.converters.onnx_exec.ops import (
     REGISTRY,
     NodeCtx,
     check_type,
+    freeze,
     to_mx,
     to_np,
     type_name,
@@ -77,6 +87,24 @@ def _check_value_info(vi, what: str) -> None:
     check_type(vi.type.tensor_type.elem_type, f"{what} '{vi.name}'")
 
 
+def _static_shapes(model: onnx.ModelProto) -> dict[str, tuple[int, ...]]:
+    """Names of the top-level graph whose shapes ONNX shape inference proves static."""
+    if not any(n.op_type in ("Shape", "Size") for n in model.graph.node):
+        return {}  # nothing would fold: skip the inference (it copies the model)
+    try:
+        inferred = onnx.shape_inference.infer_shapes(model)
+    except Exception:  # inference is an optimisation; graphs it cannot read still run
+        return {}
+    g = inferred.graph
+    out = {}
+    for vi in [*g.input, *g.value_info, *g.output]:
+        t = vi.type.tensor_type
+        if vi.type.HasField("tensor_type") and t.HasField("shape") and all(
+                d.HasField("dim_value") for d in t.shape.dim):
+            out[vi.name] = tuple(d.dim_value for d in t.shape.dim)
+    return out
+
+
 class _Graph:
     """A graph or subgraph prepared for execution.
 
@@ -85,10 +113,19 @@ class _Graph:
         opsets: domain -> opset version of the model.
         outer_known: names visible from enclosing graphs.
         outer_consts: static values of enclosing graphs (name -> numpy).
+        compile_after: as :class:`OnnxMLXRunner`'s, for this graph and its subgraphs
+            (``None``: always op by op).
+        static_shapes: name -> static shape from ONNX shape inference; ``Shape`` and
+            ``Size`` of those names fold to constants at load time.
     """
 
-    def __init__(self, graph, opsets: dict[str, int], outer_known=frozenset(), outer_consts=None):
+    def __init__(self, graph, opsets: dict[str, int], outer_known=frozenset(), outer_consts=None,
+                 compile_after: int | None = None, static_shapes: dict | None = None):
         self.opsets = opsets
+        self.compile_after = compile_after
+        # name -> shape ONNX shape inference proved static (top-level graph only)
+        self.static_shapes = static_shapes or {}
+        self.shapes_folded = False
         for t in graph.initializer:
             check_type(t.data_type, f"initializer '{t.name}'")
         for vi in graph.input:
@@ -97,7 +134,7 @@ class _Graph:
             _check_value_info(vi, "output")
         for vi in graph.value_info:
             _check_value_info(vi, "value")
-        inits = {t.name: numpy_helper.to_array(t) for t in graph.initializer}
+        inits = {t.name: freeze(numpy_helper.to_array(t)) for t in graph.initializer}
         self.input_names = [i.name for i in graph.input if i.name not in inits]
         self.optional_input_names = [i.name for i in graph.input if i.name in inits]
         self.output_names = [o.name for o in graph.output]
@@ -124,6 +161,9 @@ class _Graph:
                     f"graph output '{name}' is not produced by any node, input or initializer"
                 )
         self._own = {k: v for k, v in own.items() if v is not None}
+        self.plan = compiled.remove_dead(self.plan, self.output_names)
+        self.compiled = None if compile_after is None else compiled.CompiledPlan(
+            self.plan, self.output_names, self.consts, compile_after, self.defaults)
 
     def _is_static(self, name: str) -> bool:
         return name == "" or self.consts.get(name) is not None
@@ -143,7 +183,8 @@ class _Graph:
             if attr.name not in allowed:
                 raise UnsupportedError(f"{ctx.label}: attribute '{attr.name}' is not supported")
             if attr.type == AttributeProto.GRAPH:
-                ctx.graphs[attr.name] = _Graph(attr.g, self.opsets, self.known, self.consts)
+                ctx.graphs[attr.name] = _Graph(attr.g, self.opsets, self.known, self.consts,
+                                               self.compile_after)
                 continue
             if attr.type == AttributeProto.TENSOR:
                 check_type(attr.t.data_type, f"{ctx.label}: attribute '{attr.name}'")
@@ -153,16 +194,27 @@ class _Graph:
         self.known.update(node.output)
         ctx.static = tuple(self._is_static(n) for n in node.input)
         foldable = node.input or node.op_type == "Constant"
+        if node.op_type in ("Shape", "Size") and node.input[0] in self.static_shapes:
+            # the shape is known at load: fold it (feeds are checked against the graph's
+            # declared dims, which the inference started from)
+            shape = self.static_shapes[node.input[0]]
+            outs = fn(ctx, [np.broadcast_to(np.zeros((), np.bool_), shape)])
+            self.consts.maps[0][node.output[0]] = freeze(to_np(outs[0]))
+            self.shapes_folded = True
+            return
         if all(ctx.static) and foldable and not ctx.graphs:
             outs = fn(ctx, [self.consts.get(n) if n else None for n in node.input])
             for name, v in zip(node.output, outs, strict=False):
                 if name:
-                    self.consts.maps[0][name] = to_np(v)
+                    self.consts.maps[0][name] = freeze(to_np(v))
             return
         self.plan.append((ctx, fn))
 
     def run(self, env: ChainMap) -> list:
         """Execute the plan in ``env`` (inputs and outer names bound); outputs in graph order."""
+        if self.compiled is not None:
+            self.compiled.run(env)
+            return [env[n] for n in self.output_names]
         for ctx, fn in self.plan:
             ins = [env[n] if n else None for n in ctx.node.input]
             if ctx.graphs:
@@ -192,6 +244,8 @@ class OnnxMLXRunner:
         lift: replace hand-written LSTM/GRU cells (tf2onnx ``Loop``s, ``Scan``s,
             unrolled steps) by fused recurrent nodes where they match exactly
             (:func:`edgelstm.converters.lift_cells.lift_cells`). Default: True.
+        compile_after: op-by-op calls per input signature (shapes, dtypes) before
+            that signature runs compiled; ``None`` never compiles.
 
     Attributes:
         lifted: the cells replaced at load time (``Lifted`` records; empty if none).
@@ -206,24 +260,36 @@ class OnnxMLXRunner:
             any node, input or initializer produces it.
     """
 
-    def __init__(self, model: onnx.ModelProto | str | PathLike, lift: bool = True):
+    def __init__(self, model: onnx.ModelProto | str | PathLike, lift: bool = True,
+                 compile_after: int | None = 1):
         model = _load(model)
         model, self.lifted = lift_cells(model) if lift else (model, [])
         self.opsets = {
             ("" if o.domain in _DEFAULT_DOMAINS else o.domain): o.version
             for o in model.opset_import
         }
-        self._graph = _Graph(model.graph, self.opsets)
+        self._graph = _Graph(model.graph, self.opsets, compile_after=compile_after,
+                             static_shapes=_static_shapes(model))
+        self._declared = {
+            vi.name: [d.dim_value if d.HasField("dim_value") else None
+                      for d in vi.type.tensor_type.shape.dim]
+            for vi in model.graph.input
+            if vi.type.HasField("tensor_type") and vi.type.tensor_type.HasField("shape")
+        }
         self.input_names = self._graph.input_names
         self.optional_input_names = self._graph.optional_input_names
         self.output_names = self._graph.output_names
+        self._known = frozenset(self.input_names) | frozenset(self.optional_input_names)
+        self._compiled = self._graph.compiled
 
     def _feed(self, name: str, value) -> mx.array:
-        if isinstance(value, mx.array):
-            value = to_np(value)
-        arr = np.asarray(value)
         t = self._graph.input_types.get(name, 0)
         want = DTYPES.get(t)
+        if isinstance(value, mx.array):
+            if want is None or value.dtype == want[1]:
+                return value  # no round trip through numpy (streamed states)
+            value = to_np(value)
+        arr = np.asarray(value)
         if want is not None and arr.dtype != want[0]:
             if not (np.issubdtype(arr.dtype, np.number) or arr.dtype == np.bool_):
                 raise DataError(f"input '{name}': cannot use dtype {arr.dtype}")
@@ -234,6 +300,15 @@ class OnnxMLXRunner:
             raise DataError(
                 f"input '{name}': cannot use dtype {arr.dtype} (declared {type_name(t)})"
             ) from None
+
+    def _check_shape(self, name: str, shape) -> None:
+        want = self._declared.get(name)
+        if want is None:
+            return
+        if len(want) != len(shape) or any(w is not None and w != g
+                                          for w, g in zip(want, shape, strict=True)):
+            dims = ", ".join("?" if w is None else str(w) for w in want)
+            raise DataError(f"input '{name}' must have shape ({dims}), got {tuple(shape)}")
 
     def run(self, feeds: dict[str, Any]) -> dict[str, np.ndarray]:
         """Run the graph.
@@ -253,16 +328,18 @@ class OnnxMLXRunner:
 
     def run_mx(self, feeds: dict[str, Any]) -> dict[str, Any]:
         """Like :meth:`run`, but leaves outputs as MLX arrays (evaluated)."""
-        known = set(self.input_names) | set(self.optional_input_names)
-        unknown = sorted(set(feeds) - known)
-        if unknown:
+        known = self._known
+        if not known.issuperset(feeds):
+            unknown = sorted(set(feeds) - known)
             raise DataError(f"unknown input(s) {unknown}; the model takes {sorted(known)}")
-        missing = [n for n in self.input_names if n not in feeds]
-        if missing:
+        if len(feeds) < len(self.input_names) or not all(n in feeds for n in self.input_names):
+            missing = [n for n in self.input_names if n not in feeds]
             raise DataError(f"missing input(s) {missing}")
         bound = dict(self._graph.defaults)
         for name, value in feeds.items():
-            bound[name] = self._feed(name, value)
+            bound[name] = v = self._feed(name, value)
+            if self._graph.shapes_folded:
+                self._check_shape(name, v.shape)
         outs = self._graph.run(self._graph.scope(None, bound))
         result = {n: to_mx(v) for n, v in zip(self.output_names, outs, strict=True)}
         mx.eval(list(result.values()))
