@@ -751,3 +751,24 @@ def test_converters_run_onnx_refuses_non_finite_input(tmp_path, backend, bad):
     for model in (tmp_path / "m.onnx", m):
         with pytest.raises(NonFiniteError, match=rf"input 'x' has {what} at index \(0, 2, 1\)"):
             run_any(model, {"x": x}, backend=backend)
+
+
+@pytest.mark.parametrize("n,lo,hi,mode,ok", [
+    (4, 3, 3, "reflect", True), (4, -1, 2, "reflect", True), (3, -1, 2, "reflect", False),
+    (3, 5, 5, "reflect", False),
+    (1, 1, 0, "reflect", False), (0, 1, 1, "edge", False), (0, 0, 1, "wrap", False),
+])
+def test_pad_beyond_the_input_is_an_error_like_ort(n, lo, hi, mode, ok):
+    """Pads a mode cannot fill (reflect past the edge, anything on an empty axis) fail
+    on both runtimes; numpy would extend the signal periodically instead."""
+    pads = numpy_helper.from_array(np.array([0, lo, 0, hi], np.int64), "p")
+    m = _model([helper.make_node("Pad", ["x", "p"], ["y"], mode=mode)], [_vi("x", shape=[1, n])],
+               [_vi("y")], [pads], opset=18)
+    x = np.arange(1, n + 1, dtype=np.float32)[None]
+    if ok:
+        _close(OnnxMLXRunner(m).run({"x": x}), _ort(m, {"x": x}))
+        return
+    with pytest.raises(Exception):  # noqa: B017  (ORT raises its own types)
+        _ort(m, {"x": x})
+    with pytest.raises(DataError, match="Pad node"):
+        OnnxMLXRunner(m).run({"x": x})

@@ -25,6 +25,7 @@ from edgelstm.converters.onnx_exec.ops import (
     to_np,
     xp_of,
 )
+from edgelstm.errors import DataError
 
 
 @register("Identity")
@@ -257,6 +258,14 @@ def _pad(ctx, ins):
             w[a] = (max(lo, 0), max(hi, 0))
             x = mx.pad(x, w, constant_values=mx.array(value, x.dtype))
         elif lo or hi:
+            # ONNX Runtime refuses these rather than extend the signal periodically
+            # (numpy's choice); a silent difference would only surface downstream.
+            kept = n + min(lo, 0) + min(hi, 0)  # negative pads crop first
+            if kept <= 0 and max(lo, hi) > 0:
+                raise DataError(f"{ctx.label}: mode {mode!r} cannot pad the empty axis {a}")
+            if mode == "reflect" and max(lo, hi) > kept - 1:
+                raise DataError(f"{ctx.label}: 'reflect' by {max(lo, hi)} on axis {a} of "
+                                f"length {kept} (at most {kept - 1}); is the input too short?")
             x = mx.take(x, mx.array(_pad_index(n, lo, hi, mode).astype(np.int32)), axis=a)
     return [x]
 
