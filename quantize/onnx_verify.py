@@ -91,7 +91,7 @@ def graph_feeds(model, consts: dict | None = None, dims: dict | None = None,
     """
     from onnx import helper
 
-    from edgelstm.streaming.onnx_state import state_pairs
+    from edgelstm.converters.state_names import state_pairs
 
     consts, dims = dict(consts or {}), dict(dims or {})
     inits = {t.name for t in model.graph.initializer}
