@@ -26,10 +26,10 @@ import numpy as np
 
 from edgelstm.errors import CheckpointError, ConfigError, DataError, EdgeLSTMError, UnsupportedError
 from edgelstm.frontend.samples import SampleFrames
-from edgelstm.streaming.onnx_state import ENGINES, state_pairs
+from edgelstm.streaming.onnx_state import ENGINES, NumpyStates, open_engine, state_pairs
 
 
-class OnnxSampleBackend:
+class OnnxSampleBackend(NumpyStates):
     """Runs a raw-sample ONNX step graph for a batch of streams (module docstring).
 
     Args:
@@ -113,31 +113,10 @@ class OnnxSampleBackend:
         self.num_layers = self._state_shapes[0][0]
         self.hidden_size = self._state_shapes[0][-1]
         self.input_size = frames.num_features
-        if engine == "mlx":
-            from edgelstm.converters.onnx_exec.runner import OnnxMLXRunner
-
-            self._runner = OnnxMLXRunner(proto)
-        else:
-            import onnxruntime as ort
-
-            opts = ort.SessionOptions()
-            opts.log_severity_level = 4  # failures become one DataError line, not a log too
-            opts.intra_op_num_threads = int(threads)
-            opts.inter_op_num_threads = 1
-            self._session = ort.InferenceSession(proto.SerializeToString(), opts,
-                                                 providers=["CPUExecutionProvider"])
+        self._runner, self._session = open_engine(proto, engine, threads)
 
     def zero_state(self, batch: int = 1) -> list:
         return [np.zeros((s[0], batch, *s[2:]), np.float32) for s in self._state_shapes]
-
-    def to_native(self, a):
-        return np.asarray(a, dtype=np.float32)
-
-    def to_numpy(self, a) -> np.ndarray:
-        return np.asarray(a)
-
-    def concat(self, states: list, axis: int = 1):
-        return np.concatenate(states, axis=axis)
 
     def _call(self, x: np.ndarray, state: list) -> list:
         feeds = {self.input_name: x, **self.consts}

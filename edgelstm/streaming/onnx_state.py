@@ -23,10 +23,39 @@ from edgelstm.errors import CheckpointError, ConfigError, UnsupportedError
 
 LENGTHS = "lengths"
 ENGINES = ("onnxruntime", "mlx")
-__all__ = ["ENGINES", "LENGTHS", "OnnxStateBackend", "state_pairs"]
+__all__ = ["ENGINES", "LENGTHS", "NumpyStates", "OnnxStateBackend", "open_engine", "state_pairs"]
 
 
-class OnnxStateBackend:
+def open_engine(proto, engine: str, threads: int):
+    """``(MLX executor, None)`` or ``(None, ONNX Runtime session)`` for ``proto``."""
+    if engine == "mlx":
+        from edgelstm.converters.onnx_exec.runner import OnnxMLXRunner
+
+        return OnnxMLXRunner(proto), None
+    import onnxruntime as ort
+
+    opts = ort.SessionOptions()
+    opts.log_severity_level = 4  # failures become one DataError line, not a log too
+    opts.intra_op_num_threads = int(threads)
+    opts.inter_op_num_threads = 1
+    return None, ort.InferenceSession(proto.SerializeToString(), opts,
+                                      providers=["CPUExecutionProvider"])
+
+
+class NumpyStates:
+    """State conversions of the ONNX backends, whose states are numpy arrays."""
+
+    def to_native(self, a):
+        return np.asarray(a, dtype=np.float32)
+
+    def to_numpy(self, a) -> np.ndarray:
+        return np.asarray(a)
+
+    def concat(self, states: list, axis: int = 1):
+        return np.concatenate(states, axis=axis)
+
+
+class OnnxStateBackend(NumpyStates):
     """Runs one chunk of an ONNX graph with state inputs/outputs (see module docstring).
 
     Args:
@@ -106,31 +135,11 @@ class OnnxStateBackend:
         rank = len(out_vi.type.tensor_type.shape.dim)
         self.per_sequence = self.config.get("head") == "sequence" or (
             "head" not in self.config and rank == 2)
-        if engine == "mlx":
-            from edgelstm.converters.onnx_exec.runner import OnnxMLXRunner
-
-            self._runner = OnnxMLXRunner(proto)
-        else:
-            import onnxruntime as ort
-
-            opts = ort.SessionOptions()
-            opts.intra_op_num_threads = int(threads)
-            opts.inter_op_num_threads = 1
-            self._session = ort.InferenceSession(proto.SerializeToString(), opts,
-                                                 providers=["CPUExecutionProvider"])
+        self._runner, self._session = open_engine(proto, engine, threads)
 
     def zero_state(self, batch: int = 1) -> list:
         z = np.zeros((self.num_layers, batch, self.hidden_size), dtype=np.float32)
         return [z, z.copy()] if self.is_lstm else [z]
-
-    def to_native(self, a):
-        return np.asarray(a, dtype=np.float32)
-
-    def to_numpy(self, a) -> np.ndarray:
-        return np.asarray(a)
-
-    def concat(self, states: list, axis: int = 1):
-        return np.concatenate(states, axis=axis)
 
     def run(self, x: np.ndarray, state: list) -> tuple[np.ndarray, list]:
         """One chunk: ``x`` ``(B, T, I)``, states ``(L, B, H)``; returns output and new states."""
