@@ -206,7 +206,8 @@ def convert(src: str | os.PathLike, dst: str | os.PathLike, opset: int = 17,
         if verify:
             rnn = getattr(model, "rnn", model)
             rng = np.random.default_rng(0)
-            x = rng.standard_normal((VERIFY_BATCH, VERIFY_STEPS, rnn.input_size)
+            x = rng.standard_normal((VERIFY_BATCH, VERIFY_STEPS,
+                                     getattr(model, "input_size", rnn.input_size))
                                     ).astype(np.float32)
             if not rnn.batch_first:
                 x = np.ascontiguousarray(x.transpose(1, 0, 2))

@@ -60,6 +60,7 @@ def build_model(
     normalize: bool = True,
     features: dict | None = None,
     pool: str = "last",
+    stem: dict | str | None = None,
     **cell_options: Any,
 ) -> SequenceModel:
     """An untrained classifier sized for ``dataset``.
@@ -78,6 +79,10 @@ def build_model(
         features: front-end settings to store (default: the dataset's).
         pool: ``"last"`` (last valid step; streams) or ``"mean"`` (mean over
             valid steps; offline only) for a sequence head.
+        stem: a conv feature stem ``{"channels": C, "kernel": k, "stride": s}``
+            (see :mod:`edgelstm.nn.stem`; the model cannot stream),
+            ``"auto"`` (:func:`~edgelstm.training.recipe.auto_stem` picks one
+            for long univariate series, or none) or ``None``.
         cell_options: extra recurrent options (``clip``, ``peephole``, ...).
 
     Returns:
@@ -89,10 +94,21 @@ def build_model(
         head = "frame" if dataset.frame_labels else "sequence"
     if head == "sequence" and dataset.frame_labels:
         raise ConfigError("per-frame labels need head='frame'")
-    rnn = RECURRENT[cell](dataset.input_size, hidden, num_layers=layers,
+    if stem == "auto":
+        from edgelstm.training.recipe import auto_stem
+
+        stem = auto_stem(dataset)
+    if stem == "none":
+        stem = None
+    if stem is not None and not isinstance(stem, dict):
+        raise ConfigError(f"stem must be a dict, 'auto' or None, got {stem!r}")
+    if stem is not None:
+        stem = {"kind": "conv", **stem, "input_size": dataset.input_size}
+    rnn_in = stem.get("channels", 32) if stem is not None else dataset.input_size
+    rnn = RECURRENT[cell](rnn_in, hidden, num_layers=layers,
                           bidirectional=bidirectional, dropout=dropout, **cell_options)
     return SequenceModel(rnn, num_outputs=dataset.num_classes, head=head,
-                         labels=dataset.labels, normalize=normalize, pool=pool,
+                         labels=dataset.labels, normalize=normalize, pool=pool, stem=stem,
                          features=features if features is not None else dataset.features)
 
 
