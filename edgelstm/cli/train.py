@@ -29,7 +29,8 @@ from edgelstm.limits import MAX_BATCH, MAX_HIDDEN, MAX_LAYERS
 @click.option("--dropout", type=click.FloatRange(0, 1, max_open=True), default=0.0,
               show_default=True, help="Dropout between stacked layers.")
 @click.option("--epochs", type=click.IntRange(1), default=None,
-              help="Maximum epochs (default: 200, cut short by early stopping or --time-budget).")
+              help="Maximum epochs (default: 200, or enough for 1500 steps on small data; cut "
+              "short by early stopping or --time-budget).")
 @click.option("--lr", type=click.FloatRange(0, min_open=True), default=3e-3, show_default=True,
               help="Peak learning rate (warm-up, then cosine decay).")
 @click.option("--batch", "--batch-size", "batch_size", type=click.IntRange(1, MAX_BATCH),
@@ -45,8 +46,9 @@ from edgelstm.limits import MAX_BATCH, MAX_HIDDEN, MAX_LAYERS
 @click.option("--augment", default="auto", show_default=True,
               help="Comma-separated crop,jitter,scale,warp,mix,mask, or none; auto: mask for "
               "audio, jitter,scale otherwise.")
-@click.option("--pool", type=click.Choice(["last", "mean"]), default="last", show_default=True,
-              help="Sequence head input: last valid step (streams) or mean over valid steps.")
+@click.option("--pool", type=click.Choice(["auto", "last", "mean"]), default="auto",
+              show_default=True, help="Sequence head input: last valid step (streams) or mean "
+              "over valid steps; auto: mean with a conv stem (which cannot stream), else last.")
 @click.option("--stem", "stem_spec", default="auto", show_default=True,
               help="Conv feature stem before the LSTM: auto (one for long series of 1-3 "
               "channels), none, or CHANNELS,KERNEL,STRIDE (e.g. 32,8,4). A stem cannot stream.")
