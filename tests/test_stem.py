@@ -87,6 +87,12 @@ def test_stem_model_cannot_stream():
     assert not m.can_stream
     with pytest.raises(ConfigError, match="cannot stream"):
         m(mx.zeros((1, 8, 2)), state=m.zero_state(1))
+    y, final = m(mx.zeros((1, 8, 2)), return_state=True)  # the final state is an output
+    assert y.shape == (1, 3) and final[0].shape == (1, 1, 8)
+    from edgelstm.streaming.backends import MLXBackend
+
+    with pytest.raises(UnsupportedError, match="conv stem"):
+        MLXBackend(m)
     from edgelstm.converters.onnx_export import build_onnx
 
     with pytest.raises(UnsupportedError, match="conv stem cannot stream"):

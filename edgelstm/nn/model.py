@@ -188,7 +188,7 @@ class SequenceModel(SaveMixin, nn.Module):
         if "norm" in self:
             x = self.norm(x)
         if "stem" in self:
-            if state is not None or return_state:
+            if state is not None:  # the final state is an output; resuming from one is not
                 raise ConfigError("a model with a conv stem cannot stream (no state for the "
                                   "stem's input window); run whole sequences")
             x = self.stem(x)
