@@ -1,4 +1,4 @@
-"""A sequence model: input normalisation -> recurrent stack -> linear head.
+"""A sequence model: input normalisation -> [conv stem] -> recurrent stack -> linear head.
 
 ``config.json`` of a sequence model holds ``model_type: "sequence"``, the
 recurrent stack's config under ``rnn``, the head (``"frame"``: one output
@@ -10,8 +10,10 @@ the mean over valid steps (``pool: "mean"``; offline only, it cannot
 stream). ``summary`` (optional, a list of row indices into the final hidden
 state ``(L*dirs, B, H)``) makes a last-step head read those rows
 concatenated instead of the last layer's; sums of rows are folded into the
-head weight by the importer. ``provenance`` (optional) records how the
-weights were trained.
+head weight by the importer. ``stem`` (optional, ``{"kind": "conv",
+"channels", "kernel", "stride", "input_size"}``) puts a causal strided conv
+stem before the stack (:mod:`edgelstm.nn.stem`; offline only). ``provenance``
+(optional) records how the weights were trained.
 """
 
 from __future__ import annotations
@@ -64,8 +66,8 @@ class SequenceModel(SaveMixin, nn.Module):
         stem: ``{"kind": "conv", "channels": C, "kernel": k, "stride": s}``
             puts a :class:`~edgelstm.nn.stem.ConvStem` between the
             normalisation and the recurrent stack (whose ``input_size`` is
-            then ``C``); the model takes ``stem_input_size`` features per
-            step and cannot stream.
+            then ``C``); the model then takes the stem's ``input_size``
+            features per step (also stored under ``stem``) and cannot stream.
     """
 
     def __init__(
