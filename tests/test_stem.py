@@ -194,3 +194,26 @@ def test_cli_stem_option(tmp_path):
                              "--epochs", "2", "--hidden", "4"])
     assert ok.exit_code == 0, ok.output
     assert load(tmp_path / "m").config()["stem"]["stride"] == 2
+
+
+@pytest.mark.parametrize("dst", ["int8", "m.int8.onnx"])
+def test_quantize_model_writes_a_working_int8_stem_model(tmp_path, dst):
+    """`edgelstm quantize` on a stem model: MLX checkpoint and QDQ ONNX (run by ONNX Runtime)."""
+    if dst.endswith(".onnx"):
+        pytest.importorskip("onnxruntime", reason="onnxruntime is not installed")
+    from edgelstm.converters import run_onnx
+    from edgelstm.quantize import quantize_model
+
+    m = _model()
+    m.save(tmp_path / "m")
+    report = quantize_model(tmp_path / "m", tmp_path / dst)
+    assert report.cosine > 0.999 and report.max_abs_error < 0.05
+    x, lengths = _batch()
+    ref = np.array(m(mx.array(x)))
+    if dst.endswith(".onnx"):
+        got = run_onnx(tmp_path / dst, {"input": x}, backend="onnxruntime")["output"]
+    else:
+        q = load(tmp_path / dst)
+        assert q.quantization and "stem" in q
+        got = np.array(q(mx.array(x)))
+    assert got.shape == ref.shape and np.abs(got - ref).max() < 0.05 * np.abs(ref).max()
