@@ -226,7 +226,9 @@ def convert(src: str | os.PathLike, dst: str | os.PathLike, opset: int = 17,
             rnn = getattr(model, "rnn", model)
             rng = np.random.default_rng(0)
             steps = _source_steps(src, src_format, model, rnn) or VERIFY_STEPS
-            x = rng.standard_normal((VERIFY_BATCH, steps, rnn.input_size)).astype(np.float32)
+            x = rng.standard_normal((VERIFY_BATCH, steps,
+                                     getattr(model, "input_size", rnn.input_size))
+                                    ).astype(np.float32)
             if not rnn.batch_first:
                 x = np.ascontiguousarray(x.transpose(1, 0, 2))
             # native models always take lengths; an ONNX graph only with the input

@@ -155,7 +155,7 @@ def _metadata(model, seq, rnn, streaming: bool, lengths: bool) -> dict[str, str]
         "edgelstm_version": __version__,
         "model_type": rnn.cell_type,
         "version": "1",
-        "input_size": str(rnn.input_size),
+        "input_size": str(seq.input_size if seq is not None else rnn.input_size),
         "hidden_size": str(rnn.hidden_size),
         "num_layers": str(rnn.num_layers),
         "num_directions": str(rnn.num_directions),
@@ -192,6 +192,10 @@ def build_onnx(model, opset: int = DEFAULT_OPSET, streaming: bool = False,
     if opset > helper.VERSION_TABLE[-1][2]:
         raise ConversionError(f"opset {opset} is newer than this onnx supports "
                               f"({helper.VERSION_TABLE[-1][2]})")
+    stem = seq.stem if seq is not None and "stem" in seq else None
+    if streaming and stem is not None:
+        raise UnsupportedError("a model with a conv stem cannot stream: the stem's input window "
+                               "is not carried as state; export it without --streaming")
     if streaming and rnn.bidirectional:
         raise UnsupportedError("a bidirectional model cannot stream: its reverse direction "
                                "needs the whole sequence; export it without --streaming")
@@ -209,7 +213,14 @@ def build_onnx(model, opset: int = DEFAULT_OPSET, streaming: bool = False,
     if seq is not None and "norm" in seq:
         x = g.node("Sub", [x, g.init("norm.mean", _np(seq.norm.mean))])
         x = g.node("Div", [x, g.init("norm.std", _np(seq.norm.std))])
-    if rnn.batch_first:
+    seq_lens = LENGTHS_INPUT
+    if stem is not None:
+        x = _stem(g, stem, x)  # (T', B, C), time-major for the stack
+        if lengths:  # max(L // s, 1), as edgelstm.nn.stem.stem_lengths
+            seq_lens = g.node("Max", [g.node("Div", [LENGTHS_INPUT, g.init(
+                "stem.stride", np.array(stem.stride, np.int32))]),
+                g.init("stem.one", np.array(1, np.int32))])
+    elif rnn.batch_first:
         x = g.node("Transpose", [x], perm=[1, 0, 2])  # (T, B, I)
     merge = g.init("shape_T_B_merge", np.array([0, 0, -1], np.int64))
 
@@ -229,7 +240,7 @@ def build_onnx(model, opset: int = DEFAULT_OPSET, streaming: bool = False,
         w = _layer_weights(rnn, k)
         ins = [x, g.init(f"layers.{k}.W", w["W"]), g.init(f"layers.{k}.R", w["R"]),
                g.init(f"layers.{k}.B", w["B"]) if w["B"] is not None else "",
-               LENGTHS_INPUT if lengths else ""]
+               seq_lens if lengths else ""]
         if streaming:
             starts = g.init(f"state_start_{k}", np.array([k * dirs], np.int64))
             ends = g.init(f"state_end_{k}", np.array([(k + 1) * dirs], np.int64))
@@ -266,7 +277,7 @@ def build_onnx(model, opset: int = DEFAULT_OPSET, streaming: bool = False,
         total = g.node("ReduceSum", [y, g.init("pool_axes", np.array([t_axis], np.int64))],
                        keepdims=0)  # (B, F)
         if lengths:
-            count = g.node("Cast", [LENGTHS_INPUT], to=TensorProto.FLOAT)
+            count = g.node("Cast", [seq_lens], to=TensorProto.FLOAT)
             count = g.node("Unsqueeze", [count, g.init("pool_unsq", np.array([1], np.int64))])
         else:
             shape = g.node("Shape", [y])
@@ -297,7 +308,8 @@ def build_onnx(model, opset: int = DEFAULT_OPSET, streaming: bool = False,
 
     bt = ["batch", "time"] if rnn.batch_first else ["time", "batch"]
     out_shape = ["batch", out_dim] if head == "sequence" else [*bt, out_dim]
-    inputs = [helper.make_tensor_value_info(in_name, f32, [*bt, rnn.input_size])]
+    width = seq.input_size if seq is not None else rnn.input_size
+    inputs = [helper.make_tensor_value_info(in_name, f32, [*bt, width])]
     if lengths:  # sequence_lens is int32 in every opset; no Cast needed
         inputs.append(helper.make_tensor_value_info(LENGTHS_INPUT, TensorProto.INT32, ["batch"]))
     outputs = [helper.make_tensor_value_info(out_name, f32, out_shape)]
@@ -313,6 +325,22 @@ def build_onnx(model, opset: int = DEFAULT_OPSET, streaming: bool = False,
         graph, opset_imports=[helper.make_opsetid("", opset)], producer_name="edgelstm")
     helper.set_model_props(onnx_model, _metadata(model, seq, rnn, streaming, lengths))
     return onnx_model
+
+
+def _stem(g: _Graph, stem, x: str) -> str:
+    """Causal strided ``Conv`` + ``Relu`` of :class:`edgelstm.nn.stem.ConvStem`.
+
+    ``x (B, T, I)`` -> ``(T // s, B, C)``: ``pads`` ``[k - s, 0]`` is the
+    stem's left zero padding; MLX's ``(C, k, I)`` weight becomes ONNX's ``(C, I, k)``.
+    """
+    x = g.node("Transpose", [x], perm=[0, 2, 1])  # (B, I, T)
+    weight = np.ascontiguousarray(_np(stem.conv.weight).transpose(0, 2, 1))
+    x = g.node("Conv", [x, g.init("stem.conv.weight", weight),
+                        g.init("stem.conv.bias", _np(stem.conv.bias))],
+               kernel_shape=[stem.kernel], strides=[stem.stride],
+               pads=[stem.kernel - stem.stride, 0])
+    x = g.node("Relu", [x])  # (B, C, T')
+    return g.node("Transpose", [x], perm=[2, 0, 1])
 
 
 def to_onnx(model, path: str | os.PathLike, opset: int = DEFAULT_OPSET,

@@ -172,6 +172,14 @@ def check_model_config(config: dict, weights_bytes: int | None = None) -> None:
             k = check_int("num_outputs", k, 1, MAX_CLASSES)
             dirs = 2 if sizes["bidirectional"] else 1
             params += k * (dirs * sizes["hidden_size"] + 1)
+        stem = config.get("stem")
+        if stem is not None:
+            if not isinstance(stem, dict):
+                raise ConfigError(f"stem must be an object, got {type(stem).__name__}")
+            width = check_int("stem.input_size", stem.get("input_size"), 1, MAX_INPUT_FEATURES)
+            channels = check_int("stem.channels", stem.get("channels"), 1, 1024)
+            kernel = check_int("stem.kernel", stem.get("kernel"), 1, 64)
+            params += channels * (kernel * width + 1)
         for key in ("features", "quantization"):
             if config.get(key) is not None and not isinstance(config[key], dict):
                 raise ConfigError(f"{key} must be an object, got {type(config[key]).__name__}")

@@ -70,3 +70,17 @@ def test_shipped_accuracy_matches_metrics(name):
     got = evaluate(model, test)
     assert got["n"] == metrics["n"]
     assert abs(got["accuracy"] - metrics["accuracy"]) <= 0.01
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_example_is_the_documented_cli_command(name):
+    """metrics.json records the `edgelstm train` line that made the model; the README gives it."""
+    folder = EXAMPLES / name
+    metrics = json.loads((folder / "metrics.json").read_text())
+    command = metrics["command"]
+    assert command.startswith("edgelstm train ../shared/data/") and f"examples/{name}/model" in command
+    assert command in (folder / "README.md").read_text()
+    assert metrics["seed"] == 0 and f"--seed {metrics['seed']}" in command
+    assert abs(metrics["int8_accuracy"] - metrics["accuracy"]) <= 0.005
+    config = json.loads((folder / "model" / "config.json").read_text())
+    assert config["provenance"]["seed"] == metrics["seed"]

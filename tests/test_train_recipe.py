@@ -125,8 +125,11 @@ def test_mean_pool_onnx_matches_onnxruntime(tmp_path):
 
 def test_same_seed_same_model_and_provenance(tmp_path):
     ds = _toy()
-    a, _ = train({"hidden": 5}, ds, epochs=3, seed=4, augment="jitter,scale,warp,mix")
-    b, _ = train({"hidden": 5}, ds, epochs=3, seed=4, augment="jitter,scale,warp,mix")
+    # 40% of 60 = 24 held out: above the 20 below which no split is made
+    a, _ = train({"hidden": 5}, ds, epochs=3, seed=4, augment="jitter,scale,warp,mix",
+                 validation=0.4)
+    b, _ = train({"hidden": 5}, ds, epochs=3, seed=4, augment="jitter,scale,warp,mix",
+                 validation=0.4)
     np.testing.assert_array_equal(np.array(a.head.weight), np.array(b.head.weight))
     prov = a.provenance
     assert prov["seed"] == 4 and prov["epochs_run"] == 3 and prov["edgelstm_version"]
@@ -150,7 +153,7 @@ def test_ctrl_c_keeps_best_epoch():
         if epoch == 3:
             raise KeyboardInterrupt
 
-    model, hist = train({"hidden": 4}, _toy(), epochs=10, progress=progress)
+    model, hist = train({"hidden": 4}, _toy(), epochs=10, progress=progress, validation=0.4)
     assert hist["interrupted"] == 3 and hist["best_epoch"] in (1, 2)
     assert not model.training
 

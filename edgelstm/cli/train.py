@@ -29,7 +29,8 @@ from edgelstm.limits import MAX_BATCH, MAX_HIDDEN, MAX_LAYERS
 @click.option("--dropout", type=click.FloatRange(0, 1, max_open=True), default=0.0,
               show_default=True, help="Dropout between stacked layers.")
 @click.option("--epochs", type=click.IntRange(1), default=None,
-              help="Maximum epochs (default: 200, cut short by early stopping or --time-budget).")
+              help="Maximum epochs (default: 200, or enough for 1500 steps on small data; cut "
+              "short by early stopping or --time-budget).")
 @click.option("--lr", type=click.FloatRange(0, min_open=True), default=3e-3, show_default=True,
               help="Peak learning rate (warm-up, then cosine decay).")
 @click.option("--batch", "--batch-size", "batch_size", type=click.IntRange(1, MAX_BATCH),
@@ -45,8 +46,12 @@ from edgelstm.limits import MAX_BATCH, MAX_HIDDEN, MAX_LAYERS
 @click.option("--augment", default="auto", show_default=True,
               help="Comma-separated crop,jitter,scale,warp,mix,mask, or none; auto: mask for "
               "audio, jitter,scale otherwise.")
-@click.option("--pool", type=click.Choice(["last", "mean"]), default="last", show_default=True,
-              help="Sequence head input: last valid step (streams) or mean over valid steps.")
+@click.option("--pool", type=click.Choice(["auto", "last", "mean"]), default="auto",
+              show_default=True, help="Sequence head input: last valid step (streams) or mean "
+              "over valid steps; auto: mean with a conv stem (which cannot stream), else last.")
+@click.option("--stem", "stem_spec", default="auto", show_default=True,
+              help="Conv feature stem before the LSTM: auto (one for long series of 1-3 "
+              "channels), none, or CHANNELS,KERNEL,STRIDE (e.g. 32,8,4). A stem cannot stream.")
 @click.option("--weight-decay", type=click.FloatRange(0), default=1e-4, show_default=True)
 @click.option("--time-budget", type=click.FloatRange(0, min_open=True), default=None,
               help="Seconds of training; the epochs are picked to fit.")
@@ -62,7 +67,7 @@ from edgelstm.limits import MAX_BATCH, MAX_HIDDEN, MAX_LAYERS
 @force_option
 @handle_errors
 def train(data, output, cell, hidden, layers, bidirectional, head, target, dropout, epochs, lr,
-          batch_size, seed, val_fraction, patience, crop, augment, pool, weight_decay,
+          batch_size, seed, val_fraction, patience, crop, augment, pool, stem_spec, weight_decay,
           time_budget, search_space, feature_kind, n_mels, n_mfcc, progress, as_json, force):
     """Train a classifier on DATA and save it to OUTPUT.
 
@@ -108,7 +113,7 @@ def train(data, output, cell, hidden, layers, bidirectional, head, target, dropo
         f"{dataset.num_classes} classes")
     # a dict, so train() seeds before it builds the model: --seed fixes the init too
     spec = {"cell": cell, "hidden": hidden, "layers": layers, "bidirectional": bidirectional,
-            "head": head, "dropout": dropout, "pool": pool}
+            "head": head, "dropout": dropout, "pool": pool, "stem": _parse_stem(stem_spec)}
     if progress is None:
         progress = sys.stderr.isatty() and w.main
     bar = _Progress() if progress else None
@@ -152,6 +157,22 @@ def train(data, output, cell, hidden, layers, bidirectional, head, target, dropo
             f"({test.name})")
     if as_json:
         click.echo(json.dumps(summary, indent=2, sort_keys=True))
+
+
+def _parse_stem(spec: str):
+    """``--stem``: ``"auto"``, ``None`` (none) or a stem dict from ``C,K,S``."""
+    from edgelstm.errors import ConfigError
+
+    spec = spec.strip().lower()
+    if spec in ("auto", "none"):
+        return None if spec == "none" else "auto"
+    parts = spec.split(",")
+    try:
+        channels, kernel, stride = (int(p) for p in parts)
+    except ValueError:
+        raise ConfigError(f"--stem takes auto, none or CHANNELS,KERNEL,STRIDE, got {spec!r}") \
+            from None
+    return {"kind": "conv", "channels": channels, "kernel": kernel, "stride": stride}
 
 
 class _Progress:

@@ -1,4 +1,4 @@
-"""A sequence model: input normalisation -> recurrent stack -> linear head.
+"""A sequence model: input normalisation -> [conv stem] -> recurrent stack -> linear head.
 
 ``config.json`` of a sequence model holds ``model_type: "sequence"``, the
 recurrent stack's config under ``rnn``, the head (``"frame"``: one output
@@ -10,8 +10,10 @@ the mean over valid steps (``pool: "mean"``; offline only, it cannot
 stream). ``summary`` (optional, a list of row indices into the final hidden
 state ``(L*dirs, B, H)``) makes a last-step head read those rows
 concatenated instead of the last layer's; sums of rows are folded into the
-head weight by the importer. ``provenance`` (optional) records how the
-weights were trained.
+head weight by the importer. ``stem`` (optional, ``{"kind": "conv",
+"channels", "kernel", "stride", "input_size"}``) puts a causal strided conv
+stem before the stack (:mod:`edgelstm.nn.stem`; offline only). ``provenance``
+(optional) records how the weights were trained.
 """
 
 from __future__ import annotations
@@ -23,6 +25,7 @@ import mlx.nn as nn
 
 from edgelstm.errors import ConfigError
 from edgelstm.nn.layers import RECURRENT, Recurrent, SaveMixin
+from edgelstm.nn.stem import ConvStem, stem_lengths
 
 HEADS = ("frame", "sequence", None)
 POOLS = ("last", "mean")
@@ -60,6 +63,11 @@ class SequenceModel(SaveMixin, nn.Module):
             last-step sequence head reads, concatenated in this order
             (``None``: the last layer's, ``[L*dirs - dirs, ..., L*dirs - 1]``).
         provenance: JSON-able training record stored in ``config.json``.
+        stem: ``{"kind": "conv", "channels": C, "kernel": k, "stride": s}``
+            puts a :class:`~edgelstm.nn.stem.ConvStem` between the
+            normalisation and the recurrent stack (whose ``input_size`` is
+            then ``C``); the model then takes the stem's ``input_size``
+            features per step (also stored under ``stem``) and cannot stream.
     """
 
     def __init__(
@@ -75,6 +83,7 @@ class SequenceModel(SaveMixin, nn.Module):
         pool: str = "last",
         provenance: dict | None = None,
         summary: list[int] | None = None,
+        stem: dict | None = None,
     ):
         super().__init__()
         if head not in HEADS:
@@ -103,8 +112,18 @@ class SequenceModel(SaveMixin, nn.Module):
         self.pool = pool
         self.provenance = dict(provenance) if provenance else None
         self.summary = summary
+        if stem is not None:
+            if not rnn.batch_first:
+                raise ConfigError("a stem needs a batch-first recurrent stack")
+            size = stem.get("input_size") if isinstance(stem, dict) else None
+            self.stem = ConvStem.from_config(
+                size if size is not None else rnn.input_size,
+                {k: v for k, v in stem.items() if k != "input_size"})
+            if self.stem.channels != rnn.input_size:
+                raise ConfigError(f"the stem gives {self.stem.channels} channels, the recurrent "
+                                  f"stack takes {rnn.input_size}")
         if normalize:
-            self.norm = Normalize(rnn.input_size)
+            self.norm = Normalize(self.input_size)
         if head is not None:
             width = rnn.output_size if summary is None else len(summary) * rnn.hidden_size
             self.head = nn.Linear(width, num_outputs)
@@ -112,7 +131,7 @@ class SequenceModel(SaveMixin, nn.Module):
     @property
     def input_size(self) -> int:
         """Features per input step, ``I``."""
-        return self.rnn.input_size
+        return self.stem.input_size if "stem" in self else self.rnn.input_size
 
     def config(self) -> dict:
         """JSON-able description, the ``config.json`` of a checkpoint."""
@@ -124,13 +143,15 @@ class SequenceModel(SaveMixin, nn.Module):
             # optional keys only when set: older checkpoints' configs stay byte-identical
             **({"pool": self.pool} if self.pool != "last" else {}),
             **({"summary": list(self.summary)} if self.summary is not None else {}),
+            **({"stem": {**self.stem.config(), "input_size": self.stem.input_size}}
+               if "stem" in self else {}),
             **({"provenance": self.provenance} if self.provenance else {}),
         }
 
     @property
     def can_stream(self) -> bool:
         """Whether a chunk-by-chunk session gives the offline result."""
-        return not self.rnn.bidirectional and self.pool == "last"
+        return not self.rnn.bidirectional and self.pool == "last" and "stem" not in self
 
     @classmethod
     def from_config(cls, config: dict) -> SequenceModel:
@@ -145,7 +166,7 @@ class SequenceModel(SaveMixin, nn.Module):
             normalize=bool(config.get("normalize")), features=config.get("features"),
             input_names=config.get("input_names"), output_names=config.get("output_names"),
             pool=config.get("pool") or "last", provenance=config.get("provenance"),
-            summary=config.get("summary"),
+            summary=config.get("summary"), stem=config.get("stem"),
         )
 
     def zero_state(self, batch_size: int):
@@ -168,6 +189,12 @@ class SequenceModel(SaveMixin, nn.Module):
         """
         if "norm" in self:
             x = self.norm(x)
+        if "stem" in self:
+            if state is not None:  # the final state is an output; resuming from one is not
+                raise ConfigError("a model with a conv stem cannot stream (no state for the "
+                                  "stem's input window); run whole sequences")
+            x = self.stem(x)
+            lengths = stem_lengths(lengths, self.stem.stride)
         y, final = self.rnn(x, state, lengths=lengths, fast=fast)
         if self.head_type == "sequence" and self.pool == "mean":
             y = self.head(_mean_steps(y, lengths))

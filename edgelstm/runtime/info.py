@@ -143,6 +143,11 @@ def describe_model(model) -> dict:
     dirs = rnn.num_directions
     arch = (f"{rnn.cell_type.upper()} {rnn.num_layers}x{rnn.hidden_size}"
             f"{' bidirectional' if dirs == 2 else ''}, input {rnn.input_size}")
+    width = getattr(model, "input_size", rnn.input_size)
+    if "stem" in model:
+        st = model.stem
+        arch = (f"conv stem {width}->{st.channels} (kernel {st.kernel}, stride {st.stride}), "
+                + arch)
     opts = {k: v for k, v in rnn.cell_options.items() if v not in (None, False)}
     if opts:
         arch += ", " + ", ".join(f"{k}={v}" for k, v in opts.items())
@@ -164,7 +169,7 @@ def describe_model(model) -> dict:
         "weight_bytes": int(n_bytes),
         "bits_per_weight": round(8.0 * n_bytes / max(n_params, 1), 3),
         "quantization": quant,
-        "inputs": [{"name": ins[0], "shape": ["B", "T", rnn.input_size]}],
+        "inputs": [{"name": ins[0], "shape": ["B", "T", width]}],
         "outputs": outputs,
         "labels": getattr(model, "labels", None),
     }

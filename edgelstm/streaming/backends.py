@@ -24,6 +24,9 @@ MEAN_POOL = ("cannot stream a mean-pooling model (pool: mean): its head averages
              "of the whole sequence; run it offline with `edgelstm run`, or train with the "
              "last-step head (--pool last) to stream")
 
+STEM = ("cannot stream a model with a conv stem: the stem's input window is not carried "
+        "as state; run it offline with `edgelstm run`, or train with --stem none to stream")
+
 
 class MLXBackend:
     """Runs a native edgelstm model (``SequenceModel`` or a bare recurrent stack).
@@ -47,6 +50,8 @@ class MLXBackend:
                                    "not an edgelstm model")
         if rnn.bidirectional:
             raise UnsupportedError(BIDIRECTIONAL)
+        if isinstance(model, SequenceModel) and "stem" in model:
+            raise UnsupportedError(STEM)
         if getattr(model, "pool", "last") != "last":
             raise UnsupportedError(MEAN_POOL)
         model.eval()

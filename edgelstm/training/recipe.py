@@ -2,7 +2,9 @@
 
 - :func:`holdout`: a stratified validation split that keeps at least one
   sequence of every class that has two or more, and says what it did when it
-  cannot hold anything out (then training runs without early stopping).
+  cannot hold out enough to be worth it (fewer than 20 sequences; then
+  training runs the whole schedule on everything and keeps the last epoch).
+- :func:`auto_stem`: a conv feature stem for long series of few channels.
 - :func:`lr_at`: linear warm-up then cosine decay to 1% of the peak, as a
   function of progress, so a time budget can change the number of epochs
   after the first one without restarting the schedule.
@@ -23,24 +25,39 @@ import numpy as np
 from edgelstm.errors import DataError
 from edgelstm.training.data import Dataset
 
-__all__ = ["auto_augment", "auto_batch_size", "holdout", "lr_at", "provenance"]
+__all__ = ["auto_augment", "auto_batch_size", "auto_stem", "holdout", "lr_at", "provenance"]
 
 AUDIO_KINDS = ("mfcc", "fbank", "logmel")
 
 
+MIN_HELD_OUT = 20  # fewer validation sequences than this: no split (see holdout)
+
+
 def holdout(dataset: Dataset, fraction: float, seed: int,
-            log: Callable[[str], None] | None = None) -> tuple[Dataset, Dataset | None]:
+            log: Callable[[str], None] | None = None,
+            min_held: int = MIN_HELD_OUT) -> tuple[Dataset, Dataset | None]:
     """``(train, validation)``: about ``fraction`` of each class held out.
 
     Every class with at least two sequences gives at least one; a class with a
     single sequence stays in training. When nothing can be held out (one
-    sequence per class) the validation set is ``None`` and ``log`` says so.
+    sequence per class), or the split would hold fewer than ``min_held``
+    sequences, the validation set is ``None`` and ``log`` says so: a handful
+    of held-out sequences moves in steps of 10-33%, so "best epoch" on it is
+    noise (ArrowHead, 3 held out: epoch 1, an untrained model, was restored;
+    test 0.30; trained on all 36 to the end of the schedule: 0.67), and the
+    sequences it takes are a tenth of what there is to learn from.
     """
     try:
         rest, held = dataset.split(fraction, seed=seed)
     except DataError as exc:
         if log is not None:
             log(f"no validation split ({exc}): training every epoch without early stopping")
+        return dataset, None
+    if held.n < min_held:
+        if log is not None:
+            log(f"no validation split: {fraction:.0%} would hold out {held.n} sequences "
+                f"(< {min_held}), too few to pick an epoch on; training on all {dataset.n} "
+                "for the whole schedule and keeping the last epoch")
         return dataset, None
     if log is not None and not dataset.frame_labels:
         missing = sorted(set(np.unique(dataset.y).tolist()) - set(np.unique(held.y).tolist()))
@@ -83,6 +100,28 @@ def auto_augment(dataset: Dataset) -> tuple[str, ...]:
 
 
 CROP_MIN_STEPS = 64  # median valid steps from which `auto` adds random crops
+
+
+STEM_MIN_STEPS = 64  # median valid steps from which `auto` puts a conv stem on few channels
+STEM_MAX_CHANNELS = 3
+AUTO_STEM = {"kind": "conv", "channels": 32, "kernel": 8, "stride": 4}
+
+
+def auto_stem(dataset: Dataset) -> dict | None:
+    """The conv stem used by ``stem="auto"``: one for long series of few channels, else none.
+
+    An LSTM fed one raw sample per step of a long univariate series barely
+    learns (GunPoint, 150 steps: test 0.49; ArrowHead, 251: 0.30, loss stuck
+    at ln 3); a causal stride-4 conv stem gives it a quarter of the steps,
+    each with 32 local-shape features (see :mod:`edgelstm.nn.stem`). Audio
+    features and multi-channel sensors keep feeding the LSTM directly, so
+    their models still stream.
+    """
+    kind = (dataset.features or {}).get("kind")
+    if (kind in AUDIO_KINDS or dataset.frame_labels or dataset.input_size > STEM_MAX_CHANNELS
+            or _median_length(dataset) < STEM_MIN_STEPS):
+        return None
+    return dict(AUTO_STEM)
 
 
 def _median_length(dataset: Dataset) -> float:
@@ -139,7 +178,7 @@ def search(spec: dict | None, dataset: Dataset, space: str = "small", *,
     if space not in SEARCH_SPACES:
         raise ConfigError(f"search space must be one of {', '.join(SEARCH_SPACES)}, got {space!r}")
     base = dict(spec or {})
-    rest, held = holdout(dataset, validation, seed, log)
+    rest, held = holdout(dataset, validation, seed, log, min_held=1)
     if held is None:
         raise DataError("--search needs a validation split, and this data has a single "
                         "sequence per class")

@@ -15,20 +15,19 @@ import numpy as np
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent))
 
-from _common import data_dir, load_splits, train_and_finish, write_labels  # noqa: E402
+from _common import data_dir, train_with_cli, write_labels  # noqa: E402
 
-# One LSTM layer, last-step (sequence) head. Random windows of >= 50% of each
-# recording regularise the 40-recording training set.
-MODEL = {"cell": "lstm", "hidden": 64, "head": "sequence",
-         "features": {"kind": "sensor", "rate": 10}}  # 10 Hz accelerometer + gyroscope
-TRAINING = {"epochs": 150, "lr": 2e-3, "batch_size": 8, "seed": 0, "validation": None,
-            "crop": 0.5}
+from edgelstm.training.data import load_dataset  # noqa: E402
+
+# The CLI defaults, nothing else: `edgelstm train ../shared/data/uea/BasicMotions
+# -o examples/basicmotions/model --seed 0` (see README.md here for what they pick).
+ARGS = ["--seed", "0"]
 
 
 def main():
-    train_set, test_set = load_splits(data_dir(__doc__) / "uea" / "BasicMotions")
-    train_and_finish(HERE, MODEL, TRAINING, train_set, test_set)
-    write_samples(test_set)
+    data = data_dir(__doc__) / "uea" / "BasicMotions"
+    train_with_cli(HERE, data, "../shared/data/uea/BasicMotions", ARGS)
+    write_samples(load_dataset(data, "test"))
 
 
 def write_samples(test_set):

@@ -15,19 +15,20 @@ import numpy as np
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent))
 
-from _common import data_dir, load_splits, train_and_finish, write_labels  # noqa: E402
+from _common import data_dir, train_with_cli, write_labels  # noqa: E402
 
-# Sequences are 7-29 frames of 12 LPC cepstra, zero-padded to 29 in a batch;
-# per-sequence lengths keep the padding out of the recurrence and the head
-# reads each sequence's own last valid step.
-MODEL = {"cell": "lstm", "hidden": 64, "head": "sequence"}
-TRAINING = {"epochs": 60, "lr": 3e-3, "batch_size": 16, "seed": 0, "validation": None}
+from edgelstm.training.data import load_dataset  # noqa: E402
+
+# The CLI defaults: `edgelstm train ../shared/data/uea/JapaneseVowels
+# -o examples/japanesevowels/model --seed 0`. Sequences are 7-29 frames of 12 LPC
+# cepstra, zero-padded in a batch; lengths keep the padding out of the recurrence.
+ARGS = ["--seed", "0"]
 
 
 def main():
-    train_set, test_set = load_splits(data_dir(__doc__) / "uea" / "JapaneseVowels")
-    train_and_finish(HERE, MODEL, TRAINING, train_set, test_set)
-    write_samples(test_set)
+    data = data_dir(__doc__) / "uea" / "JapaneseVowels"
+    train_with_cli(HERE, data, "../shared/data/uea/JapaneseVowels", ARGS)
+    write_samples(load_dataset(data, "test"))
 
 
 def write_samples(test_set):
