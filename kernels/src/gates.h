@@ -1,5 +1,6 @@
-// Fused gate loops for one batch row, picked once per process: an AVX2+FMA
-// build where the CPU has it (x86-64), else the baseline build.
+// Fused gate loops and recurrent kernels, picked once per process: an
+// AVX-512 or AVX2+FMA build where the CPU has it (x86-64), else the baseline
+// build (SSE2 on x86-64, NEON on arm64: the same source, gates.inc).
 
 #pragma once
 
@@ -22,13 +23,22 @@ namespace edgelstm {
   void gemv_nt_q8(const signed char* q, const float* s, const float* x,      \
                   float* out, int N, int K, bool accumulate);              \
   void expand_q8(const signed char* q, const float* s, float* w, int N,      \
-                 int K);
+                 int K);                                                     \
+  int pack_width();                                                          \
+  long packed_floats(int gates, int H, int K);                               \
+  void pack_gates(const float* w, int gates, int H, int K, float* out);      \
+  void lstm_fused_step(const float* packed, const float* h, int B, int H,    \
+                       const float* const* x, float* hn, float* c,           \
+                       float* const* y);
 
 namespace gates_base {
 EDGELSTM_GATE_DECLS
 }
 #ifdef EDGELSTM_HAVE_AVX2
 namespace gates_avx2 {
+EDGELSTM_GATE_DECLS
+}
+namespace gates_avx512 {
 EDGELSTM_GATE_DECLS
 }
 #endif
@@ -43,6 +53,10 @@ struct GateFns {
   decltype(&gates_base::gemm_nt_small) gemm_nt_small;
   decltype(&gates_base::gemv_nt_q8) gemv_nt_q8;
   decltype(&gates_base::expand_q8) expand_q8;
+  decltype(&gates_base::pack_width) pack_width;
+  decltype(&gates_base::packed_floats) packed_floats;
+  decltype(&gates_base::pack_gates) pack_gates;
+  decltype(&gates_base::lstm_fused_step) lstm_fused_step;
   const char* isa;
 };
 

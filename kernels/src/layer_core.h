@@ -56,6 +56,10 @@ struct LayerIO {
   int I = 0;
   const mx::array* wh = nullptr;
   const mx::array* wh_scales = nullptr;
+  // Owners of Wh's / Wh_scales' buffers (task_owner), or null: with them the
+  // packed Wh is cached across calls (packed_weight).
+  std::shared_ptr<mx::allocator::Data> wh_owner;
+  std::shared_ptr<mx::allocator::Data> wh_scales_owner;
   const mx::array* wx = nullptr;
   const mx::array* wx_scales = nullptr;
   const mx::array* bias = nullptr;

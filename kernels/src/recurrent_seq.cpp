@@ -5,9 +5,12 @@
 #include "gates.h"
 #include "layer_core.h"
 
+#include <algorithm>
 #include <cmath>
+#include <cstdlib>
 #include <cstring>
 #include <memory>
+#include <mutex>
 #include <sstream>
 #include <stdexcept>
 #include <vector>
@@ -23,6 +26,9 @@ namespace detail {
 // gemm_nt_small: OpenBLAS sgemm is 2-4x slower at M = 2..7 (EPYC, H = 64-256,
 // recurrent step) and about even from M = 8.
 constexpr int kSmallRows = 7;
+
+// Up to this many rows the LSTM runs lstm_fused_step (see use_fused_lstm).
+constexpr int kFusedMaxRows = 1 << 30;
 
 // out (M, N) with row stride ldc = a (M, K) @ w[:N]^T (+ beta * out), w
 // row-major (N, K).
@@ -150,6 +156,98 @@ Weight load_weight(
   return Weight{expanded.data()};
 }
 
+// -- packed recurrent weights, cached per weight buffer ---------------------
+
+// A packing is cached under the weight's data pointer, shape and strides
+// (and its scales' pointer for int8) together with owning handles of both
+// buffers: while the entry lives the buffers can be neither freed nor reused
+// by MLX (a held buffer is never donated), so the same key means the same
+// weights. Small: streaming calls reuse a few weights; training replaces
+// its weights every step and simply evicts (LRU).
+constexpr size_t kPackCacheEntries = 16;
+constexpr size_t kPackCacheFloats = size_t(1) << 24; // 64 MiB in all
+
+struct PackEntry {
+  const void* ptr;
+  const void* sptr;
+  mx::Shape shape;
+  mx::Strides strides;
+  int gates;
+  std::shared_ptr<mx::allocator::Data> owner, sowner;
+  std::shared_ptr<const std::vector<float>> packed;
+  uint64_t used;
+};
+
+std::mutex pack_mu;
+// Never destroyed: entries hold MLX buffers, which must not be released
+// after MLX's allocator is gone at exit.
+auto* pack_cache = new std::vector<PackEntry>();
+uint64_t pack_clock = 0;
+
+// Wh (gates*H, H) packed for lstm_fused_step; `wf` its row-major float
+// values (int8 already expanded).
+std::shared_ptr<const std::vector<float>> packed_weight(
+    const mx::array& wh,
+    const mx::array* scales,
+    const float* wf,
+    int gates,
+    const std::shared_ptr<mx::allocator::Data>& owner,
+    const std::shared_ptr<mx::allocator::Data>& sowner) {
+  const GateFns& fns = gate_fns();
+  const int H = wh.shape(1);
+  auto pack = [&] {
+    auto v = std::make_shared<std::vector<float>>(
+        size_t(fns.packed_floats(gates, H, H)));
+    fns.pack_gates(wf, gates, H, H, v->data());
+    return v;
+  };
+  const bool cacheable = owner && (!scales || sowner);
+  if (!cacheable) {
+    return pack();
+  }
+  const void* ptr = wh.data<void>();
+  const void* sptr = scales ? scales->data<void>() : nullptr;
+  {
+    std::lock_guard<std::mutex> lock(pack_mu);
+    for (auto& e : *pack_cache) {
+      if (e.ptr == ptr && e.sptr == sptr && e.gates == gates &&
+          e.shape == wh.shape() && e.strides == wh.strides()) {
+        e.used = ++pack_clock;
+        return e.packed;
+      }
+    }
+  }
+  auto packed = pack();
+  std::lock_guard<std::mutex> lock(pack_mu);
+  size_t total = packed->size();
+  for (const auto& e : *pack_cache) {
+    total += e.packed->size();
+  }
+  while (!pack_cache->empty() &&
+         (pack_cache->size() >= kPackCacheEntries || total > kPackCacheFloats)) {
+    auto lru = std::min_element(
+        pack_cache->begin(), pack_cache->end(),
+        [](const PackEntry& a, const PackEntry& b) { return a.used < b.used; });
+    total -= lru->packed->size();
+    pack_cache->erase(lru);
+  }
+  if (packed->size() <= kPackCacheFloats) {
+    pack_cache->push_back(PackEntry{
+        ptr, sptr, wh.shape(), wh.strides(), gates, owner, sowner, packed,
+        ++pack_clock});
+  }
+  return packed;
+}
+
+// Whether the LSTM runs lstm_fused_step (packed Wh, gates fused per block)
+// rather than a (B, 4H) matmul per step then lstm_row. EDGELSTM_FUSED=0
+// turns it off (benchmarks compare the two).
+bool use_fused_lstm(int B) {
+  const char* v = std::getenv("EDGELSTM_FUSED"); // ~100 ns a call
+  const bool on = !(v && std::strcmp(v, "0") == 0);
+  return on && B >= 1 && B <= detail::kFusedMaxRows;
+}
+
 } // namespace
 
 namespace detail {
@@ -166,9 +264,10 @@ void run_layer(const SeqConfig& cfg, int T, int B, const LayerIO& io) {
   // Expansions reuse per-thread buffers: a fresh 100+ KB allocation per call
   // costs page faults on the order of the matmul itself.
   thread_local std::vector<float> wh_expanded, wx_expanded;
+  const bool fused = cfg.cell == Cell::LSTM && use_fused_lstm(B);
   const Weight wh = load_weight(
-      *io.wh, io.wh_scales, size_t(B) > kInt8MaxRows, wh_buf, whq_buf,
-      whs_buf, wh_expanded);
+      *io.wh, io.wh_scales, fused || size_t(B) > kInt8MaxRows, wh_buf,
+      whq_buf, whs_buf, wh_expanded);
   const float* bhn = io.bhn ? row_major(*io.bhn, bhn_buf) : nullptr;
   const int32_t* len = io.len;
 
@@ -225,6 +324,36 @@ void run_layer(const SeqConfig& cfg, int T, int B, const LayerIO& io) {
     return cfg.batch_first ? (size_t(b) * T + t) * H : (size_t(t) * B + b) * H;
   };
   auto valid = [&](int t, int b) { return !len || t < len[b]; };
+
+  if (fused) {
+    const auto packed = packed_weight(
+        *io.wh, io.wh_scales, wh.f, 4, io.wh_owner, io.wh_scales_owner);
+    // The state ping-pongs between h and hbuf (a step reads all of h).
+    std::vector<float> hbuf(state);
+    float* hcur = h;
+    float* hnext = hbuf.data();
+    std::vector<const float*> xr(B);
+    std::vector<float*> yr(B);
+    for (int s = 0; s < T; ++s) {
+      const int t = cfg.reverse ? T - 1 - s : s;
+      for (int b = 0; b < B; ++b) {
+        yr[b] = y + yrow(t, b);
+        if (valid(t, b)) {
+          xr[b] = xp + xrow(t, b);
+        } else {
+          xr[b] = nullptr;
+          std::memset(yr[b], 0, sizeof(float) * H);
+        }
+      }
+      fns.lstm_fused_step(
+          packed->data(), hcur, B, H, xr.data(), hnext, c, yr.data());
+      std::swap(hcur, hnext);
+    }
+    if (hcur != h) {
+      std::memcpy(h, hcur, state * sizeof(float));
+    }
+    return;
+  }
 
   for (int s = 0; s < T; ++s) {
     const int t = cfg.reverse ? T - 1 - s : s;
@@ -360,6 +489,11 @@ std::vector<mx::Shape> fused_output_shapes(
   return shapes;
 }
 
+namespace {
+thread_local const std::vector<std::shared_ptr<mx::allocator::Data>>*
+    tl_owners = nullptr;
+} // namespace
+
 void dispatch_cpu(
     mx::Stream stream,
     const std::vector<mx::array>& inputs,
@@ -371,18 +505,34 @@ void dispatch_cpu(
   auto& encoder = mx::cpu::get_command_encoder(stream);
   std::vector<mx::array> in;
   std::vector<mx::array> out;
+  std::vector<std::shared_ptr<mx::allocator::Data>> owners;
   for (const auto& a : inputs) {
     encoder.set_input_array(a);
     in.push_back(mx::array::unsafe_weak_copy(a));
+    owners.push_back(a.data_shared_ptr());
   }
   for (auto& o : outputs) {
     encoder.set_output_array(o);
     out.push_back(mx::array::unsafe_weak_copy(o));
   }
-  encoder.dispatch(
-      [task = std::move(task), in = std::move(in), out = std::move(out)]() mutable {
-        task(in, out);
-      });
+  encoder.dispatch([task = std::move(task), in = std::move(in),
+                    out = std::move(out), owners = std::move(owners)]() mutable {
+    tl_owners = &owners;
+    try {
+      task(in, out);
+    } catch (...) {
+      tl_owners = nullptr;
+      throw;
+    }
+    tl_owners = nullptr;
+  });
+}
+
+std::shared_ptr<mx::allocator::Data> task_owner(size_t i) {
+  if (!tl_owners || i >= tl_owners->size()) {
+    return nullptr;
+  }
+  return (*tl_owners)[i];
 }
 
 void check_weights(
@@ -450,10 +600,14 @@ void run_sequence(
   io.x = row_major(xp_a, xp_buf);
   io.I = xp_a.shape(2);
   io.wh = &in[1];
+  io.wh_owner = task_owner(1);
   // Scales come last in the inputs: Wh's, then Wx's.
   size_t n_in = in.size();
   io.wx_scales = cfg.wx_int8 ? &in[--n_in] : nullptr;
   io.wh_scales = cfg.wh_int8 ? &in[--n_in] : nullptr;
+  if (cfg.wh_int8) {
+    io.wh_scales_owner = task_owner(n_in);
+  }
   size_t k = 2;
   io.h0 = cfg.has_h0 ? row_major(in[k++], h0_buf) : nullptr;
   io.c0 = cfg.has_c0 ? row_major(in[k++], c0_buf) : nullptr;

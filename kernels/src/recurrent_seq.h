@@ -9,6 +9,7 @@
 
 #include <cstdint>
 #include <functional>
+#include <memory>
 #include <optional>
 #include <string>
 #include <vector>
@@ -50,12 +51,17 @@ using CpuTask = std::function<void(
     std::vector<mx::array>& out)>;
 
 // Allocates `outputs` and runs task(in, out) on `stream`'s CPU encoder, on
-// weak copies of the arrays.
+// weak copies of the arrays. While the task runs, task_owner(i) holds input
+// i's buffer (see packed_weight: a cached repacking stays valid only while
+// the buffer it was made from cannot be freed or reused).
 void dispatch_cpu(
     mx::Stream stream,
     const std::vector<mx::array>& inputs,
     std::vector<mx::array>& outputs,
     CpuTask task);
+
+// Owning handle of the running task's input i (null outside a task).
+std::shared_ptr<mx::allocator::Data> task_owner(size_t i);
 
 } // namespace detail
 

@@ -68,6 +68,10 @@ void run_stack(
     io.bias = (f & kBias) ? &in[j++] : nullptr;
     io.bhn = (f & kBhn) ? &in[j++] : nullptr;
     io.wx_scales = (f & kWxInt8) ? &in[j++] : nullptr;
+    io.wh_owner = task_owner(k + 1);
+    if (f & kWhInt8) {
+      io.wh_scales_owner = task_owner(j);
+    }
     io.wh_scales = (f & kWhInt8) ? &in[j++] : nullptr;
     k = j;
     io.h0 = h0 ? h0 + l * state : nullptr;
