@@ -9,6 +9,11 @@ namespace edgelstm {
 #define EDGELSTM_GATE_DECLS                                                  \
   void lstm_row(const float* g, const float* x, float* h, float* c,          \
                 float* y, int H);                                            \
+  void lstm_row_save(const float* g, const float* x, float* h, float* c,     \
+                     float* act, float* cp, float* tc, int H);               \
+  void lstm_row_grad(const float* act, const float* cp, const float* tc,     \
+                     const float* dh, const float* dy, float* dc, float* gs, \
+                     int H);                                                 \
   void gru_lbr_row(const float* g, const float* x, const float* bhn,         \
                    float* h, float* y, int H);                               \
   void gru_rz_row(const float* g, const float* x, const float* h,            \
@@ -45,6 +50,8 @@ EDGELSTM_GATE_DECLS
 
 struct GateFns {
   decltype(&gates_base::lstm_row) lstm_row;
+  decltype(&gates_base::lstm_row_save) lstm_row_save;
+  decltype(&gates_base::lstm_row_grad) lstm_row_grad;
   decltype(&gates_base::gru_lbr_row) gru_lbr_row;
   decltype(&gates_base::gru_rz_row) gru_rz_row;
   decltype(&gates_base::gru_n_row) gru_n_row;

@@ -86,6 +86,16 @@ void matmul_nt(
     int ldc,
     float beta = 0.0f);
 
+// Per-thread scratch buffers keep their memory between calls (a fresh
+// allocation per call costs page faults on the order of the matmul), but a
+// call that needs far less than one holds releases it: one large model must
+// not pin its weights' worth of floats per thread for the process lifetime.
+constexpr size_t kKeepFloats = size_t(1) << 18; // 1 MiB: always kept
+
+// Grows `buf` to at least n floats (contents unspecified), first releasing
+// it when it is large and n far smaller.
+void fit_buffer(std::vector<float>& buf, size_t n);
+
 // Index of `lengths` among a RecurrentSeq's inputs, or -1 without it.
 int seq_lengths_index(const SeqConfig& cfg);
 

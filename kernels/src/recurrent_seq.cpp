@@ -67,10 +67,20 @@ void matmul_nt(
   }
 }
 
+void fit_buffer(std::vector<float>& buf, size_t n) {
+  if (buf.capacity() > kKeepFloats && buf.capacity() > 4 * n) {
+    std::vector<float>().swap(buf);
+  }
+  if (buf.size() < n) {
+    buf.resize(n);
+  }
+}
+
 } // namespace detail
 
 namespace {
 
+using detail::fit_buffer;
 using detail::matmul_nt;
 using detail::row_major;
 
@@ -114,20 +124,6 @@ void matmul_w(
 // lose from B=8 and for 20+ projection rows.
 constexpr size_t kInt8MaxRows = 4;
 
-// Per-thread expansion buffers keep their memory between calls (a fresh
-// allocation per call costs page faults on the order of the matmul), but a
-// call that needs far less than one holds releases it: one large model must
-// not pin its weights' worth of floats per thread for the process lifetime.
-constexpr size_t kKeepFloats = size_t(1) << 18; // 1 MiB: always kept
-
-void fit_buffer(std::vector<float>& buf, size_t n) {
-  if (buf.capacity() > kKeepFloats && buf.capacity() > 4 * n) {
-    std::vector<float>().swap(buf);
-  }
-  if (buf.size() < n) {
-    buf.resize(n);
-  }
-}
 
 // `a` (N, K) as a Weight. An int8 `a` (scales `s`) is expanded to float in
 // `expanded` when `expand` (many rows per matmul: one sgemm beats int8 dots);
