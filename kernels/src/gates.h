@@ -34,7 +34,9 @@ namespace edgelstm {
   void pack_gates(const float* w, int gates, int H, int K, float* out);      \
   void lstm_fused_step(const float* packed, const float* h, int B, int H,    \
                        const float* const* x, float* hn, float* c,           \
-                       float* const* y);
+                       float* const* y);                                     \
+  void gemm_packed(const float* a, int M, int K, int lda,                    \
+                   const float* packed, int N, float* out, int ldc);
 
 namespace gates_base {
 EDGELSTM_GATE_DECLS
@@ -64,6 +66,7 @@ struct GateFns {
   decltype(&gates_base::packed_floats) packed_floats;
   decltype(&gates_base::pack_gates) pack_gates;
   decltype(&gates_base::lstm_fused_step) lstm_fused_step;
+  decltype(&gates_base::gemm_packed) gemm_packed;
   const char* isa;
 };
 

@@ -12,10 +12,11 @@ namespace edgelstm {
 
 #define EDGELSTM_GATE_TABLE(ns, name)                                     \
   GateFns {                                                               \
-    ns::lstm_row, ns::lstm_row_save, ns::lstm_row_grad, ns::gru_lbr_row, ns::gru_rz_row, ns::gru_n_row,         \
+    ns::lstm_row, ns::lstm_row_save, ns::lstm_row_grad, ns::gru_lbr_row,  \
+        ns::gru_rz_row, ns::gru_n_row,                                    \
         ns::rnn_row, ns::gemv_nt, ns::gemm_nt_small, ns::gemv_nt_q8,      \
         ns::expand_q8, ns::pack_width, ns::packed_floats, ns::pack_gates, \
-        ns::lstm_fused_step, name                                         \
+        ns::lstm_fused_step, ns::gemm_packed, name                        \
   }
 
 const GateFns& gate_fns() {

@@ -164,6 +164,23 @@ void run_grad(
     }
   }
 
+  // The per-step matmuls run on Wh packed once per call (gemm_packed): the
+  // forward's h @ Wh^T and the backward's gs @ Wh, i.e. h @ (Wh^T)^T.
+  const bool full_step = !(gru && !lbr); // one (B, G) matmul per step
+  thread_local std::vector<float> whp_fwd, whp_bwd, wht;
+  if (full_step) {
+    fit_buffer(whp_fwd, size_t(fns.packed_floats(1, G, H)));
+    fns.pack_gates(wh, 1, G, H, whp_fwd.data());
+    fit_buffer(wht, size_t(H) * G);
+    for (int q = 0; q < G; ++q) {
+      for (int j = 0; j < H; ++j) {
+        wht[size_t(j) * G + q] = wh[size_t(q) * H + j];
+      }
+    }
+    fit_buffer(whp_bwd, size_t(fns.packed_floats(1, H, G)));
+    fns.pack_gates(wht.data(), 1, H, G, whp_bwd.data());
+  }
+
   for (int s = 0; s < T; ++s) {
     const int t = time_of(s);
     if (gru && !lbr) {
@@ -184,7 +201,7 @@ void run_grad(
       }
       matmul_nt(rh.data(), wh + size_t(2) * H * H, g.data() + 2 * H, B, H, H, G);
     } else {
-      matmul_nt(h.data(), wh, g.data(), B, G, H, G);
+      fns.gemm_packed(h.data(), B, H, H, whp_fwd.data(), G, g.data(), G);
     }
     for (int b = 0; b < B; ++b) {
       const size_t r = row(t, b);
@@ -339,8 +356,11 @@ void run_grad(
       }
     }
     // Matmul path into the previous state: gs (B, G') @ Wh[:G'].
-    const int Gm = gru && !lbr ? 2 * H : G;
-    gemm_nn(gs.data(), G, wh, H, tmp.data(), H, B, H, Gm);
+    if (full_step) {
+      fns.gemm_packed(gs.data(), B, G, G, whp_bwd.data(), H, tmp.data(), H);
+    } else {
+      gemm_nn(gs.data(), G, wh, H, tmp.data(), H, B, H, 2 * H);
+    }
     for (int b = 0; b < B; ++b) {
       if (!valid(t, b)) {
         continue;
