@@ -180,12 +180,13 @@ std::mutex pack_mu;
 auto* pack_cache = new std::vector<PackEntry>();
 uint64_t pack_clock = 0;
 
-// Wh (gates*H, H) packed for lstm_fused_step; `wf` its row-major float
-// values (int8 already expanded).
+// Wh (gates*H, H) packed for lstm_fused_step; `values()` gives its
+// row-major float values (int8 expanded), called only on a cache miss.
+template <typename Values>
 std::shared_ptr<const std::vector<float>> packed_weight(
     const mx::array& wh,
     const mx::array* scales,
-    const float* wf,
+    Values values,
     int gates,
     const std::shared_ptr<mx::allocator::Data>& owner,
     const std::shared_ptr<mx::allocator::Data>& sowner) {
@@ -194,7 +195,7 @@ std::shared_ptr<const std::vector<float>> packed_weight(
   auto pack = [&] {
     auto v = std::make_shared<std::vector<float>>(
         size_t(fns.packed_floats(gates, H, H)));
-    fns.pack_gates(wf, gates, H, H, v->data());
+    fns.pack_gates(values(), gates, H, H, v->data());
     return v;
   };
   const bool cacheable = owner && (!scales || sowner);
@@ -261,9 +262,12 @@ void run_layer(const SeqConfig& cfg, int T, int B, const LayerIO& io) {
   // costs page faults on the order of the matmul itself.
   thread_local std::vector<float> wh_expanded, wx_expanded;
   const bool fused = cfg.cell == Cell::LSTM && use_fused_lstm(B);
-  const Weight wh = load_weight(
-      *io.wh, io.wh_scales, fused || size_t(B) > kInt8MaxRows, wh_buf,
-      whq_buf, whs_buf, wh_expanded);
+  // The fused path reads Wh only through its packing (cached: int8 weights
+  // are expanded to float only when packed).
+  const Weight wh = fused ? Weight{}
+                          : load_weight(
+                                *io.wh, io.wh_scales, size_t(B) > kInt8MaxRows,
+                                wh_buf, whq_buf, whs_buf, wh_expanded);
   const float* bhn = io.bhn ? row_major(*io.bhn, bhn_buf) : nullptr;
   const int32_t* len = io.len;
 
@@ -323,7 +327,14 @@ void run_layer(const SeqConfig& cfg, int T, int B, const LayerIO& io) {
 
   if (fused) {
     const auto packed = packed_weight(
-        *io.wh, io.wh_scales, wh.f, 4, io.wh_owner, io.wh_scales_owner);
+        *io.wh, io.wh_scales,
+        [&] {
+          return load_weight(
+                     *io.wh, io.wh_scales, true, wh_buf, whq_buf, whs_buf,
+                     wh_expanded)
+              .f;
+        },
+        4, io.wh_owner, io.wh_scales_owner);
     // The state ping-pongs between h and hbuf (a step reads all of h).
     std::vector<float> hbuf(state);
     float* hcur = h;
