@@ -271,20 +271,35 @@ void run_layer(const SeqConfig& cfg, int T, int B, const LayerIO& io) {
   const float* bhn = io.bhn ? row_major(*io.bhn, bhn_buf) : nullptr;
   const int32_t* len = io.len;
 
-  // Input projection for all steps at once; rows keep x's (t, b) order.
-  std::unique_ptr<float[]> proj;
+  // Input projection for all steps at once, stored time-major: a step then
+  // reads B consecutive rows (batch-major, they sit T rows apart, and each
+  // step touched B far-apart pages). A per-thread buffer: a fresh one costs
+  // a page fault per 4 KiB every call.
+  bool xp_time_major = !cfg.batch_first;
   if (io.wx) {
     const size_t rows = size_t(T) * B;
     const Weight wx = load_weight(
         *io.wx, io.wx_scales, rows > kInt8MaxRows, wx_buf, wxq_buf, wxs_buf,
         wx_expanded);
     const float* bias = io.bias ? row_major(*io.bias, b_buf) : nullptr;
-    proj.reset(new float[rows * G]);
+    thread_local std::vector<float> proj_buf;
+    fit_buffer(proj_buf, rows * G);
+    float* proj = proj_buf.data();
     for (size_t r = 0; bias && r < rows; ++r) {
-      std::memcpy(proj.get() + r * G, bias, sizeof(float) * G);
+      std::memcpy(proj + r * G, bias, sizeof(float) * G);
     }
-    matmul_w(xp, wx, proj.get(), int(rows), G, io.I, G, bias ? 1.0f : 0.0f);
-    xp = proj.get();
+    const float beta = bias ? 1.0f : 0.0f;
+    if (cfg.batch_first && B > 1) {
+      for (int b = 0; b < B; ++b) {
+        matmul_w(
+            xp + size_t(b) * T * io.I, wx, proj + size_t(b) * G, T, G, io.I,
+            B * G, beta);
+      }
+      xp_time_major = true;
+    } else {
+      matmul_w(xp, wx, proj, int(rows), G, io.I, G, beta);
+    }
+    xp = proj;
   }
 
   float* y = io.y;
@@ -318,7 +333,7 @@ void run_layer(const SeqConfig& cfg, int T, int B, const LayerIO& io) {
 
   // Element offsets of row (t, b) in xp and y for either layout.
   auto xrow = [&](int t, int b) {
-    return cfg.batch_first ? (size_t(b) * T + t) * G : (size_t(t) * B + b) * G;
+    return xp_time_major ? (size_t(t) * B + b) * G : (size_t(b) * T + t) * G;
   };
   auto yrow = [&](int t, int b) {
     return cfg.batch_first ? (size_t(b) * T + t) * H : (size_t(t) * B + b) * H;
@@ -341,6 +356,7 @@ void run_layer(const SeqConfig& cfg, int T, int B, const LayerIO& io) {
     float* hnext = hbuf.data();
     std::vector<const float*> xr(B);
     std::vector<float*> yr(B);
+    std::vector<float> scratch(size_t(B) * 4 * fns.pack_width());
     for (int s = 0; s < T; ++s) {
       const int t = cfg.reverse ? T - 1 - s : s;
       for (int b = 0; b < B; ++b) {
@@ -353,7 +369,8 @@ void run_layer(const SeqConfig& cfg, int T, int B, const LayerIO& io) {
         }
       }
       fns.lstm_fused_step(
-          packed->data(), hcur, B, H, xr.data(), hnext, c, yr.data());
+          packed->data(), hcur, B, H, xr.data(), hnext, c, yr.data(),
+          scratch.data());
       std::swap(hcur, hnext);
     }
     if (hcur != h) {
