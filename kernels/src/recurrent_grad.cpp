@@ -6,8 +6,8 @@
 // step for the state gradient; the weight, input and bias gradients are one
 // large matmul each at the end. The forward kernel itself saves nothing, so
 // inference pays nothing for trainability. RecurrentStack::vjp composes one
-// RecurrentSeq (to rebuild each layer's input) and one RecurrentSeqGrad per
-// layer.
+// RecurrentSeqGrad per layer, reading each layer's input from the stack's
+// extra outputs (the lower layers' y).
 //
 // LSTM gate math is the forward kernel's own (lstm_row_save / lstm_row_grad
 // in gates.inc, vectorised); GRU and RNN use std::exp / tanh in place of the
@@ -502,7 +502,7 @@ std::vector<mx::array> RecurrentStack::vjp(
     const std::vector<mx::array>& primals,
     const std::vector<mx::array>& cotangents,
     const std::vector<int>& argnums,
-    const std::vector<mx::array>&) {
+    const std::vector<mx::array>& outputs) {
   for (uint8_t f : cfg_.layers) {
     if (f & (kWxInt8 | kWhInt8)) {
       refuse(
@@ -525,7 +525,10 @@ std::vector<mx::array> RecurrentStack::vjp(
   };
 
   // Each layer's RecurrentSeq inputs; layer l > 0 reads layer l - 1's y,
-  // recomputed here (the stack keeps no intermediates).
+  // which the forward left in its extra outputs (recomputed only where a
+  // caller passes no outputs).
+  const size_t n_main = lstm ? 3 : 2;
+  const bool have_ys = outputs.size() >= n_main + size_t(L) - 1;
   std::vector<SeqConfig> cfgs(L);
   std::vector<std::vector<mx::array>> ins(L);
   std::vector<size_t> first(L);
@@ -564,7 +567,7 @@ std::vector<mx::array> RecurrentStack::vjp(
     }
     k += 2 + c.has_bias + c.has_bhn;
     if (l + 1 < L) {
-      xl = make_outputs<RecurrentSeq>(c, in)[0];
+      xl = have_ys ? outputs[n_main + l] : make_outputs<RecurrentSeq>(c, in)[0];
     }
     cfgs[l] = c;
     ins[l] = std::move(in);

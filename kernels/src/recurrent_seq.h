@@ -193,7 +193,9 @@ struct StackConfig {
 // A unidirectional stack of layers in one primitive: layer k's output feeds
 // layer k + 1 through scratch buffers inside the same CPU task. Inputs:
 // x, [h0 (L,B,H)], [c0 (L,B,H)], [lengths], then per layer Wx, Wh, [bias],
-// [bhn], [Wx_scales], [Wh_scales]. Outputs: y of the last layer, h_n, c_n.
+// [bhn], [Wx_scales], [Wh_scales]. Outputs: y of the last layer, h_n, c_n,
+// then each lower layer's y (internal: the vjp's layer inputs; the public
+// *_stack functions return only the first ones).
 class RecurrentStack : public FusedPrimitive<StackConfig> {
  public:
   RecurrentStack(mx::Stream stream, StackConfig cfg);
@@ -203,7 +205,7 @@ class RecurrentStack : public FusedPrimitive<StackConfig> {
   }
   std::vector<mx::Shape> output_shapes(
       const std::vector<mx::array>& inputs) override;
-  // Composes one RecurrentSeq forward and RecurrentSeqGrad per layer.
+  // One RecurrentSeqGrad per layer, on the lower layers' saved y.
   std::vector<mx::array> vjp(
       const std::vector<mx::array>& primals,
       const std::vector<mx::array>& cotangents,
