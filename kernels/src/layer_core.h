@@ -60,6 +60,8 @@ struct LayerIO {
   // packed Wh is cached across calls (packed_weight).
   std::shared_ptr<mx::allocator::Data> wh_owner;
   std::shared_ptr<mx::allocator::Data> wh_scales_owner;
+  std::shared_ptr<mx::allocator::Data> wx_owner; // likewise for Wx
+  std::shared_ptr<mx::allocator::Data> wx_scales_owner;
   const mx::array* wx = nullptr;
   const mx::array* wx_scales = nullptr;
   const mx::array* bias = nullptr;

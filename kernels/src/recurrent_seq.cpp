@@ -27,6 +27,11 @@ namespace detail {
 // recurrent step) and about even from M = 8.
 constexpr int kSmallRows = 7;
 
+// Up to this many rows (T * B) the input projection runs gemm_packed on a
+// cached packing of Wx; beyond, one sgemm (its per-call copy of Wx is then
+// small next to the product).
+constexpr size_t kPackedProjRows = 512;
+
 // Up to this many rows the LSTM runs lstm_fused_step (see use_fused_lstm).
 constexpr int kFusedMaxRows = 1 << 30;
 
@@ -180,8 +185,9 @@ std::mutex pack_mu;
 auto* pack_cache = new std::vector<PackEntry>();
 uint64_t pack_clock = 0;
 
-// Wh (gates*H, H) packed for lstm_fused_step; `values()` gives its
-// row-major float values (int8 expanded), called only on a cache miss.
+// A weight (gates*N, K) packed by pack_gates: Wh (4H, H) with gates = 4 for
+// lstm_fused_step, Wx (G, I) with gates = 1 for gemm_packed. `values()`
+// gives its row-major float values (int8 expanded), called only on a miss.
 template <typename Values>
 std::shared_ptr<const std::vector<float>> packed_weight(
     const mx::array& wh,
@@ -191,11 +197,12 @@ std::shared_ptr<const std::vector<float>> packed_weight(
     const std::shared_ptr<mx::allocator::Data>& owner,
     const std::shared_ptr<mx::allocator::Data>& sowner) {
   const GateFns& fns = gate_fns();
-  const int H = wh.shape(1);
+  const int N = wh.shape(0) / gates;
+  const int K = wh.shape(1);
   auto pack = [&] {
     auto v = std::make_shared<std::vector<float>>(
-        size_t(fns.packed_floats(gates, H, H)));
-    fns.pack_gates(values(), gates, H, H, v->data());
+        size_t(fns.packed_floats(gates, N, K)));
+    fns.pack_gates(values(), gates, N, K, v->data());
     return v;
   };
   const bool cacheable = owner && (!scales || sowner);
@@ -278,18 +285,41 @@ void run_layer(const SeqConfig& cfg, int T, int B, const LayerIO& io) {
   bool xp_time_major = !cfg.batch_first;
   if (io.wx) {
     const size_t rows = size_t(T) * B;
-    const Weight wx = load_weight(
-        *io.wx, io.wx_scales, rows > kInt8MaxRows, wx_buf, wxq_buf, wxs_buf,
-        wx_expanded);
+    const bool packed_proj = rows <= detail::kPackedProjRows && io.wx_owner;
+    const Weight wx = packed_proj
+        ? Weight{}
+        : load_weight(
+              *io.wx, io.wx_scales, rows > kInt8MaxRows, wx_buf, wxq_buf,
+              wxs_buf, wx_expanded);
     const float* bias = io.bias ? row_major(*io.bias, b_buf) : nullptr;
     thread_local std::vector<float> proj_buf;
     fit_buffer(proj_buf, rows * G);
     float* proj = proj_buf.data();
-    for (size_t r = 0; bias && r < rows; ++r) {
+    for (size_t r = 0; bias && !packed_proj && r < rows; ++r) {
       std::memcpy(proj + r * G, bias, sizeof(float) * G);
     }
     const float beta = bias ? 1.0f : 0.0f;
-    if (cfg.batch_first && B > 1) {
+    if (packed_proj) {
+      // Short inputs (streaming chunks, B=1): sgemm would copy Wx into its
+      // panels every call; the packing is cached instead. Rows keep x's
+      // order; (x Wx^T) + bias rounds as sgemm's beta = 1 does.
+      const auto wxp = packed_weight(
+          *io.wx, io.wx_scales,
+          [&] {
+            return load_weight(
+                       *io.wx, io.wx_scales, true, wx_buf, wxq_buf, wxs_buf,
+                       wx_expanded)
+                .f;
+          },
+          1, io.wx_owner, io.wx_scales_owner);
+      gate_fns().gemm_packed(xp, int(rows), io.I, io.I, wxp->data(), G, proj, G);
+      for (size_t r = 0; bias && r < rows; ++r) {
+        float* pr = proj + r * G;
+        for (int n = 0; n < G; ++n) {
+          pr[n] += bias[n];
+        }
+      }
+    } else if (cfg.batch_first && B > 1) {
       for (int b = 0; b < B; ++b) {
         matmul_w(
             xp + size_t(b) * T * io.I, wx, proj + size_t(b) * G, T, G, io.I,
@@ -628,6 +658,9 @@ void run_sequence(
   // Scales come last in the inputs: Wh's, then Wx's.
   size_t n_in = in.size();
   io.wx_scales = cfg.wx_int8 ? &in[--n_in] : nullptr;
+  if (cfg.wx_int8) {
+    io.wx_scales_owner = task_owner(n_in);
+  }
   io.wh_scales = cfg.wh_int8 ? &in[--n_in] : nullptr;
   if (cfg.wh_int8) {
     io.wh_scales_owner = task_owner(n_in);
@@ -638,6 +671,7 @@ void run_sequence(
   io.bhn = cfg.has_bhn ? &in[k++] : nullptr;
   io.len = cfg.has_lengths ? row_major(in[k++], len_buf) : nullptr;
   if (cfg.project) {
+    io.wx_owner = task_owner(k);
     io.wx = &in[k++];
     io.bias = cfg.has_bias ? &in[k++] : nullptr;
   }

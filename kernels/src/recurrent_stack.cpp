@@ -64,10 +64,14 @@ void run_stack(
     io.x = x;
     io.I = I;
     io.wx = &in[k];
+    io.wx_owner = task_owner(k);
     io.wh = &in[k + 1];
     size_t j = k + 2;
     io.bias = (f & kBias) ? &in[j++] : nullptr;
     io.bhn = (f & kBhn) ? &in[j++] : nullptr;
+    if (f & kWxInt8) {
+      io.wx_scales_owner = task_owner(j);
+    }
     io.wx_scales = (f & kWxInt8) ? &in[j++] : nullptr;
     io.wh_owner = task_owner(k + 1);
     if (f & kWhInt8) {
