@@ -278,10 +278,10 @@ void run_layer(const SeqConfig& cfg, int T, int B, const LayerIO& io) {
   const float* bhn = io.bhn ? row_major(*io.bhn, bhn_buf) : nullptr;
   const int32_t* len = io.len;
 
-  // Input projection for all steps at once, stored time-major: a step then
-  // reads B consecutive rows (batch-major, they sit T rows apart, and each
-  // step touched B far-apart pages). A per-thread buffer: a fresh one costs
-  // a page fault per 4 KiB every call.
+  // Input projection for all steps at once, into a per-thread buffer (a
+  // fresh one costs a page fault per 4 KiB every call). The packed path
+  // stores it time-major (a step reads B consecutive rows); the sgemm path
+  // keeps x's order (lstm_step_blocked prefetches each step's rows).
   bool xp_time_major = !cfg.batch_first;
   if (io.wx) {
     const size_t rows = size_t(T) * B;
@@ -312,21 +312,25 @@ void run_layer(const SeqConfig& cfg, int T, int B, const LayerIO& io) {
                 .f;
           },
           1, io.wx_owner, io.wx_scales_owner);
-      gate_fns().gemm_packed(xp, int(rows), io.I, io.I, wxp->data(), G, proj, G);
+      if (cfg.batch_first && B > 1) {
+        for (int b = 0; b < B; ++b) {
+          gate_fns().gemm_packed(
+              xp + size_t(b) * T * io.I, T, io.I, io.I, wxp->data(), G,
+              proj + size_t(b) * G, B * G);
+        }
+        xp_time_major = true;
+      } else {
+        gate_fns().gemm_packed(
+            xp, int(rows), io.I, io.I, wxp->data(), G, proj, G);
+      }
       for (size_t r = 0; bias && r < rows; ++r) {
         float* pr = proj + r * G;
         for (int n = 0; n < G; ++n) {
           pr[n] += bias[n];
         }
       }
-    } else if (cfg.batch_first && B > 1) {
-      for (int b = 0; b < B; ++b) {
-        matmul_w(
-            xp + size_t(b) * T * io.I, wx, proj + size_t(b) * G, T, G, io.I,
-            B * G, beta);
-      }
-      xp_time_major = true;
     } else {
+      // One call: per-row-block calls each pay OpenBLAS's thread hand-off.
       matmul_w(xp, wx, proj, int(rows), G, io.I, G, beta);
     }
     xp = proj;
