@@ -283,7 +283,12 @@ void run_grad(
   std::vector<float> gs(size_t(B) * G), tmp(state);
   for (int s = T - 1; s >= 0; --s) {
     const int t = time_of(s);
-    std::fill(gs.begin(), gs.end(), 0.0f);
+    // LSTM writes the gate gradients straight into dxp's rows (they are the
+    // same numbers) and the matmul below reads them there, rows lda apart;
+    // rows past a length are zeroed there. Other cells use gs.
+    if (!lstm) {
+      std::fill(gs.begin(), gs.end(), 0.0f);
+    }
     for (int b = 0; b < B; ++b) {
       const size_t r = row(t, b);
       if (!valid(t, b)) {
@@ -302,8 +307,7 @@ void run_grad(
       if (lstm) {
         fns.lstm_row_grad(
             a, aux2 + r * H, aux + r * H, dhb, dyr, dc.data() + size_t(b) * H,
-            gsb, H);
-        std::memcpy(dxr, gsb, sizeof(float) * G);
+            dxr, H);
       } else if (gru) {
         for (int j = 0; j < H; ++j) {
           const float dhj = dhb[j] + dyr[j];
@@ -357,7 +361,13 @@ void run_grad(
     }
     // Matmul path into the previous state: gs (B, G') @ Wh[:G'].
     if (full_step) {
-      fns.gemm_packed(gs.data(), B, G, G, whp_bwd.data(), H, tmp.data(), H);
+      if (lstm) {
+        const int lda = (cfg.batch_first ? T : 1) * G; // row(t, b + 1) - row(t, b)
+        fns.gemm_packed(
+            dxp + row(t, 0) * G, B, G, lda, whp_bwd.data(), H, tmp.data(), H);
+      } else {
+        fns.gemm_packed(gs.data(), B, G, G, whp_bwd.data(), H, tmp.data(), H);
+      }
     } else {
       gemm_nn(gs.data(), G, wh, H, tmp.data(), H, B, H, 2 * H);
     }
