@@ -5,8 +5,12 @@ per-timestep loop of MLX ops is overhead-bound at small batch. The compiled
 extension ``edgelstm.fast._kernels`` (C++ sources in ``kernels/``, built into
 the package by ``pip install``) adds one MLX primitive per direction that runs
 a whole sequence in one CPU task: the input projection as one matmul, then
-per step ``h @ Wh.T`` (the kernel's own AVX2 matvec/small matmul up to 7 rows,
-the linked BLAS beyond) and fused gate math. A unidirectional multi-layer stack
+per step ``h @ Wh.T`` and fused gate math. The LSTM step runs on ``Wh`` packed
+once per weight buffer (cached) into panels of one vector of hidden units, the
+gate math applied per block of units as its products come out; the loops are
+built for AVX-512, AVX2+FMA and a baseline (SSE2 / NEON), picked at run time
+(``EDGELSTM_ISA=avx2|baseline`` caps the choice). GRU and RNN run the kernel's
+own small matmul up to 7 rows, the linked BLAS beyond. A unidirectional multi-layer stack
 runs all its layers in one primitive (:func:`plan_stack`, :func:`run_stack`).
 
 Decisions: :func:`fused_cell` for one direction and :func:`plan_stack` for a

@@ -18,7 +18,7 @@ NB_MODULE(_kernels, m) {
   m.def(
       "isa",
       [] { return edgelstm::gate_fns().isa; },
-      "Instruction set of the gate loops in use: 'avx2' or 'baseline'.");
+      "Instruction set of the gate loops in use: 'avx512', 'avx2' or 'baseline'.");
   m.def(
       "blas_info",
       &edgelstm::blas_info,

@@ -4,6 +4,7 @@
 #pragma once
 
 #include <cstdint>
+#include <functional>
 #include <memory>
 #include <optional>
 #include <string>
@@ -56,6 +57,12 @@ struct LayerIO {
   int I = 0;
   const mx::array* wh = nullptr;
   const mx::array* wh_scales = nullptr;
+  // Owners of Wh's / Wh_scales' buffers (task_owner), or null: with them the
+  // packed Wh is cached across calls (packed_weight).
+  std::shared_ptr<mx::allocator::Data> wh_owner;
+  std::shared_ptr<mx::allocator::Data> wh_scales_owner;
+  std::shared_ptr<mx::allocator::Data> wx_owner; // likewise for Wx
+  std::shared_ptr<mx::allocator::Data> wx_scales_owner;
   const mx::array* wx = nullptr;
   const mx::array* wx_scales = nullptr;
   const mx::array* bias = nullptr;
@@ -81,6 +88,31 @@ void matmul_nt(
     int K,
     int ldc,
     float beta = 0.0f);
+
+// Per-thread scratch buffers keep their memory between calls (a fresh
+// allocation per call costs page faults on the order of the matmul), but a
+// call that needs far less than one holds releases it: one large model must
+// not pin its weights' worth of floats per thread for the process lifetime.
+constexpr size_t kKeepFloats = size_t(1) << 18; // 1 MiB: always kept
+
+// Grows `buf` to at least n floats (contents unspecified), first releasing
+// it when it is large and n far smaller.
+void fit_buffer(std::vector<float>& buf, size_t n);
+
+// A weight (gates*N, K) packed by pack_gates for the running ISA: Wh (4H, H)
+// with gates = 4 for lstm_fused_step, Wx (G, I) with gates = 1 for
+// gemm_packed. `values()` gives its row-major float values (int8 expanded)
+// and is called only on a cache miss. With owners (task_owner) of the
+// weight's (and int8 scales') buffers the packing is cached under the
+// buffer's pointer, shape and strides, holding the owners: a held buffer is
+// neither freed nor donated, so the same key means the same weights.
+std::shared_ptr<const std::vector<float>> packed_weight(
+    const mx::array& w,
+    const mx::array* scales,
+    const std::function<const float*()>& values,
+    int gates,
+    const std::shared_ptr<mx::allocator::Data>& owner,
+    const std::shared_ptr<mx::allocator::Data>& scales_owner);
 
 // Index of `lengths` among a RecurrentSeq's inputs, or -1 without it.
 int seq_lengths_index(const SeqConfig& cfg);

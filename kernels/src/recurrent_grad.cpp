@@ -6,11 +6,12 @@
 // step for the state gradient; the weight, input and bias gradients are one
 // large matmul each at the end. The forward kernel itself saves nothing, so
 // inference pays nothing for trainability. RecurrentStack::vjp composes one
-// RecurrentSeq (to rebuild each layer's input) and one RecurrentSeqGrad per
-// layer.
+// RecurrentSeqGrad per layer, reading each layer's input from the stack's
+// extra outputs (the lower layers' y).
 //
-// Gate math matches run_layer's (recurrent_seq.cpp) with std::exp / tanh in
-// place of the vectorised approximations (~1e-7 relative apart).
+// LSTM gate math is the forward kernel's own (lstm_row_save / lstm_row_grad
+// in gates.inc, vectorised); GRU and RNN use std::exp / tanh in place of the
+// vectorised approximations (~1e-7 relative apart).
 
 #include <cmath>
 #include <cstring>
@@ -19,6 +20,7 @@
 #include <vector>
 
 #include "blas.h"
+#include "gates.h"
 #include "layer_core.h"
 #include "recurrent_seq.h"
 
@@ -132,12 +134,21 @@ void run_grad(
   // Saved per row (zero where a step is past its length, so the final
   // weight-gradient matmuls see finite zeros there):
   //   hprev: the state the step read; act: activated gates (LSTM i,f,g,o;
-  //   GRU r,z,n; RNN the new state); aux: LSTM c_new, GRU-lbr Rn h + bhn,
-  //   GRU (ONNX default) r * h; aux2: LSTM c_prev.
+  //   GRU r,z,n; RNN the new state); aux: LSTM tanh(c_new), GRU-lbr
+  //   Rn h + bhn, GRU (ONNX default) r * h; aux2: LSTM c_prev.
+  // Per-thread buffers, reused across calls (fresh ones cost a page fault
+  // per 4 KiB every training step); rows past a length are zeroed below.
   const size_t state = size_t(B) * H;
-  std::vector<float> hprev(rows * H, 0.0f), act(rows * G, 0.0f);
-  std::vector<float> aux(lstm || gru ? rows * H : 0, 0.0f);
-  std::vector<float> aux2(lstm ? rows * H : 0, 0.0f);
+  thread_local std::vector<float> hprev_buf, act_buf, aux_buf, aux2_buf;
+  fit_buffer(hprev_buf, rows * H);
+  fit_buffer(act_buf, rows * G);
+  fit_buffer(aux_buf, lstm || gru ? rows * H : 0);
+  fit_buffer(aux2_buf, lstm ? rows * H : 0);
+  float* hprev = hprev_buf.data();
+  float* act = act_buf.data();
+  float* aux = aux_buf.data();
+  float* aux2 = aux2_buf.data();
+  const GateFns& fns = gate_fns();
   std::vector<float> h(state), c(lstm ? state : 0), g(size_t(B) * G);
   std::vector<float> rh(gru && !lbr ? state : 0, 0.0f);
   if (h0) {
@@ -153,6 +164,23 @@ void run_grad(
     }
   }
 
+  // The per-step matmuls run on Wh packed once per call (gemm_packed): the
+  // forward's h @ Wh^T and the backward's gs @ Wh, i.e. h @ (Wh^T)^T.
+  const bool full_step = !(gru && !lbr); // one (B, G) matmul per step
+  thread_local std::vector<float> whp_fwd, whp_bwd, wht;
+  if (full_step) {
+    fit_buffer(whp_fwd, size_t(fns.packed_floats(1, G, H)));
+    fns.pack_gates(wh, 1, G, H, whp_fwd.data());
+    fit_buffer(wht, size_t(H) * G);
+    for (int q = 0; q < G; ++q) {
+      for (int j = 0; j < H; ++j) {
+        wht[size_t(j) * G + q] = wh[size_t(q) * H + j];
+      }
+    }
+    fit_buffer(whp_bwd, size_t(fns.packed_floats(1, H, G)));
+    fns.pack_gates(wht.data(), 1, H, G, whp_bwd.data());
+  }
+
   for (int s = 0; s < T; ++s) {
     const int t = time_of(s);
     if (gru && !lbr) {
@@ -162,7 +190,7 @@ void run_grad(
         const float* xr = xp + r * G;
         const float* gb = g.data() + size_t(b) * G;
         float* hb = h.data() + size_t(b) * H;
-        float* a = act.data() + r * G;
+        float* a = act + r * G;
         float* rhb = rh.data() + size_t(b) * H;
         for (int j = 0; j < H; ++j) {
           const float rg = sigm(xr[j] + gb[j]);
@@ -173,35 +201,32 @@ void run_grad(
       }
       matmul_nt(rh.data(), wh + size_t(2) * H * H, g.data() + 2 * H, B, H, H, G);
     } else {
-      matmul_nt(h.data(), wh, g.data(), B, G, H, G);
+      fns.gemm_packed(h.data(), B, H, H, whp_fwd.data(), G, g.data(), G);
     }
     for (int b = 0; b < B; ++b) {
+      const size_t r = row(t, b);
       if (!valid(t, b)) {
+        // Finite zeros for the weight-gradient matmuls (buffers are reused).
+        std::memset(hprev + r * H, 0, sizeof(float) * H);
+        std::memset(act + r * G, 0, sizeof(float) * G);
+        if (lstm || gru) {
+          std::memset(aux + r * H, 0, sizeof(float) * H);
+        }
+        if (lstm) {
+          std::memset(aux2 + r * H, 0, sizeof(float) * H);
+        }
         continue;
       }
-      const size_t r = row(t, b);
       const float* xr = xp + r * G;
       const float* gb = g.data() + size_t(b) * G;
       float* hb = h.data() + size_t(b) * H;
-      float* a = act.data() + r * G;
-      std::memcpy(hprev.data() + r * H, hb, sizeof(float) * H);
+      float* a = act + r * G;
+      std::memcpy(hprev + r * H, hb, sizeof(float) * H);
       if (lstm) {
-        float* cb = c.data() + size_t(b) * H;
-        for (int j = 0; j < H; ++j) {
-          const float i = sigm(gb[j] + xr[j]);
-          const float f = sigm(gb[H + j] + xr[H + j]);
-          const float gg = std::tanh(gb[2 * H + j] + xr[2 * H + j]);
-          const float o = sigm(gb[3 * H + j] + xr[3 * H + j]);
-          const float cn = f * cb[j] + i * gg;
-          a[j] = i;
-          a[H + j] = f;
-          a[2 * H + j] = gg;
-          a[3 * H + j] = o;
-          aux2[r * H + j] = cb[j];
-          aux[r * H + j] = cn;
-          cb[j] = cn;
-          hb[j] = o * std::tanh(cn);
-        }
+        // The forward kernel's own gate math (lstm_row), saving activations.
+        fns.lstm_row_save(
+            gb, xr, hb, c.data() + size_t(b) * H, a, aux2 + r * H,
+            aux + r * H, H);
       } else if (gru && lbr) {
         for (int j = 0; j < H; ++j) {
           const float rg = sigm(xr[j] + gb[j]);
@@ -236,7 +261,7 @@ void run_grad(
       // Rows past their length computed r, z above; the step never happened.
       for (int b = 0; b < B; ++b) {
         if (!valid(t, b)) {
-          std::memset(act.data() + row(t, b) * G, 0, sizeof(float) * G);
+          std::memset(act + row(t, b) * G, 0, sizeof(float) * G);
         }
       }
     }
@@ -250,37 +275,39 @@ void run_grad(
   }
   // dxp: gradient w.r.t. the projected input (= the gates' pre-activations
   // from the input side), rows in x's order. dghn (GRU-lbr): w.r.t. Rn h.
-  std::vector<float> dxp(rows * G, 0.0f);
-  std::vector<float> dghn(gru && lbr ? rows * H : 0, 0.0f);
+  thread_local std::vector<float> dxp_buf, dghn_buf;
+  fit_buffer(dxp_buf, rows * G);
+  fit_buffer(dghn_buf, gru && lbr ? rows * H : 0);
+  float* dxp = dxp_buf.data();
+  float* dghn = dghn_buf.data();
   std::vector<float> gs(size_t(B) * G), tmp(state);
   for (int s = T - 1; s >= 0; --s) {
     const int t = time_of(s);
-    std::fill(gs.begin(), gs.end(), 0.0f);
+    // LSTM writes the gate gradients straight into dxp's rows (they are the
+    // same numbers) and the matmul below reads them there, rows lda apart;
+    // rows past a length are zeroed there. Other cells use gs.
+    if (!lstm) {
+      std::fill(gs.begin(), gs.end(), 0.0f);
+    }
     for (int b = 0; b < B; ++b) {
+      const size_t r = row(t, b);
       if (!valid(t, b)) {
+        std::memset(dxp + r * G, 0, sizeof(float) * G);
+        if (gru && lbr) {
+          std::memset(dghn + r * H, 0, sizeof(float) * H);
+        }
         continue;
       }
-      const size_t r = row(t, b);
-      const float* a = act.data() + r * G;
+      const float* a = act + r * G;
       const float* dyr = dy + r * H;
-      const float* hp = hprev.data() + r * H;
+      const float* hp = hprev + r * H;
       float* dhb = dh.data() + size_t(b) * H;
       float* gsb = gs.data() + size_t(b) * G;
-      float* dxr = dxp.data() + r * G;
+      float* dxr = dxp + r * G;
       if (lstm) {
-        float* dcb = dc.data() + size_t(b) * H;
-        for (int j = 0; j < H; ++j) {
-          const float dhj = dhb[j] + dyr[j];
-          const float i = a[j], f = a[H + j], gg = a[2 * H + j], o = a[3 * H + j];
-          const float tc = std::tanh(aux[r * H + j]);
-          const float dcj = dcb[j] + dhj * o * (1.0f - tc * tc);
-          gsb[j] = dcj * gg * i * (1.0f - i);
-          gsb[H + j] = dcj * aux2[r * H + j] * f * (1.0f - f);
-          gsb[2 * H + j] = dcj * i * (1.0f - gg * gg);
-          gsb[3 * H + j] = dhj * tc * o * (1.0f - o);
-          dcb[j] = dcj * f;
-        }
-        std::memcpy(dxr, gsb, sizeof(float) * G);
+        fns.lstm_row_grad(
+            a, aux2 + r * H, aux + r * H, dhb, dyr, dc.data() + size_t(b) * H,
+            dxr, H);
       } else if (gru) {
         for (int j = 0; j < H; ++j) {
           const float dhj = dhb[j] + dyr[j];
@@ -318,8 +345,8 @@ void run_grad(
           continue;
         }
         const size_t r = row(t, b);
-        const float* a = act.data() + r * G;
-        const float* hp = hprev.data() + r * H;
+        const float* a = act + r * G;
+        const float* hp = hprev + r * H;
         float* gsb = gs.data() + size_t(b) * G;
         float* dhb = dh.data() + size_t(b) * H;
         const float* drh = tmp.data() + size_t(b) * H;
@@ -333,8 +360,17 @@ void run_grad(
       }
     }
     // Matmul path into the previous state: gs (B, G') @ Wh[:G'].
-    const int Gm = gru && !lbr ? 2 * H : G;
-    gemm_nn(gs.data(), G, wh, H, tmp.data(), H, B, H, Gm);
+    if (full_step) {
+      if (lstm) {
+        const int lda = (cfg.batch_first ? T : 1) * G; // row(t, b + 1) - row(t, b)
+        fns.gemm_packed(
+            dxp + row(t, 0) * G, B, G, lda, whp_bwd.data(), H, tmp.data(), H);
+      } else {
+        fns.gemm_packed(gs.data(), B, G, G, whp_bwd.data(), H, tmp.data(), H);
+      }
+    } else {
+      gemm_nn(gs.data(), G, wh, H, tmp.data(), H, B, H, 2 * H);
+    }
     for (int b = 0; b < B; ++b) {
       if (!valid(t, b)) {
         continue;
@@ -356,15 +392,15 @@ void run_grad(
   float* dx = out[o++].data<float>();
   float* dwh = out[o++].data<float>();
   if (gru) {
-    gemm_tn(dxp.data(), G, hprev.data(), H, dwh, H, 2 * H, H, int(rows));
+    gemm_tn(dxp, G, hprev, H, dwh, H, 2 * H, H, int(rows));
     if (lbr) {
-      gemm_tn(dghn.data(), H, hprev.data(), H, dwh + size_t(2) * H * H, H, H, H, int(rows));
+      gemm_tn(dghn, H, hprev, H, dwh + size_t(2) * H * H, H, H, H, int(rows));
     } else {
-      gemm_tn(dxp.data() + 2 * H, G, aux.data(), H, dwh + size_t(2) * H * H, H, H, H,
+      gemm_tn(dxp + 2 * H, G, aux, H, dwh + size_t(2) * H * H, H, H, H,
               int(rows));
     }
   } else {
-    gemm_tn(dxp.data(), G, hprev.data(), H, dwh, H, G, H, int(rows));
+    gemm_tn(dxp, G, hprev, H, dwh, H, G, H, int(rows));
   }
   if (cfg.has_h0) {
     std::memcpy(out[o++].data<float>(), dh.data(), sizeof(float) * state);
@@ -375,19 +411,19 @@ void run_grad(
   if (cfg.has_bhn) {
     float* db = out[o++].data<float>();
     if (lbr) {
-      colsum(dghn.data(), rows, H, H, db);
+      colsum(dghn, rows, H, H, db);
     } else {
-      colsum(dxp.data() + 2 * H, rows, G, H, db);
+      colsum(dxp + 2 * H, rows, G, H, db);
     }
   }
   if (wx) {
-    gemm_nn(dxp.data(), G, wx, I, dx, I, int(rows), I, G);
-    gemm_tn(dxp.data(), G, x, I, out[o++].data<float>(), I, G, I, int(rows));
+    gemm_nn(dxp, G, wx, I, dx, I, int(rows), I, G);
+    gemm_tn(dxp, G, x, I, out[o++].data<float>(), I, G, I, int(rows));
     if (cfg.has_bias) {
-      colsum(dxp.data(), rows, G, G, out[o++].data<float>());
+      colsum(dxp, rows, G, G, out[o++].data<float>());
     }
   } else {
-    std::memcpy(dx, dxp.data(), sizeof(float) * rows * G);
+    std::memcpy(dx, dxp, sizeof(float) * rows * G);
   }
 }
 
@@ -476,7 +512,7 @@ std::vector<mx::array> RecurrentStack::vjp(
     const std::vector<mx::array>& primals,
     const std::vector<mx::array>& cotangents,
     const std::vector<int>& argnums,
-    const std::vector<mx::array>&) {
+    const std::vector<mx::array>& outputs) {
   for (uint8_t f : cfg_.layers) {
     if (f & (kWxInt8 | kWhInt8)) {
       refuse(
@@ -499,7 +535,10 @@ std::vector<mx::array> RecurrentStack::vjp(
   };
 
   // Each layer's RecurrentSeq inputs; layer l > 0 reads layer l - 1's y,
-  // recomputed here (the stack keeps no intermediates).
+  // which the forward left in its extra outputs (recomputed only where a
+  // caller passes no outputs).
+  const size_t n_main = lstm ? 3 : 2;
+  const bool have_ys = outputs.size() >= n_main + size_t(L) - 1;
   std::vector<SeqConfig> cfgs(L);
   std::vector<std::vector<mx::array>> ins(L);
   std::vector<size_t> first(L);
@@ -538,7 +577,7 @@ std::vector<mx::array> RecurrentStack::vjp(
     }
     k += 2 + c.has_bias + c.has_bhn;
     if (l + 1 < L) {
-      xl = make_outputs<RecurrentSeq>(c, in)[0];
+      xl = have_ys ? outputs[n_main + l] : make_outputs<RecurrentSeq>(c, in)[0];
     }
     cfgs[l] = c;
     ins[l] = std::move(in);

@@ -5,9 +5,12 @@
 #include "gates.h"
 #include "layer_core.h"
 
+#include <algorithm>
 #include <cmath>
+#include <cstdlib>
 #include <cstring>
 #include <memory>
+#include <mutex>
 #include <sstream>
 #include <stdexcept>
 #include <vector>
@@ -23,6 +26,14 @@ namespace detail {
 // gemm_nt_small: OpenBLAS sgemm is 2-4x slower at M = 2..7 (EPYC, H = 64-256,
 // recurrent step) and about even from M = 8.
 constexpr int kSmallRows = 7;
+
+// Up to this many rows (T * B) the input projection runs gemm_packed on a
+// cached packing of Wx; beyond, one sgemm (its per-call copy of Wx is then
+// small next to the product).
+constexpr size_t kPackedProjRows = 512;
+
+// Up to this many rows the LSTM runs lstm_fused_step (see use_fused_lstm).
+constexpr int kFusedMaxRows = 1 << 30;
 
 // out (M, N) with row stride ldc = a (M, K) @ w[:N]^T (+ beta * out), w
 // row-major (N, K).
@@ -61,10 +72,20 @@ void matmul_nt(
   }
 }
 
+void fit_buffer(std::vector<float>& buf, size_t n) {
+  if (buf.capacity() > kKeepFloats && buf.capacity() > 4 * n) {
+    std::vector<float>().swap(buf);
+  }
+  if (buf.size() < n) {
+    buf.resize(n);
+  }
+}
+
 } // namespace detail
 
 namespace {
 
+using detail::fit_buffer;
 using detail::matmul_nt;
 using detail::row_major;
 
@@ -108,20 +129,6 @@ void matmul_w(
 // lose from B=8 and for 20+ projection rows.
 constexpr size_t kInt8MaxRows = 4;
 
-// Per-thread expansion buffers keep their memory between calls (a fresh
-// allocation per call costs page faults on the order of the matmul), but a
-// call that needs far less than one holds releases it: one large model must
-// not pin its weights' worth of floats per thread for the process lifetime.
-constexpr size_t kKeepFloats = size_t(1) << 18; // 1 MiB: always kept
-
-void fit_buffer(std::vector<float>& buf, size_t n) {
-  if (buf.capacity() > kKeepFloats && buf.capacity() > 4 * n) {
-    std::vector<float>().swap(buf);
-  }
-  if (buf.size() < n) {
-    buf.resize(n);
-  }
-}
 
 // `a` (N, K) as a Weight. An int8 `a` (scales `s`) is expanded to float in
 // `expanded` when `expand` (many rows per matmul: one sgemm beats int8 dots);
@@ -150,6 +157,15 @@ Weight load_weight(
   return Weight{expanded.data()};
 }
 
+// Whether the LSTM runs lstm_fused_step (packed Wh, gates fused per block)
+// rather than a (B, 4H) matmul per step then lstm_row. EDGELSTM_FUSED=0
+// turns it off (benchmarks compare the two).
+bool use_fused_lstm(int B) {
+  const char* v = std::getenv("EDGELSTM_FUSED"); // ~100 ns a call
+  const bool on = !(v && std::strcmp(v, "0") == 0);
+  return on && B >= 1 && B <= detail::kFusedMaxRows;
+}
+
 } // namespace
 
 namespace detail {
@@ -166,26 +182,72 @@ void run_layer(const SeqConfig& cfg, int T, int B, const LayerIO& io) {
   // Expansions reuse per-thread buffers: a fresh 100+ KB allocation per call
   // costs page faults on the order of the matmul itself.
   thread_local std::vector<float> wh_expanded, wx_expanded;
-  const Weight wh = load_weight(
-      *io.wh, io.wh_scales, size_t(B) > kInt8MaxRows, wh_buf, whq_buf,
-      whs_buf, wh_expanded);
+  const bool fused = cfg.cell == Cell::LSTM && use_fused_lstm(B);
+  // The fused path reads Wh only through its packing (cached: int8 weights
+  // are expanded to float only when packed).
+  const Weight wh = fused ? Weight{}
+                          : load_weight(
+                                *io.wh, io.wh_scales, size_t(B) > kInt8MaxRows,
+                                wh_buf, whq_buf, whs_buf, wh_expanded);
   const float* bhn = io.bhn ? row_major(*io.bhn, bhn_buf) : nullptr;
   const int32_t* len = io.len;
 
-  // Input projection for all steps at once; rows keep x's (t, b) order.
-  std::unique_ptr<float[]> proj;
+  // Input projection for all steps at once, into a per-thread buffer (a
+  // fresh one costs a page fault per 4 KiB every call). The packed path
+  // stores it time-major (a step reads B consecutive rows); the sgemm path
+  // keeps x's order (lstm_step_blocked prefetches each step's rows).
+  bool xp_time_major = !cfg.batch_first;
   if (io.wx) {
     const size_t rows = size_t(T) * B;
-    const Weight wx = load_weight(
-        *io.wx, io.wx_scales, rows > kInt8MaxRows, wx_buf, wxq_buf, wxs_buf,
-        wx_expanded);
+    const bool packed_proj = rows <= detail::kPackedProjRows && io.wx_owner;
+    const Weight wx = packed_proj
+        ? Weight{}
+        : load_weight(
+              *io.wx, io.wx_scales, rows > kInt8MaxRows, wx_buf, wxq_buf,
+              wxs_buf, wx_expanded);
     const float* bias = io.bias ? row_major(*io.bias, b_buf) : nullptr;
-    proj.reset(new float[rows * G]);
-    for (size_t r = 0; bias && r < rows; ++r) {
-      std::memcpy(proj.get() + r * G, bias, sizeof(float) * G);
+    thread_local std::vector<float> proj_buf;
+    fit_buffer(proj_buf, rows * G);
+    float* proj = proj_buf.data();
+    for (size_t r = 0; bias && !packed_proj && r < rows; ++r) {
+      std::memcpy(proj + r * G, bias, sizeof(float) * G);
     }
-    matmul_w(xp, wx, proj.get(), int(rows), G, io.I, G, bias ? 1.0f : 0.0f);
-    xp = proj.get();
+    const float beta = bias ? 1.0f : 0.0f;
+    if (packed_proj) {
+      // Short inputs (streaming chunks, B=1): sgemm would copy Wx into its
+      // panels every call; the packing is cached instead. Rows keep x's
+      // order; (x Wx^T) + bias rounds as sgemm's beta = 1 does.
+      const auto wxp = packed_weight(
+          *io.wx, io.wx_scales,
+          [&] {
+            return load_weight(
+                       *io.wx, io.wx_scales, true, wx_buf, wxq_buf, wxs_buf,
+                       wx_expanded)
+                .f;
+          },
+          1, io.wx_owner, io.wx_scales_owner);
+      if (cfg.batch_first && B > 1) {
+        for (int b = 0; b < B; ++b) {
+          gate_fns().gemm_packed(
+              xp + size_t(b) * T * io.I, T, io.I, io.I, wxp->data(), G,
+              proj + size_t(b) * G, B * G);
+        }
+        xp_time_major = true;
+      } else {
+        gate_fns().gemm_packed(
+            xp, int(rows), io.I, io.I, wxp->data(), G, proj, G);
+      }
+      for (size_t r = 0; bias && r < rows; ++r) {
+        float* pr = proj + r * G;
+        for (int n = 0; n < G; ++n) {
+          pr[n] += bias[n];
+        }
+      }
+    } else {
+      // One call: per-row-block calls each pay OpenBLAS's thread hand-off.
+      matmul_w(xp, wx, proj, int(rows), G, io.I, G, beta);
+    }
+    xp = proj;
   }
 
   float* y = io.y;
@@ -219,12 +281,51 @@ void run_layer(const SeqConfig& cfg, int T, int B, const LayerIO& io) {
 
   // Element offsets of row (t, b) in xp and y for either layout.
   auto xrow = [&](int t, int b) {
-    return cfg.batch_first ? (size_t(b) * T + t) * G : (size_t(t) * B + b) * G;
+    return xp_time_major ? (size_t(t) * B + b) * G : (size_t(b) * T + t) * G;
   };
   auto yrow = [&](int t, int b) {
     return cfg.batch_first ? (size_t(b) * T + t) * H : (size_t(t) * B + b) * H;
   };
   auto valid = [&](int t, int b) { return !len || t < len[b]; };
+
+  if (fused) {
+    const auto packed = packed_weight(
+        *io.wh, io.wh_scales,
+        [&] {
+          return load_weight(
+                     *io.wh, io.wh_scales, true, wh_buf, whq_buf, whs_buf,
+                     wh_expanded)
+              .f;
+        },
+        4, io.wh_owner, io.wh_scales_owner);
+    // The state ping-pongs between h and hbuf (a step reads all of h).
+    std::vector<float> hbuf(state);
+    float* hcur = h;
+    float* hnext = hbuf.data();
+    std::vector<const float*> xr(B);
+    std::vector<float*> yr(B);
+    std::vector<float> scratch(size_t(B) * 4 * fns.pack_width());
+    for (int s = 0; s < T; ++s) {
+      const int t = cfg.reverse ? T - 1 - s : s;
+      for (int b = 0; b < B; ++b) {
+        yr[b] = y + yrow(t, b);
+        if (valid(t, b)) {
+          xr[b] = xp + xrow(t, b);
+        } else {
+          xr[b] = nullptr;
+          std::memset(yr[b], 0, sizeof(float) * H);
+        }
+      }
+      fns.lstm_fused_step(
+          packed->data(), hcur, B, H, xr.data(), hnext, c, yr.data(),
+          scratch.data());
+      std::swap(hcur, hnext);
+    }
+    if (hcur != h) {
+      std::memcpy(h, hcur, state * sizeof(float));
+    }
+    return;
+  }
 
   for (int s = 0; s < T; ++s) {
     const int t = cfg.reverse ? T - 1 - s : s;
@@ -360,6 +461,11 @@ std::vector<mx::Shape> fused_output_shapes(
   return shapes;
 }
 
+namespace {
+thread_local const std::vector<std::shared_ptr<mx::allocator::Data>>*
+    tl_owners = nullptr;
+} // namespace
+
 void dispatch_cpu(
     mx::Stream stream,
     const std::vector<mx::array>& inputs,
@@ -371,18 +477,34 @@ void dispatch_cpu(
   auto& encoder = mx::cpu::get_command_encoder(stream);
   std::vector<mx::array> in;
   std::vector<mx::array> out;
+  std::vector<std::shared_ptr<mx::allocator::Data>> owners;
   for (const auto& a : inputs) {
     encoder.set_input_array(a);
     in.push_back(mx::array::unsafe_weak_copy(a));
+    owners.push_back(a.data_shared_ptr());
   }
   for (auto& o : outputs) {
     encoder.set_output_array(o);
     out.push_back(mx::array::unsafe_weak_copy(o));
   }
-  encoder.dispatch(
-      [task = std::move(task), in = std::move(in), out = std::move(out)]() mutable {
-        task(in, out);
-      });
+  encoder.dispatch([task = std::move(task), in = std::move(in),
+                    out = std::move(out), owners = std::move(owners)]() mutable {
+    tl_owners = &owners;
+    try {
+      task(in, out);
+    } catch (...) {
+      tl_owners = nullptr;
+      throw;
+    }
+    tl_owners = nullptr;
+  });
+}
+
+std::shared_ptr<mx::allocator::Data> task_owner(size_t i) {
+  if (!tl_owners || i >= tl_owners->size()) {
+    return nullptr;
+  }
+  return (*tl_owners)[i];
 }
 
 void check_weights(
@@ -450,16 +572,24 @@ void run_sequence(
   io.x = row_major(xp_a, xp_buf);
   io.I = xp_a.shape(2);
   io.wh = &in[1];
+  io.wh_owner = task_owner(1);
   // Scales come last in the inputs: Wh's, then Wx's.
   size_t n_in = in.size();
   io.wx_scales = cfg.wx_int8 ? &in[--n_in] : nullptr;
+  if (cfg.wx_int8) {
+    io.wx_scales_owner = task_owner(n_in);
+  }
   io.wh_scales = cfg.wh_int8 ? &in[--n_in] : nullptr;
+  if (cfg.wh_int8) {
+    io.wh_scales_owner = task_owner(n_in);
+  }
   size_t k = 2;
   io.h0 = cfg.has_h0 ? row_major(in[k++], h0_buf) : nullptr;
   io.c0 = cfg.has_c0 ? row_major(in[k++], c0_buf) : nullptr;
   io.bhn = cfg.has_bhn ? &in[k++] : nullptr;
   io.len = cfg.has_lengths ? row_major(in[k++], len_buf) : nullptr;
   if (cfg.project) {
+    io.wx_owner = task_owner(k);
     io.wx = &in[k++];
     io.bias = cfg.has_bias ? &in[k++] : nullptr;
   }

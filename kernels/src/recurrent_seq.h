@@ -9,6 +9,7 @@
 
 #include <cstdint>
 #include <functional>
+#include <memory>
 #include <optional>
 #include <string>
 #include <vector>
@@ -50,12 +51,17 @@ using CpuTask = std::function<void(
     std::vector<mx::array>& out)>;
 
 // Allocates `outputs` and runs task(in, out) on `stream`'s CPU encoder, on
-// weak copies of the arrays.
+// weak copies of the arrays. While the task runs, task_owner(i) holds input
+// i's buffer (see packed_weight: a cached repacking stays valid only while
+// the buffer it was made from cannot be freed or reused).
 void dispatch_cpu(
     mx::Stream stream,
     const std::vector<mx::array>& inputs,
     std::vector<mx::array>& outputs,
     CpuTask task);
+
+// Owning handle of the running task's input i (null outside a task).
+std::shared_ptr<mx::allocator::Data> task_owner(size_t i);
 
 } // namespace detail
 
@@ -187,7 +193,9 @@ struct StackConfig {
 // A unidirectional stack of layers in one primitive: layer k's output feeds
 // layer k + 1 through scratch buffers inside the same CPU task. Inputs:
 // x, [h0 (L,B,H)], [c0 (L,B,H)], [lengths], then per layer Wx, Wh, [bias],
-// [bhn], [Wx_scales], [Wh_scales]. Outputs: y of the last layer, h_n, c_n.
+// [bhn], [Wx_scales], [Wh_scales]. Outputs: y of the last layer, h_n, c_n,
+// then each lower layer's y (internal: the vjp's layer inputs; the public
+// *_stack functions return only the first ones).
 class RecurrentStack : public FusedPrimitive<StackConfig> {
  public:
   RecurrentStack(mx::Stream stream, StackConfig cfg);
@@ -197,7 +205,7 @@ class RecurrentStack : public FusedPrimitive<StackConfig> {
   }
   std::vector<mx::Shape> output_shapes(
       const std::vector<mx::array>& inputs) override;
-  // Composes one RecurrentSeq forward and RecurrentSeqGrad per layer.
+  // One RecurrentSeqGrad per layer, on the lower layers' saved y.
   std::vector<mx::array> vjp(
       const std::vector<mx::array>& primals,
       const std::vector<mx::array>& cotangents,

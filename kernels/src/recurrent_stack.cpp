@@ -51,8 +51,9 @@ void run_stack(
   layer_cfg.linear_before_reset = cfg.linear_before_reset;
   layer_cfg.relu = cfg.relu;
 
-  // Layer outputs below the top one ping-pong between two scratch buffers.
-  std::unique_ptr<float[]> scratch[2];
+  // Layer outputs below the top one go to the extra outputs (after y, h_n
+  // [, c_n]): the vjp reads them instead of recomputing those layers.
+  const size_t n_main = cfg.cell == Cell::LSTM ? 3 : 2;
   const float* x = row_major(x_a, x_buf);
   int I = x_a.shape(2);
   float* h = out[1].data<float>();
@@ -63,11 +64,19 @@ void run_stack(
     io.x = x;
     io.I = I;
     io.wx = &in[k];
+    io.wx_owner = task_owner(k);
     io.wh = &in[k + 1];
     size_t j = k + 2;
     io.bias = (f & kBias) ? &in[j++] : nullptr;
     io.bhn = (f & kBhn) ? &in[j++] : nullptr;
+    if (f & kWxInt8) {
+      io.wx_scales_owner = task_owner(j);
+    }
     io.wx_scales = (f & kWxInt8) ? &in[j++] : nullptr;
+    io.wh_owner = task_owner(k + 1);
+    if (f & kWhInt8) {
+      io.wh_scales_owner = task_owner(j);
+    }
     io.wh_scales = (f & kWhInt8) ? &in[j++] : nullptr;
     k = j;
     io.h0 = h0 ? h0 + l * state : nullptr;
@@ -78,11 +87,7 @@ void run_stack(
     if (l + 1 == L) {
       io.y = out[0].data<float>();
     } else {
-      auto& buf = scratch[l % 2];
-      if (!buf) {
-        buf.reset(new float[size_t(T) * state]);
-      }
-      io.y = buf.get();
+      io.y = out[n_main + l].data<float>();
     }
     run_layer(layer_cfg, T, B, io);
     x = io.y;
@@ -164,7 +169,9 @@ std::vector<mx::array> build_stack(
     cfg.layers.push_back(f);
   }
 
-  return make_outputs<RecurrentStack>(std::move(cfg), inputs);
+  auto outs = make_outputs<RecurrentStack>(std::move(cfg), inputs);
+  outs.erase(outs.begin() + (gates == 4 ? 3 : 2), outs.end()); // lower ys: internal
+  return outs;
 }
 
 } // namespace
@@ -174,9 +181,15 @@ RecurrentStack::RecurrentStack(mx::Stream stream, StackConfig cfg)
 
 std::vector<mx::Shape> RecurrentStack::output_shapes(
     const std::vector<mx::array>& inputs) {
-  return fused_output_shapes(
+  auto shapes = fused_output_shapes(
       cfg_.cell, cfg_.batch_first, inputs[0],
       inputs[first_layer_input(cfg_) + 1].shape(1), int(cfg_.layers.size()));
+  // Then each lower layer's y (same shape as y), for the vjp.
+  const mx::Shape y = shapes[0];
+  for (size_t l = 0; l + 1 < cfg_.layers.size(); ++l) {
+    shapes.push_back(y);
+  }
+  return shapes;
 }
 
 std::vector<mx::array> lstm_stack(
