@@ -129,8 +129,8 @@ def _rnn_graph(op, T, B, direction, layout, with_lens, seed=0):
 @pytest.mark.parametrize(("T", "B"), [(1, 1), (3, 2), (7, 1), (2, 3)])
 @pytest.mark.parametrize("layout", [0, 1])
 @pytest.mark.parametrize("with_lens", [False, True])
-def test_short_calls_padded_to_eight_rows_match_ort(op, direction, T, B, layout, with_lens):
-    """Calls of < 8 rows run padded (masked by lengths): outputs as ONNX Runtime's."""
+def test_short_calls_match_ort(op, direction, T, B, layout, with_lens):
+    """Calls of < 8 rows (the kernels' small-matrix paths): outputs as ONNX Runtime's."""
     model, feeds = _rnn_graph(op, T, B, direction, layout, with_lens)
     runner = OnnxMLXRunner(model)
     if layout == 0:
@@ -144,6 +144,39 @@ def test_short_calls_padded_to_eight_rows_match_ort(op, direction, T, B, layout,
         got = runner.run(feeds)
         for k, w in want.items():
             np.testing.assert_allclose(got[k], w, rtol=1e-5, atol=1e-5, err_msg=k)
+
+
+@pytest.mark.parametrize("op", sorted(GATES))
+@pytest.mark.parametrize("B", [1, 3])
+def test_wide_long_input_streams_bit_for_bit(op, B):
+    """600 features (BLAS would split the projection's K) over 2 x 300 rows (past the
+    kernels' short-input bound): the full pass and any chunking still round alike."""
+    rng = np.random.default_rng(B)
+    I, H, T, g = 600, 16, 300, GATES[op]
+    states = ["h", "c"] if op == "LSTM" else ["h"]
+    inits = {n: rng.normal(0, 0.1, a).astype(np.float32)
+             for n, a in (("W", (1, g * H, I)), ("R", (1, g * H, H)), ("B", (1, 2 * g * H)))}
+    node = helper.make_node(op, ["x", "W", "R", "B", "", *states],
+                            ["Y", *[s + "n" for s in states]], hidden_size=H, layout=1)
+    model = _model([node], [_vi("x", ["B", "T", I])] + [_vi(s, ["B", 1, H]) for s in states],
+                   [_vi("Y")] + [_vi(s + "n") for s in states], inits)
+    x = rng.standard_normal((B, T, I)).astype(np.float32)
+
+    def stream(chunk):
+        runner, st, ys = OnnxMLXRunner(model), {s: np.zeros((B, 1, H), np.float32)
+                                                for s in states}, []
+        for i in range(0, T, chunk):
+            out = runner.run({"x": x[:, i:i + chunk], **st})
+            st = {s: out[s + "n"] for s in states}
+            ys.append(out["Y"])
+        return np.concatenate(ys, axis=1), st
+
+    full, st_full = stream(T)
+    for chunk in (1, 7, 10):
+        got, st = stream(chunk)
+        np.testing.assert_array_equal(got, full, err_msg=f"chunk {chunk}")
+        for s in states:
+            np.testing.assert_array_equal(st[s], st_full[s])
 
 
 @pytest.mark.parametrize("op", sorted(GATES))

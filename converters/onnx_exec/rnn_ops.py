@@ -14,7 +14,6 @@ import numpy as np
 from edgelstm.converters import gates
 from edgelstm.converters.onnx_exec.ops import NodeCtx, register, to_mx, to_np
 from edgelstm.errors import ConversionError
-from edgelstm.fast import dispatch
 from edgelstm.nn import activations as A
 from edgelstm.nn import recurrent
 
@@ -135,32 +134,6 @@ def _check(ctx: NodeCtx, W, R, dirs: int, n_gates: int):
         )
 
 
-# The fused kernels project the input with one matmul of T*B rows: their own
-# gemv / small-gemm loops below 8 rows, BLAS sgemm from 8 rows on, and the three
-# sum in different orders, so a streaming chunk of fewer than 8 rows rounded
-# differently from the same rows inside a longer call (~1e-7 per step). Padding
-# such calls to 8 rows (the padding masked off by sequence lengths) keeps every
-# call on sgemm, whose rows do not depend on the row count: chunked streaming
-# then equals the full pass bit for bit (tests/test_onnx_compiled.py). The price:
-# such a call runs 8 kernel steps (the extra ones masked), ~20-30 us more for a
-# 1-frame 64-unit LSTM step here; calls of >= 8 rows are untouched. The 8 is the
-# kernel's kSmallRows + 1 (kernels/src/recurrent_seq.cpp).
-_MIN_ROWS = 8
-
-
-def _pad_rows(x, lengths):
-    """``(x, lengths, T)``: ``x (B, T, I)`` zero-padded in time to >= _MIN_ROWS rows."""
-    B, T = x.shape[0], x.shape[1]
-    if not (0 < B * T < _MIN_ROWS) or x.dtype != mx.float32 or not dispatch.available():
-        return x, lengths, T
-    T2 = -(-_MIN_ROWS // B)
-    # padding and lengths built in numpy: constants of a trace, not primitives per call
-    x = mx.concatenate([x, to_mx(np.zeros((B, T2 - T, x.shape[2]), np.float32))], axis=1)
-    if lengths is None:
-        lengths = to_mx(np.full((B,), T, np.int32))
-    return x, lengths, T
-
-
 def _run(ctx: NodeCtx, fn, X, seq, states, per_dir, extra, n_states):
     """Shared driver: layouts, directions, outputs ``[Y, Y_h, (Y_c)]``."""
     direction, dirs = _direction(ctx)
@@ -169,9 +142,6 @@ def _run(ctx: NodeCtx, fn, X, seq, states, per_dir, extra, n_states):
     x = X.transpose(1, 0, 2) if layout == 0 else X  # -> (B, T, I)
     lengths = None if seq is None else to_mx(seq).astype(mx.int32)
     given_lengths = lengths
-    T = x.shape[1]
-    x, lengths, _ = _pad_rows(x, lengths)
-    padded = x.shape[1] != T
     init = []
     for s in states:
         s = None if s is None else to_mx(s)
@@ -194,7 +164,7 @@ def _run(ctx: NodeCtx, fn, X, seq, states, per_dir, extra, n_states):
             activations=acts[d],
             **extra,
         )
-        ys.append(y[:, :T] if padded else y)
+        ys.append(y)
         finals.append(st if isinstance(st, tuple) else (st,))
     Y = mx.stack(ys, axis=2) if dirs > 1 else mx.expand_dims(ys[0], 2)  # (B, T, dirs, H)
     Y = Y.transpose(1, 2, 0, 3) if layout == 0 else Y

@@ -32,6 +32,13 @@ constexpr int kSmallRows = 7;
 // small next to the product).
 constexpr size_t kPackedProjRows = 512;
 
+// Batches up to this size always project with gemm_packed, whatever T: the
+// choice must not depend on T, or a streamed chunk (few rows) and the full
+// pass (many rows) would round differently where sgemm splits K (I > ~384
+// here). Same bound as a GPU default device's CPU-kernel batches
+// (edgelstm.fast.dispatch.GPU_KERNEL_MAX_BATCH), i.e. every streaming batch.
+constexpr int kPackedProjBatch = 16;
+
 // Up to this many rows the LSTM runs lstm_fused_step (see use_fused_lstm).
 constexpr int kFusedMaxRows = 1 << 30;
 
@@ -199,7 +206,8 @@ void run_layer(const SeqConfig& cfg, int T, int B, const LayerIO& io) {
   bool xp_time_major = !cfg.batch_first;
   if (io.wx) {
     const size_t rows = size_t(T) * B;
-    const bool packed_proj = rows <= detail::kPackedProjRows && io.wx_owner;
+    const bool packed_proj = io.wx_owner &&
+        (rows <= detail::kPackedProjRows || B <= detail::kPackedProjBatch);
     const Weight wx = packed_proj
         ? Weight{}
         : load_weight(
