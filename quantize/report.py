@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 
 from edgelstm.errors import DataError
-from edgelstm.training.data import read_npz
+from edgelstm.frontend.arrays import read_npz
 
 #: ``predict(x (B, T, I), lengths (B,) | None) -> output`` ((B, C) or (B, T, C)).
 Predict = Callable[[np.ndarray, "np.ndarray | None"], np.ndarray]

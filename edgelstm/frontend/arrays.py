@@ -126,3 +126,16 @@ def check_finite(name: str, x) -> None:
 def _first_line(exc: BaseException) -> str:
     text = str(exc).strip()
     return text.splitlines()[0][:200] if text else type(exc).__name__
+
+
+def read_npz(path: str | os.PathLike) -> dict[str, np.ndarray]:
+    """Every array of an ``.npz`` file with ``x`` and ``y`` arrays, by name (no pickles).
+
+    Raises:
+        DataError: the file cannot be read, or has no ``x`` or ``y``.
+    """
+    arrays = load_npz(path)  # member headers checked against their sizes first
+    for key in ("x", "y"):
+        if key not in arrays:
+            raise DataError(f"{path} has no {key!r} array (found {', '.join(sorted(arrays))})")
+    return arrays

@@ -27,7 +27,7 @@ from pathlib import Path
 import numpy as np
 
 from edgelstm.errors import DataError, LimitError
-from edgelstm.frontend.arrays import check_finite, load_npz
+from edgelstm.frontend.arrays import check_finite, read_npz
 from edgelstm.limits import MAX_CLASSES
 
 __all__ = ["Dataset", "load_dataset", "from_sequences", "SPLITS"]
@@ -244,19 +244,6 @@ def load_dataset(spec: str | os.PathLike, split: str = "train", features=None) -
     raise DataError(f"cannot tell what {spec} holds: expected a .ts file, a folder of "
                     "*_TRAIN.ts/*_TEST.ts, a folder of FSDD .wav recordings, a folder of "
                     "class folders of .wav files (data/yes/*.wav, data/no/*.wav), or an .npz")
-
-
-def read_npz(path: Path) -> dict[str, np.ndarray]:
-    """Every array of an ``.npz`` file with ``x`` and ``y`` arrays, by name (no pickles).
-
-    Raises:
-        DataError: the file cannot be read, or has no ``x`` or ``y``.
-    """
-    arrays = load_npz(path)  # member headers checked against their sizes first
-    for key in ("x", "y"):
-        if key not in arrays:
-            raise DataError(f"{path} has no {key!r} array (found {', '.join(sorted(arrays))})")
-    return arrays
 
 
 def _load_npz(path: Path) -> Dataset:
