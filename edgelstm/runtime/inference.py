@@ -194,7 +194,7 @@ def run_model(path: str | os.PathLike, feeds: dict[str, np.ndarray] | np.ndarray
         first = onnx_io_names(path)[0][0]
         if isinstance(feeds, np.ndarray):
             feeds = {first: feeds}
-        check_feeds(feeds, first, batch_first=None)  # one policy for both backends
+        # run_onnx applies check_feeds, the one input policy of every backend
         batched = _onnx_batch_axes(path)
         axis = batched.get(first)
         if axis is None or np.ndim(feeds.get(first)) != 2:
