@@ -82,7 +82,7 @@ print(json.dumps({"seen": seen, "blas": blas.MLX_BLAS}))
 """
 
 
-@pytest.mark.parametrize("choice", ["", "openblas"])
+@pytest.mark.parametrize("choice", ["", "openblas", "wheel"])
 def test_import_never_walks_the_filesystem(tmp_path, choice):
     env = {"EDGELSTM_BLAS": choice, "EDGELSTM_BLAS_DIRS": str(tmp_path)}
     out, seconds = _run(_AUDIT, env)
@@ -91,6 +91,41 @@ def test_import_never_walks_the_filesystem(tmp_path, choice):
     assert seconds < 10  # generous for a loaded 2-core CI box; ~0.5 s typical
     if choice == "openblas" and sys.platform.startswith("linux"):
         assert "found no system OpenBLAS" in report["blas"]
+    if choice == "wheel" and sys.platform.startswith("linux") and kernels.available():
+        assert report["blas"].startswith("OpenBLAS from the scipy-openblas32 wheel")
+
+
+# MLX's matmul against scipy-openblas32's own sgemm called on the same data: equal bit for
+# bit once EDGELSTM_BLAS=wheel routes MLX there, different under the netlib reference BLAS.
+_ROUTED = """
+import ctypes, importlib.util, os, json
+import edgelstm
+import mlx.core as mx
+import numpy as np
+rng = np.random.default_rng(0)
+a = rng.standard_normal((64, 300)).astype(np.float32)
+b = rng.standard_normal((300, 96)).astype(np.float32)
+got = np.array(mx.array(a) @ mx.array(b))
+lib = os.path.join(importlib.util.find_spec("scipy_openblas32").submodule_search_locations[0],
+                   "lib", "libscipy_openblas.so")
+sgemm = ctypes.CDLL(lib).scipy_cblas_sgemm
+want = np.zeros((64, 96), np.float32)
+p = lambda x: x.ctypes.data_as(ctypes.c_void_p)
+sgemm(101, 111, 111, 64, 96, 300, ctypes.c_float(1.0), p(a), 300, p(b), 96,
+      ctypes.c_float(0.0), p(want), 96)
+print(json.dumps({"equal": bool(np.array_equal(got, want)),
+                  "close": bool(np.allclose(got, a.astype(np.float64) @ b, atol=1e-3))}))
+"""
+
+
+@needs_kernels
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="the shim is Linux-only")
+@pytest.mark.parametrize("choice", ["reference", "wheel"])
+def test_wheel_blas_routes_mlx_matmuls_to_the_wheel(choice):
+    out, _ = _run(_ROUTED, {"EDGELSTM_BLAS": choice, "OPENBLAS_NUM_THREADS": "1"})
+    report = json.loads(out)
+    assert report["close"]
+    assert report["equal"] == (choice == "wheel")
 
 
 def test_blas_search_tries_fixed_names_only(tmp_path, monkeypatch):

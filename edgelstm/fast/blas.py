@@ -16,6 +16,9 @@ changes every BLAS call in the process, so it is opt-in:
   usual multiarch folders) or by the dynamic linker's cache. Only fixed file
   names are tried: no folder is ever listed or walked.
 - ``EDGELSTM_BLAS=/path/to/libopenblas.so.0``: load that file.
+- ``EDGELSTM_BLAS=wheel``: no system package at all: load the shim built with the
+  kernels (``libedgelstm_blas_shim.so``, ``kernels/src/blas_shim.cpp``), whose
+  ``cblas_sgemm``/``dgemm``/``cgemm`` forward to the ``scipy-openblas32`` wheel.
 """
 
 from __future__ import annotations
@@ -71,7 +74,7 @@ def load() -> str:
 def _load() -> str:
     if sys.platform == "darwin":
         return "Accelerate (MLX native)"
-    bundled = "MLX's bundled reference BLAS (set EDGELSTM_BLAS=openblas to replace it)"
+    bundled = "MLX's bundled reference BLAS (set EDGELSTM_BLAS=wheel to replace it)"
     if not sys.platform.startswith("linux"):
         return "MLX's own BLAS"
     choice = os.environ.get("EDGELSTM_BLAS", "default").strip()
@@ -79,6 +82,8 @@ def _load() -> str:
         return bundled
     if "mlx.core" in sys.modules:
         return f"{bundled}; EDGELSTM_BLAS ignored: mlx.core was imported before edgelstm"
+    if choice == "wheel":
+        return _load_shim(bundled)
     path = find_openblas() if choice == "openblas" else choice
     if not path:
         return f"{bundled}; EDGELSTM_BLAS=openblas found no system OpenBLAS"
@@ -87,3 +92,26 @@ def _load() -> str:
     except OSError as exc:
         return f"{bundled}; could not load {path}: {exc}"
     return f"OpenBLAS ({path}, loaded process-wide by EDGELSTM_BLAS)"
+
+
+def _load_shim(bundled: str) -> str:
+    """Load the kernels' BLAS shim process-wide (``EDGELSTM_BLAS=wheel``).
+
+    The wheel's library is loaded first by its full path (found from the installed
+    ``scipy_openblas32`` package, never by a search), so the shim's dependency
+    resolves whether edgelstm is installed or built in place.
+    """
+    import importlib.util
+
+    here = os.path.dirname(os.path.abspath(__file__))
+    shim = os.path.join(here, "libedgelstm_blas_shim.so")
+    spec = importlib.util.find_spec("scipy_openblas32")
+    if not os.path.isfile(shim) or spec is None or not spec.submodule_search_locations:
+        return f"{bundled}; EDGELSTM_BLAS=wheel: the kernels' BLAS shim is not installed"
+    wheel = os.path.join(spec.submodule_search_locations[0], "lib", "libscipy_openblas.so")
+    try:
+        ctypes.CDLL(wheel, mode=os.RTLD_GLOBAL)
+        ctypes.CDLL(shim, mode=os.RTLD_GLOBAL)
+    except OSError as exc:
+        return f"{bundled}; EDGELSTM_BLAS=wheel: could not load the shim: {exc}"
+    return "OpenBLAS from the scipy-openblas32 wheel (loaded process-wide by EDGELSTM_BLAS=wheel)"
