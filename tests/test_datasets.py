@@ -8,6 +8,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+import edgelstm
 from edgelstm.errors import DataError
 from edgelstm.training.datasets import (
     TSDataset,
@@ -162,3 +163,32 @@ def test_fsdd_real():
     recs = load_fsdd(DATA / "fsdd", "test")[:20]
     assert all(r.rate == 8000 and r.samples.dtype == np.float32 for r in recs)
     assert all(r.samples.ndim == 1 and 0 < np.abs(r.samples).max() <= 1 for r in recs)
+
+
+def test_wav_datasets_name_their_files_for_eval(tmp_path):
+    """FSDD and labelled folder trees keep one file name per sequence (aligned through
+    subsets), so `eval --json` can say which recordings were misclassified."""
+    from edgelstm.runtime.evaluation import misclassified
+    from edgelstm.training.data import load_dataset
+
+    rng = np.random.default_rng(0)
+    rec = tmp_path / "fsdd" / "recordings"
+    rec.mkdir(parents=True)
+    for digit in (3, 7):
+        for take in (0, 1, 2):
+            _write_wav(rec / f"{digit}_bob_{take}.wav", 0.3 * rng.standard_normal(2000))
+    tree = tmp_path / "kws"
+    for word in ("no", "yes"):
+        (tree / word).mkdir(parents=True)
+        for k in range(3):
+            _write_wav(tree / word / f"{word}{k}.wav", 0.3 * rng.standard_normal(2000))
+    fsdd = load_dataset(tmp_path / "fsdd", "test")
+    assert fsdd.meta["files"] == [f"{d}_bob_{t}.wav" for d in (3, 7) for t in (0, 1, 2)]
+    kws = load_dataset(tree, "train")
+    assert kws.meta["files"] == [f"{w}/{w}{k}.wav" for w in ("no", "yes") for k in range(3)]
+    sub = kws.subset([5, 0])
+    assert sub.meta["files"] == ["yes/yes2.wav", "no/no0.wav"]
+    model = edgelstm.SequenceModel(edgelstm.LSTM(fsdd.x.shape[-1], 4), head="sequence",
+                                   labels=[str(d) for d in range(10)])
+    wrong = misclassified(model, fsdd)  # an untrained model: most are wrong
+    assert wrong and all(m["file"] == fsdd.meta["files"][m["index"]] for m in wrong)

@@ -124,7 +124,10 @@ class Dataset:
         lengths = self.lengths[idx] if self.lengths is not None else None
         T = int(lengths.max()) if lengths is not None and len(idx) else self.x.shape[1]
         y = self.y[idx][:, :T] if self.frame_labels else self.y[idx]
-        return replace(self, x=self.x[idx, :T], y=y, lengths=lengths, meta=dict(self.meta))
+        meta = dict(self.meta)
+        if "files" in meta:  # one name per sequence: keep them aligned
+            meta["files"] = [meta["files"][i] for i in idx.tolist()]
+        return replace(self, x=self.x[idx, :T], y=y, lengths=lengths, meta=meta)
 
     def split(self, fraction: float, seed: int = 0) -> tuple[Dataset, Dataset]:
         """``(rest, held_out)`` with about ``fraction`` of each class held out.
@@ -317,7 +320,7 @@ def _load_wav_tree(root: Path, classes: list[Path], split: str, features) -> Dat
     files = [(f, d.name) for d in classes for f in sorted(d.glob("*.wav"))]
     _, rate = read_wav(files[0][0])
     cfg = _feature_config(features, {**FSDD_FEATURES, "sample_rate": int(rate)})
-    seqs, labels, skipped = [], [], 0
+    seqs, labels, names, skipped = [], [], [], 0
     for f, label in files:
         samples, _ = read_wav(f, target_rate=cfg.sample_rate)
         feats = np.array(cfg.compute(samples))
@@ -326,9 +329,10 @@ def _load_wav_tree(root: Path, classes: list[Path], split: str, features) -> Dat
             continue
         seqs.append(feats)
         labels.append(label)
+        names.append(str(f.relative_to(root)))
     ds = from_sequences(seqs, labels, [d.name for d in classes], features=cfg.to_dict(),
                         name=f"{root.name} ({split})")
-    ds.meta["skipped"] = skipped
+    ds.meta.update(skipped=skipped, files=names)  # eval --json names misclassified files
     return ds
 
 
@@ -337,7 +341,7 @@ def _load_fsdd(rec: Path, split: str, features) -> Dataset:
     from edgelstm.training.datasets import list_fsdd
 
     cfg = _feature_config(features, FSDD_FEATURES)
-    seqs, labels, skipped = [], [], 0
+    seqs, labels, names, skipped = [], [], [], 0
     for item in list_fsdd(rec, split):
         samples, _ = read_wav(item.path, target_rate=cfg.sample_rate)
         feats = np.array(cfg.compute(samples))
@@ -346,7 +350,8 @@ def _load_fsdd(rec: Path, split: str, features) -> Dataset:
             continue
         seqs.append(feats)
         labels.append(item.digit)
+        names.append(Path(item.path).name)
     ds = from_sequences(seqs, labels, [str(d) for d in range(10)], features=cfg.to_dict(),
                         name=f"fsdd ({split})")
-    ds.meta["skipped"] = skipped
+    ds.meta.update(skipped=skipped, files=names)  # eval --json names misclassified files
     return ds
