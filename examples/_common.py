@@ -50,7 +50,9 @@ def train_with_cli(here: Path, data: Path, data_arg: str, args: list[str]) -> di
     """
     cmd = [sys.executable, "-m", "edgelstm", "train", str(data), "-o", str(here / "model"),
            "--force", *args]
-    (_, seconds) = timed(subprocess.run, cmd, check=True)
+    # cwd: not the checkout, or `python -m` would import the source tree (no kernels
+    # unless built in place) instead of the installed package the README's line runs.
+    (_, seconds) = timed(subprocess.run, cmd, check=True, cwd=tempfile.gettempdir())
     model = edgelstm.load(here / "model")
     test = load_dataset(data, "test", features=model.features)
     with tempfile.TemporaryDirectory() as tmp:
