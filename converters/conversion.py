@@ -301,18 +301,20 @@ def _tflite_outputs(path, model, x: np.ndarray, dst) -> tuple[dict[str, np.ndarr
     return {name: out}, f"LiteRT {litert_run.version()}"
 
 
-def parse_runtimes(verify_on) -> tuple[str, ...]:
+def parse_runtimes(verify_on, known: tuple[str, ...] = RUNTIMES) -> tuple[str, ...]:
     """``"onnxruntime,openvino"`` or a list -> ``("onnxruntime", ...)``, ORT first, deduplicated.
 
+    ``known``: the names accepted (``quantize`` adds ``"mlx"``, the MLX executor).
+
     Raises:
-        ConversionError: a name outside :data:`RUNTIMES`.
+        ConversionError: a name outside ``known``.
     """
     names = verify_on.split(",") if isinstance(verify_on, str) else list(verify_on)
     out = ["onnxruntime"]
     for name in (n.strip().lower() for n in names):
-        if name not in RUNTIMES:
+        if name not in known:
             raise ConversionError(f"unknown runtime {name!r} for --verify-on; choose from "
-                                  f"{', '.join(RUNTIMES)}")
+                                  f"{', '.join(known)}")
         if name not in out:
             out.append(name)
     return tuple(out)

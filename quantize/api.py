@@ -94,22 +94,14 @@ def quantize_model(
     """
     from edgelstm.converters.conversion import parse_runtimes
     from edgelstm.io.fileio import check_output_path, check_writable
-    from edgelstm.quantize.onnx_verify import parse_consts, parse_dims
+    from edgelstm.quantize.onnx_verify import CHECK_RUNTIMES, parse_consts, parse_dims
 
     config = config or QuantConfig()
     fmt = config.check_format(output_format(dst, format))
-    names = verify_on.split(",") if isinstance(verify_on, str) else list(verify_on)
-    names = [n.strip().lower() for n in names]
-    known = ("onnxruntime", "mlx", "openvino")
-    bad = [n for n in names if n not in known]
-    if bad:
-        raise ConfigError(f"unknown runtime {bad[0]!r} for --verify-on; choose from "
-                          f"{', '.join(known)}")
     try:
-        runtimes = parse_runtimes([n for n in names if n != "mlx"])
+        runtimes = parse_runtimes(verify_on, known=("onnxruntime", *CHECK_RUNTIMES))
     except EdgeLSTMError as exc:
         raise ConfigError(str(exc)) from None
-    runtimes += ("mlx",) if "mlx" in names else ()
     if tflite_int8 not in ("dequantize", "hybrid"):
         raise ConfigError(f"tflite_int8 must be 'dequantize' or 'hybrid', got {tflite_int8!r}")
     if tflite_int8 != "dequantize" and fmt is not Format.TFLITE:

@@ -332,7 +332,7 @@ class OnnxMLXRunner:
         if not known.issuperset(feeds):
             unknown = sorted(set(feeds) - known)
             raise DataError(f"unknown input(s) {unknown}; the model takes {sorted(known)}")
-        if len(feeds) < len(self.input_names) or not all(n in feeds for n in self.input_names):
+        if not all(n in feeds for n in self.input_names):
             missing = [n for n in self.input_names if n not in feeds]
             raise DataError(f"missing input(s) {missing}")
         bound = dict(self._graph.defaults)

@@ -222,9 +222,10 @@ void run_layer(const SeqConfig& cfg, int T, int B, const LayerIO& io) {
     }
     const float beta = bias ? 1.0f : 0.0f;
     if (packed_proj) {
-      // Short inputs (streaming chunks, B=1): sgemm would copy Wx into its
-      // panels every call; the packing is cached instead. Rows keep x's
-      // order; (x Wx^T) + bias rounds as sgemm's beta = 1 does.
+      // Short inputs and small batches (streaming chunks): sgemm would copy
+      // Wx into its panels every call; the packing is cached instead, and a
+      // row rounds the same whatever T is. Rows keep x's order; (x Wx^T) +
+      // bias rounds as sgemm's beta = 1 does.
       const auto wxp = packed_weight(
           *io.wx, io.wx_scales,
           [&] {
