@@ -35,6 +35,8 @@ NB_MODULE(_kernels, m) {
   m.attr("int8_weights") = true;
   // Every *_seq takes xp, Wh first and ends with the in-primitive
   // projection and int8 scales; `args` are the cell's own in between.
+  // eager=True: computed before returning when the inputs are computed and
+  // not traced (no hand-off to MLX's CPU stream); lazy otherwise.
   auto def_seq = [&](const char* name, auto fn, const char* doc, auto... args) {
     m.def(
         name,
@@ -46,6 +48,7 @@ NB_MODULE(_kernels, m) {
         "bias"_a = nb::none(),
         "Wh_scales"_a = nb::none(),
         "Wx_scales"_a = nb::none(),
+        "eager"_a = false,
         doc);
   };
   def_seq(
@@ -97,6 +100,7 @@ NB_MODULE(_kernels, m) {
         args...,
         "Wx_scales"_a = none_list,
         "Wh_scales"_a = none_list,
+        "eager"_a = false,
         doc);
   };
   def_stack(

@@ -509,6 +509,45 @@ void dispatch_cpu(
   });
 }
 
+bool can_run_now(const std::vector<mx::array>& inputs) {
+  for (const auto& a : inputs) {
+    if (a.is_tracer() || !a.is_available()) {
+      return false;
+    }
+  }
+  return true;
+}
+
+std::vector<mx::array> run_on_caller(
+    const std::vector<mx::array>& inputs,
+    const std::vector<mx::Shape>& shapes,
+    const CpuTask& task) {
+  std::vector<mx::array> out;
+  out.reserve(shapes.size());
+  for (const auto& shape : shapes) {
+    size_t n = sizeof(float);
+    for (auto d : shape) {
+      n *= size_t(d);
+    }
+    out.emplace_back(mx::allocator::malloc(n), shape, mx::float32);
+  }
+  std::vector<std::shared_ptr<mx::allocator::Data>> owners;
+  owners.reserve(inputs.size());
+  for (const auto& a : inputs) {
+    owners.push_back(a.data_shared_ptr());
+  }
+  // Restores the caller's owners (none, outside a task) however task ends.
+  struct OwnersScope {
+    const std::vector<std::shared_ptr<mx::allocator::Data>>* saved = tl_owners;
+    ~OwnersScope() {
+      tl_owners = saved;
+    }
+  } scope;
+  tl_owners = &owners;
+  task(inputs, out);
+  return out;
+}
+
 std::shared_ptr<mx::allocator::Data> task_owner(size_t i) {
   if (!tl_owners || i >= tl_owners->size()) {
     return nullptr;
@@ -621,7 +660,8 @@ std::vector<mx::array> build(
     const std::optional<mx::array>& Wx,
     const std::optional<mx::array>& bias,
     const std::optional<mx::array>& Wh_scales,
-    const std::optional<mx::array>& Wx_scales) {
+    const std::optional<mx::array>& Wx_scales,
+    bool eager) {
   const int gates = gate_count(cfg.cell);
   EDGELSTM_CHECK(xp.ndim() == 3, "xp must be 3-D, got " + shape_str(xp));
   EDGELSTM_CHECK(Wh.ndim() == 2, "Wh must be 2-D, got " + shape_str(Wh));
@@ -660,7 +700,7 @@ std::vector<mx::array> build(
     cfg.wx_int8 = true;
   }
 
-  return make_outputs<RecurrentSeq>(cfg, inputs);
+  return make_outputs<RecurrentSeq>(cfg, inputs, eager);
 }
 
 } // namespace
@@ -686,10 +726,12 @@ std::vector<mx::array> lstm_seq(
     const std::optional<mx::array>& Wx,
     const std::optional<mx::array>& bias,
     const std::optional<mx::array>& Wh_scales,
-    const std::optional<mx::array>& Wx_scales) {
+    const std::optional<mx::array>& Wx_scales,
+    bool eager) {
   return build(
       {.cell = Cell::LSTM, .reverse = reverse, .batch_first = batch_first},
-      xp, Wh, h0, c0, std::nullopt, lengths, Wx, bias, Wh_scales, Wx_scales);
+      xp, Wh, h0, c0, std::nullopt, lengths, Wx, bias, Wh_scales, Wx_scales,
+      eager);
 }
 
 std::vector<mx::array> gru_seq(
@@ -704,13 +746,15 @@ std::vector<mx::array> gru_seq(
     const std::optional<mx::array>& Wx,
     const std::optional<mx::array>& bias,
     const std::optional<mx::array>& Wh_scales,
-    const std::optional<mx::array>& Wx_scales) {
+    const std::optional<mx::array>& Wx_scales,
+    bool eager) {
   return build(
       {.cell = Cell::GRU,
        .reverse = reverse,
        .batch_first = batch_first,
        .linear_before_reset = linear_before_reset},
-      xp, Wh, h0, std::nullopt, bhn, lengths, Wx, bias, Wh_scales, Wx_scales);
+      xp, Wh, h0, std::nullopt, bhn, lengths, Wx, bias, Wh_scales, Wx_scales,
+      eager);
 }
 
 std::vector<mx::array> rnn_seq(
@@ -724,14 +768,16 @@ std::vector<mx::array> rnn_seq(
     const std::optional<mx::array>& Wx,
     const std::optional<mx::array>& bias,
     const std::optional<mx::array>& Wh_scales,
-    const std::optional<mx::array>& Wx_scales) {
+    const std::optional<mx::array>& Wx_scales,
+    bool eager) {
   return build(
       {.cell = Cell::RNN,
        .reverse = reverse,
        .batch_first = batch_first,
        .relu = relu},
       xp, Wh, h0, std::nullopt, std::nullopt, lengths, Wx, bias, Wh_scales,
-      Wx_scales);
+      Wx_scales,
+      eager);
 }
 
 } // namespace edgelstm

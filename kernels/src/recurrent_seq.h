@@ -60,6 +60,14 @@ void dispatch_cpu(
     std::vector<mx::array>& outputs,
     CpuTask task);
 
+// Runs task(inputs, out) on the calling thread into newly allocated float32
+// arrays of `shapes` and returns them, computed (task_owner works as in
+// dispatch_cpu). The inputs must be computed (detail::can_run_now).
+std::vector<mx::array> run_on_caller(
+    const std::vector<mx::array>& inputs,
+    const std::vector<mx::Shape>& shapes,
+    const CpuTask& task);
+
 // Owning handle of the running task's input i (null outside a task).
 std::shared_ptr<mx::allocator::Data> task_owner(size_t i);
 
@@ -86,6 +94,15 @@ class FusedPrimitive : public mx::Primitive {
         stream(), inputs, outputs,
         [cfg = cfg_, run = run_](const auto& in, auto& out) {
           run(cfg, in, out);
+        });
+  }
+  // The outputs (of `shapes`) computed now, on the calling thread.
+  std::vector<mx::array> run_now(
+      const std::vector<mx::array>& inputs,
+      const std::vector<mx::Shape>& shapes) {
+    return detail::run_on_caller(
+        inputs, shapes, [this](const auto& in, auto& out) {
+          run_(cfg_, in, out);
         });
   }
   void eval_gpu(
@@ -230,7 +247,8 @@ std::vector<mx::array> lstm_seq(
     const std::optional<mx::array>& Wx,
     const std::optional<mx::array>& bias,
     const std::optional<mx::array>& Wh_scales,
-    const std::optional<mx::array>& Wx_scales);
+    const std::optional<mx::array>& Wx_scales,
+    bool eager = false);
 
 // xp: (T,B,3H) gate order r,z,n; Wh (3H,H); bhn (H,). Returns {y, h_n}.
 std::vector<mx::array> gru_seq(
@@ -245,7 +263,8 @@ std::vector<mx::array> gru_seq(
     const std::optional<mx::array>& Wx,
     const std::optional<mx::array>& bias,
     const std::optional<mx::array>& Wh_scales,
-    const std::optional<mx::array>& Wx_scales);
+    const std::optional<mx::array>& Wx_scales,
+    bool eager = false);
 
 // xp: (T,B,H); Wh (H,H). Returns {y, h_n}.
 std::vector<mx::array> rnn_seq(
@@ -259,7 +278,8 @@ std::vector<mx::array> rnn_seq(
     const std::optional<mx::array>& Wx,
     const std::optional<mx::array>& bias,
     const std::optional<mx::array>& Wh_scales,
-    const std::optional<mx::array>& Wx_scales);
+    const std::optional<mx::array>& Wx_scales,
+    bool eager = false);
 
 using ArrayList = std::vector<mx::array>;
 using OptArrayList = std::vector<std::optional<mx::array>>;
@@ -270,6 +290,8 @@ using OptArrayList = std::vector<std::optional<mx::array>>;
 // absent entries (an empty list: none at all); h0 / c0 (L,B,H). Each layer
 // computes exactly what the per-layer primitive does. Returns
 // {y, h_n (L,B,H), c_n (L,B,H)} (LSTM) or {y, h_n}.
+// Every function here with `eager` computes its outputs before returning
+// when its inputs are computed and not traced (detail::make_outputs).
 std::vector<mx::array> lstm_stack(
     const mx::array& x,
     const ArrayList& Wx,
@@ -280,7 +302,8 @@ std::vector<mx::array> lstm_stack(
     const std::optional<mx::array>& lengths,
     bool batch_first,
     const OptArrayList& Wx_scales,
-    const OptArrayList& Wh_scales);
+    const OptArrayList& Wh_scales,
+    bool eager = false);
 
 std::vector<mx::array> gru_stack(
     const mx::array& x,
@@ -293,7 +316,8 @@ std::vector<mx::array> gru_stack(
     bool linear_before_reset,
     bool batch_first,
     const OptArrayList& Wx_scales,
-    const OptArrayList& Wh_scales);
+    const OptArrayList& Wh_scales,
+    bool eager = false);
 
 std::vector<mx::array> rnn_stack(
     const mx::array& x,
@@ -305,6 +329,7 @@ std::vector<mx::array> rnn_stack(
     bool relu,
     bool batch_first,
     const OptArrayList& Wx_scales,
-    const OptArrayList& Wh_scales);
+    const OptArrayList& Wh_scales,
+    bool eager = false);
 
 } // namespace edgelstm

@@ -106,7 +106,8 @@ std::vector<mx::array> build_stack(
     const std::optional<mx::array>& c0,
     const std::optional<mx::array>& lengths,
     const OptArrayList& Wx_scales,
-    const OptArrayList& Wh_scales) {
+    const OptArrayList& Wh_scales,
+    bool eager) {
   const int gates = gate_count(cfg.cell);
   const size_t L = Wh.size();
   EDGELSTM_CHECK(L > 0, "a stack needs at least one layer");
@@ -169,7 +170,7 @@ std::vector<mx::array> build_stack(
     cfg.layers.push_back(f);
   }
 
-  auto outs = make_outputs<RecurrentStack>(std::move(cfg), inputs);
+  auto outs = make_outputs<RecurrentStack>(std::move(cfg), inputs, eager);
   outs.erase(outs.begin() + (gates == 4 ? 3 : 2), outs.end()); // lower ys: internal
   return outs;
 }
@@ -202,10 +203,11 @@ std::vector<mx::array> lstm_stack(
     const std::optional<mx::array>& lengths,
     bool batch_first,
     const OptArrayList& Wx_scales,
-    const OptArrayList& Wh_scales) {
+    const OptArrayList& Wh_scales,
+    bool eager) {
   return build_stack(
       {.cell = Cell::LSTM, .batch_first = batch_first}, x, Wx, Wh, bias, {},
-      h0, c0, lengths, Wx_scales, Wh_scales);
+      h0, c0, lengths, Wx_scales, Wh_scales, eager);
 }
 
 std::vector<mx::array> gru_stack(
@@ -219,12 +221,13 @@ std::vector<mx::array> gru_stack(
     bool linear_before_reset,
     bool batch_first,
     const OptArrayList& Wx_scales,
-    const OptArrayList& Wh_scales) {
+    const OptArrayList& Wh_scales,
+    bool eager) {
   return build_stack(
       {.cell = Cell::GRU,
        .batch_first = batch_first,
        .linear_before_reset = linear_before_reset},
-      x, Wx, Wh, bias, bhn, h0, std::nullopt, lengths, Wx_scales, Wh_scales);
+      x, Wx, Wh, bias, bhn, h0, std::nullopt, lengths, Wx_scales, Wh_scales, eager);
 }
 
 std::vector<mx::array> rnn_stack(
@@ -237,10 +240,11 @@ std::vector<mx::array> rnn_stack(
     bool relu,
     bool batch_first,
     const OptArrayList& Wx_scales,
-    const OptArrayList& Wh_scales) {
+    const OptArrayList& Wh_scales,
+    bool eager) {
   return build_stack(
       {.cell = Cell::RNN, .batch_first = batch_first, .relu = relu}, x, Wx,
-      Wh, bias, {}, h0, std::nullopt, lengths, Wx_scales, Wh_scales);
+      Wh, bias, {}, h0, std::nullopt, lengths, Wx_scales, Wh_scales, eager);
 }
 
 } // namespace edgelstm
