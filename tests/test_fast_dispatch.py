@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 
 import edgelstm
-from edgelstm.fast import blas
+from edgelstm.fast import blas, stacks
 from edgelstm.fast import dispatch as kernels
 
 needs_kernels = pytest.mark.skipif(
@@ -44,8 +44,8 @@ def test_gpu_default_keeps_small_batches_on_the_cpu_kernel(gpu_default):
 def test_gpu_default_routes_layer_calls(gpu_default, monkeypatch, batch):
     """Small batches reach the fused stack, large ones the pure path; same numbers either way."""
     calls = []
-    real = kernels.run_stack
-    monkeypatch.setattr(kernels, "run_stack", lambda *a, **k: calls.append(1) or real(*a, **k))
+    real = stacks.run_stack
+    monkeypatch.setattr(stacks, "run_stack", lambda *a, **k: calls.append(1) or real(*a, **k))
     lstm = edgelstm.LSTM(3, 8, num_layers=2, batch_first=True)
     lstm.eval()
     x = mx.array(np.random.default_rng(0).standard_normal((batch, 5, 3)).astype(np.float32))
@@ -53,7 +53,7 @@ def test_gpu_default_routes_layer_calls(gpu_default, monkeypatch, batch):
     y_ref, _ = lstm(x, fast=False)
     assert len(calls) == (1 if batch == 1 else 0)
     np.testing.assert_allclose(np.array(y), np.array(y_ref), atol=1e-5)
-    plan = kernels.plan_stack(lstm, x, None, None)
+    plan = stacks.plan_stack(lstm, x, None, None)
     if batch == 1:
         assert isinstance(plan, list) and len(plan) == 2
     else:

@@ -13,6 +13,7 @@ from mlx.utils import tree_flatten
 
 from edgelstm.errors import EdgeLSTMError
 from edgelstm.fast import dispatch as kernels
+from edgelstm.fast import stacks
 from edgelstm.nn import recurrent as R
 from edgelstm.nn.layers import GRU, LSTM, RNN
 
@@ -162,7 +163,7 @@ def test_model_gradients_match_pure(name, bidirectional, batch_first, rng):
     state = (_arr(rng, shape), _arr(rng, shape)) if name == "lstm" else _arr(rng, shape)
     lengths = mx.array(LENGTHS, dtype=mx.int32)
     if not bidirectional:
-        assert isinstance(kernels.plan_stack(model, x, state, None), list)  # fused in training
+        assert isinstance(stacks.plan_stack(model, x, state, None), list)  # fused in training
     got, got_s = _model_grads(model, x, state, lengths, None)
     want, want_s = _model_grads(model, x, state, lengths, False)
     assert got.keys() == want.keys()
@@ -175,7 +176,7 @@ def test_dropout_in_training_runs_fused_per_layer(rng, monkeypatch):
     model.train()
     mx.eval(model.parameters())
     x = _arr(rng, (B, T, I), 1.0)
-    assert "dropout" in kernels.plan_stack(model, x, None, None)
+    assert "dropout" in stacks.plan_stack(model, x, None, None)
     calls = []
     real = kernels.lstm_seq
     monkeypatch.setattr(kernels, "lstm_seq", lambda *a, **k: calls.append(1) or real(*a, **k))

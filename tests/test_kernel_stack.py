@@ -12,6 +12,7 @@ import pytest
 from mlx.utils import tree_flatten
 
 from edgelstm.fast import dispatch as kernels
+from edgelstm.fast import stacks
 from edgelstm.nn.layers import GRU, LSTM, RNN
 from edgelstm.quantize import QuantConfig, quantize_mlx
 
@@ -68,7 +69,7 @@ def per_layer(monkeypatch):
 
     def run(fn):
         with monkeypatch.context() as m:
-            m.setattr(kernels, "plan_stack", lambda *a, **k: "disabled for the test")
+            m.setattr(stacks, "plan_stack", lambda *a, **k: "disabled for the test")
             for name, real in PER_LAYER.items():  # undo stack_only's patches
                 m.setattr(kernels, name, real)
             return fn()
@@ -106,7 +107,7 @@ def test_parity_with_per_layer_kernel_and_pure_mlx(
     lengths = mx.array([T, 2, 5][:B], dtype=mx.int32) if with_lengths else None
     want = per_layer(lambda: model(x, state, lengths=lengths))
     ref = model(x, state, lengths=lengths, fast=False)
-    assert isinstance(kernels.plan_stack(model, x, state, None), list)
+    assert isinstance(stacks.plan_stack(model, x, state, None), list)
     for name in ("lstm_seq", "gru_seq", "rnn_seq"):
         monkeypatch.setattr(kernels, name, None)  # the stack must not need them
     got = model(x, state, lengths=lengths)
@@ -141,7 +142,7 @@ def test_int8_quantized_stack(kind, B, rng, per_layer, stack_only):
     x = mx.array(rng.normal(0, 1, (B, T, I)).astype(np.float32))
     state = _state(model, B, rng)
     lengths = mx.array([T, 4, 1][:B], dtype=mx.int32)
-    plan = kernels.plan_stack(model, x, state, None)
+    plan = stacks.plan_stack(model, x, state, None)
     assert isinstance(plan, list) and all(a["Wh"].dtype == mx.int8 for a in plan)
     got = model(x, state, lengths=lengths)
     _close(got, per_layer(lambda: model(x, state, lengths=lengths)), SAME)
@@ -150,7 +151,7 @@ def test_int8_quantized_stack(kind, B, rng, per_layer, stack_only):
 
 def test_int8_recurrent_weights_only(rng, per_layer, stack_only):
     model = quantize_mlx(_model("lstm", 2), QuantConfig(targets=("Wh",)))
-    plan = kernels.plan_stack(model, mx.zeros((1, T, I)), None, None)
+    plan = stacks.plan_stack(model, mx.zeros((1, T, I)), None, None)
     assert [a["Wx_scales"] is None and a["Wh_scales"] is not None for a in plan] == [True] * 2
     x = mx.array(rng.normal(0, 1, (2, T, I)).astype(np.float32))
     _close(model(x), per_layer(lambda: model(x)), SAME)
@@ -160,7 +161,7 @@ def test_4bit_falls_back(rng):
     model = LSTM(32, 32, num_layers=2)  # group-wise 4-bit needs widths divisible by 32
     model = quantize_mlx(model, QuantConfig(bits=4))
     x = mx.array(rng.normal(0, 1, (2, T, 32)).astype(np.float32))
-    assert "no fused-kernel weights" in kernels.plan_stack(model, x, None, None)
+    assert "no fused-kernel weights" in stacks.plan_stack(model, x, None, None)
     _close(model(x), model(x, fast=False), ATOL)
 
 
@@ -179,7 +180,7 @@ def test_unsupported_configs_fall_back_identically(kind, kw, why, rng, per_layer
     B = 2
     x = mx.array(rng.normal(0, 1, (B, T, I)).astype(np.float32))
     state = _state(model, B, rng)
-    reason = kernels.plan_stack(model, x, state, None)
+    reason = stacks.plan_stack(model, x, state, None)
     assert isinstance(reason, str) and why in reason
     want = per_layer(lambda: model(x, state, lengths=[T, 3]))
     monkeypatch.setattr(kernels._ext, "lstm_stack", None)  # never reached
@@ -189,10 +190,10 @@ def test_unsupported_configs_fall_back_identically(kind, kw, why, rng, per_layer
 def test_fast_false_and_dropout_in_training_never_fuse(rng, monkeypatch):
     model = _model("lstm", 2, dropout=0.5)
     x = mx.array(rng.normal(0, 1, (1, T, I)).astype(np.float32))
-    assert kernels.plan_stack(model, x, None, False) == "fast=False"
+    assert stacks.plan_stack(model, x, None, False) == "fast=False"
     model.train()
-    assert "dropout" in kernels.plan_stack(model, x, None, True)
-    monkeypatch.setattr(kernels, "run_stack", None)
+    assert "dropout" in stacks.plan_stack(model, x, None, True)
+    monkeypatch.setattr(stacks, "run_stack", None)
     model(x, fast=False)
     model.eval()
     model(x, fast=False)
@@ -210,7 +211,7 @@ def test_state_not_whole_arrays_falls_back(rng, per_layer):
     x = mx.array(rng.normal(0, 1, (2, T, I)).astype(np.float32))
     h, c = _state(model, 2, rng)
     per_layer_state = ([h[0], h[1]], [c[0], c[1]])
-    assert "whole (L, B, H)" in kernels.plan_stack(model, x, per_layer_state, None)
+    assert "whole (L, B, H)" in stacks.plan_stack(model, x, per_layer_state, None)
     _close(model(x, per_layer_state), model(x, (h, c)), SAME)
 
 

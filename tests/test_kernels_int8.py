@@ -12,6 +12,7 @@ import numpy as np
 import pytest
 
 from edgelstm.fast import dispatch as kernels
+from edgelstm.fast import stacks
 from edgelstm.nn import activations as A
 from edgelstm.nn import recurrent as R
 from edgelstm.nn.layers import RECURRENT
@@ -235,7 +236,7 @@ def test_partial_targets_use_the_kernel(monkeypatch):
     real = kernels.gru
     monkeypatch.setattr(kernels, "gru", lambda *a, **k: calls.append(k) or real(*a, **k))
     # The per-layer path (a one-primitive stack is the default; test_kernel_stack.py).
-    monkeypatch.setattr(kernels, "plan_stack", lambda *a, **k: "per-layer path under test")
+    monkeypatch.setattr(stacks, "plan_stack", lambda *a, **k: "per-layer path under test")
     got = model(x)
     assert calls and all(k["Wx_scales"] is None and k["Wh_scales"] is not None for k in calls)
     np.testing.assert_allclose(np.array(got), np.array(want), rtol=0, atol=ATOL)

@@ -11,10 +11,10 @@ gate math applied per block of units as its products come out; the loops are
 built for AVX-512, AVX2+FMA and a baseline (SSE2 / NEON), picked at run time
 (``EDGELSTM_ISA=avx2|baseline`` caps the choice). GRU and RNN run the kernel's
 own small matmul up to 7 rows, the linked BLAS beyond. A unidirectional multi-layer stack
-runs all its layers in one primitive (:func:`plan_stack`, :func:`run_stack`).
+runs all its layers in one primitive (:mod:`edgelstm.fast.stacks`).
 
-Decisions: :func:`fused_cell` for one direction and :func:`plan_stack` for a
-stack, both through :func:`why_not`; :func:`placement` applies the device rule.
+Decisions: :func:`fused_cell` for one direction and :func:`edgelstm.fast.stacks.plan_stack`
+for a stack (remembered per model), both through :func:`why_not`; :func:`placement` applies the device rule.
 When the extension is missing or disabled (``EDGELSTM_KERNELS=0``),
 :func:`available` is ``False``, :func:`reason` says why, and every caller runs
 its pure-MLX path. The primitives have a vjp (backpropagation through time in
@@ -32,7 +32,7 @@ import mlx.core as mx
 _SIGMOID, _TANH, _RELU = ("sigmoid", None, None), ("tanh", None, None), ("relu", None, None)
 _LSTM_ACTS = (_SIGMOID, _TANH, _TANH)
 _GRU_ACTS = (_SIGMOID, _TANH)
-_RNN_ACTS = {(_TANH,): False, (_RELU,): True}  # activations -> relu flag
+RNN_RELU_FLAG = {(_TANH,): False, (_RELU,): True}  # activations -> relu flag
 
 _REBUILD_HINT = ("reinstall edgelstm from a wheel, or from source with a C++17 compiler "
                  "(pip install --force-reinstall --no-deps edgelstm)")
@@ -81,7 +81,7 @@ def blas_info() -> str:
 
 def set_blas_threads(n: int) -> bool:
     """Set the kernels' BLAS thread count; ``False`` where the BLAS has no such control."""
-    _require()
+    require()
     return bool(_ext.set_blas_threads(int(n)))
 
 
@@ -108,11 +108,13 @@ def reason() -> str:
 EAGER_MAX_BATCH = 16
 
 
-def _eager(x, batch_first: bool) -> bool:
+def eager_call(x, batch_first: bool) -> bool:
+    """Whether a kernel call on ``x`` runs eagerly (batch up to :data:`EAGER_MAX_BATCH`)."""
     return x.shape[0 if batch_first else 1] <= EAGER_MAX_BATCH
 
 
-def _int32(lengths):
+def int32_lengths(lengths):
+    """``lengths`` as the kernels take them: an int32 ``mx.array`` ``(B,)``, or ``None``."""
     if lengths is None:
         return None
     if not isinstance(lengths, mx.array):
@@ -155,18 +157,18 @@ def lstm_seq(
     Returns:
         ``y`` ``(T, B, H)`` (or ``(B, T, H)``; zero past each length) and ``(h_n, c_n)``.
     """
-    _require()
+    require()
     y, h, c = _ext.lstm_seq(
         xp,
         Wh,
         h0,
         c0,
-        _int32(lengths),
+        int32_lengths(lengths),
         reverse=bool(reverse),
         batch_first=bool(batch_first),
         Wx=Wx,
         bias=bias,
-        eager=_eager(xp, batch_first),
+        eager=eager_call(xp, batch_first),
         **_scales(Wh_scales, Wx_scales),
     )
     return y, (h, c)
@@ -197,19 +199,19 @@ def gru_seq(
     Returns:
         ``y`` and ``h_n`` ``(B, H)``.
     """
-    _require()
+    require()
     y, h = _ext.gru_seq(
         xp,
         Wh,
         bhn,
         h0,
-        _int32(lengths),
+        int32_lengths(lengths),
         reverse=bool(reverse),
         linear_before_reset=bool(linear_before_reset),
         batch_first=bool(batch_first),
         Wx=Wx,
         bias=b,
-        eager=_eager(xp, batch_first),
+        eager=eager_call(xp, batch_first),
         **_scales(Wh_scales, Wx_scales),
     )
     return y, h
@@ -237,18 +239,18 @@ def rnn_seq(
     Returns:
         ``y`` and ``h_n`` ``(B, H)``.
     """
-    _require()
+    require()
     y, h = _ext.rnn_seq(
         xp,
         Wh,
         h0,
-        _int32(lengths),
+        int32_lengths(lengths),
         reverse=bool(reverse),
         relu=bool(relu),
         batch_first=bool(batch_first),
         Wx=Wx,
         bias=bias,
-        eager=_eager(xp, batch_first),
+        eager=eager_call(xp, batch_first),
         **_scales(Wh_scales, Wx_scales),
     )
     return y, h
@@ -261,7 +263,8 @@ def _scales(Wh_scales, Wx_scales):
     return {k: v for k, v in kw.items() if v is not None}
 
 
-def _require():
+def require():
+    """Raise (with the reason) unless the fused kernels are loaded."""
     if not available():
         from edgelstm.errors import UnsupportedError
 
@@ -321,7 +324,7 @@ def why_not(kind: str, args: dict, x, h0=None, c0=None) -> str | None:
             return "fused GRU supports the default activations (sigmoid, tanh) only"
         floats = (args["bias"], args.get("bhn"), h0)
     else:
-        if acts not in _RNN_ACTS:
+        if acts not in RNN_RELU_FLAG:
             return "fused RNN supports tanh or relu only"
         floats = (args["bias"], h0)
     if not available():
@@ -347,7 +350,8 @@ def fused_cell(kind: str, x, args: dict, h0=None, c0=None, lengths=None, reverse
     """The one fused-vs-pure decision for one (layer, direction).
 
     Every single-direction call (float cells through :mod:`edgelstm.nn.recurrent`,
-    int8 cells, the ONNX runner) asks here; whole stacks ask :func:`plan_stack`,
+    int8 cells, the ONNX runner) asks here; whole stacks ask
+    :func:`edgelstm.fast.stacks.plan_stack`,
     which applies the same :func:`why_not`.
 
     Returns:
@@ -443,7 +447,7 @@ def gru(
 
 def rnn(x, Wxh, Whh, bias, h0, lengths, reverse, activations, Wx_scales=None, Wh_scales=None):
     """Fused equivalent of ``recurrent.rnn`` for the arguments it supports."""
-    relu = _RNN_ACTS[tuple(activations)]
+    relu = RNN_RELU_FLAG[tuple(activations)]
     return rnn_seq(
         x,
         Whh,
@@ -457,112 +461,3 @@ def rnn(x, Wxh, Whh, bias, h0, lengths, reverse, activations, Wx_scales=None, Wh
         Wh_scales=Wh_scales,
         Wx_scales=Wx_scales,
     )
-
-
-# -- whole stacks: every layer of a unidirectional model in one primitive ----------
-
-
-def plan_stack(model, x, state, fast) -> list[dict] | str:
-    """Decide whether a recurrent stack runs as one fused primitive (all layers).
-
-    The single place that decides it: :meth:`edgelstm.nn.layers.Recurrent.__call__`
-    calls this and falls back to one kernel (or pure-MLX) call per layer when
-    given a reason.
-
-    Args:
-        model: an ``edgelstm.nn.layers.Recurrent`` (``cell_type``, ``layers``,
-            ``bidirectional``, ``training``, ``_drop``).
-        x: the input, ``(B, T, I)`` or ``(T, B, I)`` (only its rank, size and
-            dtype matter here).
-        state: the model's initial state (``(h0, c0)`` for LSTM, ``h0``
-            otherwise, each ``(L, B, H)``) or ``None``.
-        fast: the call's ``fast`` (``False`` never fuses).
-
-    Returns:
-        The per-layer kernel arguments (each cell's ``kernel_args``) for
-        :func:`run_stack`, or a one-line reason the stack cannot be fused.
-    """
-    if fast is False:
-        return "fast=False"
-    if not available():
-        return f"fused kernels unavailable: {reason()}"
-    kind = model.cell_type
-    if model.bidirectional:
-        return "fused stacks are unidirectional"
-    if model.training and model._drop is not None:
-        return "dropout between layers is active (training)"
-    if (
-        kind == "lstm"
-        and state is not None
-        and not (isinstance(state, (tuple, list)) and len(state) == 2)
-    ):
-        return "LSTM state must be (h0, c0)"
-    h0, c0 = _split_state(kind, state)
-    for s in (h0, c0):
-        if s is not None and not (isinstance(s, mx.array) and s.ndim == 3):
-            return "fused stacks take whole (L, B, H) state arrays"
-    plan = []
-    for k, layer in enumerate(model.layers):
-        get = getattr(layer.forward, "kernel_args", None)
-        a = get(fast) if get is not None else None
-        if a is None:
-            return f"layer {k} has no fused-kernel weights"
-        why = why_not(kind, a, x, h0, c0)
-        if why is not None:
-            return f"layer {k}: {why}"
-        plan.append(a)
-    opt = {"gru": "linear_before_reset", "rnn": "activations"}.get(kind)
-    if opt and any(a[opt] != plan[0][opt] for a in plan):
-        return f"layers differ in {opt}"
-    return plan
-
-
-def run_stack(kind, plan, x, state, lengths=None, *, batch_first=True):
-    """Run a stack planned by :func:`plan_stack` in one primitive.
-
-    Args:
-        kind: ``"lstm"``, ``"gru"`` or ``"rnn"``.
-        plan: the per-layer arguments :func:`plan_stack` returned.
-        x: input ``(B, T, I)`` (``(T, B, I)`` when not ``batch_first``).
-        state: ``(h0, c0)`` for LSTM, ``h0`` otherwise, each ``(L, B, H)``, or ``None``.
-        lengths: valid steps per sequence ``(B,)`` or ``None``.
-
-    Returns:
-        ``y`` of the last layer (``x``'s layout) and the final state, as the
-        model returns it: ``(h_n, c_n)`` for LSTM, else ``h_n``, each ``(L, B, H)``.
-    """
-    _require()
-    h0, c0 = _split_state(kind, state)
-    lists = {k: [a[k] for a in plan] for k in ("Wx", "Wh", "bias", "Wx_scales", "Wh_scales")}
-    for k in ("bias", "Wx_scales", "Wh_scales"):
-        if all(v is None for v in lists[k]):
-            lists[k] = []
-    kw = {
-        "batch_first": bool(batch_first),
-        "Wx_scales": lists["Wx_scales"],
-        "Wh_scales": lists["Wh_scales"],
-        "eager": _eager(x, batch_first),
-    }
-    args = (x, lists["Wx"], lists["Wh"], lists["bias"])
-    if kind == "lstm":
-        y, h, c = _ext.lstm_stack(*args, h0, c0, _int32(lengths), **kw)
-        return y, (h, c)
-    if kind == "gru":
-        bhn = [a["bhn"] for a in plan]
-        y, h = _ext.gru_stack(
-            *args,
-            [] if all(b is None for b in bhn) else bhn,
-            h0,
-            _int32(lengths),
-            linear_before_reset=plan[0]["linear_before_reset"],
-            **kw,
-        )
-        return y, h
-    y, h = _ext.rnn_stack(*args, h0, _int32(lengths), relu=_RNN_ACTS[plan[0]["activations"]], **kw)
-    return y, h
-
-
-def _split_state(kind, state):
-    if state is None:
-        return None, None
-    return tuple(state) if kind == "lstm" else (state, None)

@@ -16,7 +16,7 @@ import mlx.core as mx
 import mlx.nn as nn
 
 from edgelstm.errors import ConfigError
-from edgelstm.fast import dispatch as _kernels
+from edgelstm.fast import stacks as _stacks
 from edgelstm.nn import activations as A
 from edgelstm.nn import recurrent as R
 
@@ -49,7 +49,7 @@ class _Cell(nn.Module):
         return [self[wx], None, self[wh], None]  # items: no Module.__getattr__
 
     def kernel_args(self, fast=None) -> dict | None:
-        """Weights and options in :func:`edgelstm.fast.dispatch.plan_stack`'s terms, or ``None``."""
+        """Weights and options in :func:`edgelstm.fast.stacks.plan_stack`'s terms, or ``None``."""
         w = self._kernel_weights(fast)
         if w is None:
             return None
@@ -284,9 +284,9 @@ class Recurrent(SaveMixin, nn.Module):
         if x.shape[-1] != self.input_size:
             raise ValueError(f"expected {self.input_size} input features, got {x.shape[-1]}")
         # Whole stack in one kernel primitive when every layer can take it.
-        plan = _kernels.plan_stack(self, x, state, fast)
+        plan = _stacks.plan_stack(self, x, state, fast)
         if isinstance(plan, list):
-            x, out_state = _kernels.run_stack(
+            x, out_state = _stacks.run_stack(
                 self.cell_type, plan, x, state, lengths, batch_first=not time_major)
         else:
             if time_major:

@@ -24,6 +24,7 @@ import mlx.core as mx
 import mlx.nn as nn
 
 from edgelstm.errors import ConfigError
+from edgelstm.fast import dense as _dense
 from edgelstm.nn.layers import RECURRENT, Recurrent, SaveMixin
 from edgelstm.nn.stem import ConvStem, stem_lengths
 
@@ -187,8 +188,11 @@ class SequenceModel(SaveMixin, nn.Module):
             ``(B, T, C)`` for a frame head, ``(B, C)`` for a sequence head
             (``C`` = ``num_outputs``); with ``return_state``, ``(out, state)``.
         """
+        dense = self._dense_on_kernel(x, fast)
+        batch = x.shape[0] if x.ndim == 3 else 1
         if "norm" in self:
-            x = self.norm(x)
+            x = (_dense.normalize(x, self.norm.mean, self.norm.std, batch=batch) if dense
+                 else self.norm(x))
         if "stem" in self:
             if state is not None:  # the final state is an output; resuming from one is not
                 raise ConfigError("a model with a conv stem cannot stream (no state for the "
@@ -196,13 +200,42 @@ class SequenceModel(SaveMixin, nn.Module):
             x = self.stem(x)
             lengths = stem_lengths(lengths, self.stem.stride)
         y, final = self.rnn(x, state, lengths=lengths, fast=fast)
+        head = self._dense_head(batch) if dense else self.head if "head" in self else None
         if self.head_type == "sequence" and self.pool == "mean":
-            y = self.head(_mean_steps(y, lengths))
+            y = head(_mean_steps(y, lengths))
+        elif self.head_type == "sequence" and dense and self._reads_last_row():
+            y = head(final[0] if isinstance(final, tuple) else final, row=-1)
         elif self.head_type == "sequence":
-            y = self.head(self._last_step(y, final))
+            y = head(self._last_step(y, final))
         elif self.head_type == "frame":
-            y = self.head(y)
+            y = head(y)
         return (y, final) if return_state else y
+
+    def _dense_on_kernel(self, x, fast) -> bool:
+        """Whether the normalisation and head run as the kernels' dense ops.
+
+        In evaluation only, where the recurrent kernels run (see
+        :func:`edgelstm.fast.dense.on_kernel`): a streamed chunk of a
+        computed input then runs without MLX's stream thread, ~100 µs a chunk.
+        """
+        if fast is False or self.training:
+            return False
+        head = self.head if "head" in self else None
+        if head is not None and type(head) is not nn.Linear:  # quantized heads: MLX ops
+            return False
+        batch = x.shape[0] if x.ndim == 3 else 1
+        return _dense.on_kernel(batch, x, head.weight if head is not None else None)
+
+    def _dense_head(self, batch):
+        head = self.head if "head" in self else None
+        if head is None:
+            return None
+        bias = head["bias"] if "bias" in head else None
+        return lambda z, row=None: _dense.linear(z, head.weight, bias, batch=batch, row=row)
+
+    def _reads_last_row(self) -> bool:
+        """A last-step head reading just the last state row (one direction, no summary)."""
+        return self.summary is None and self.rnn.num_directions == 1
 
     def _last_step(self, y, final):
         """Per-sequence summary ``(B, n*H)``: the ``summary`` rows of the final hidden state.

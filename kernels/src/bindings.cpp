@@ -6,6 +6,7 @@
 #include <nanobind/stl/vector.h>
 
 #include "blas.h"
+#include "dense.h"
 #include "gates.h"
 #include "recurrent_seq.h"
 
@@ -133,4 +134,29 @@ NB_MODULE(_kernels, m) {
       nb::kw_only(),
       "relu"_a = false,
       "batch_first"_a = false);
+
+  // A model's input normalisation and linear head, eager-capable like the
+  // recurrent primitives, so a streamed chunk's whole model can skip MLX's
+  // stream thread.
+  m.def(
+      "linear",
+      &edgelstm::dense_linear,
+      "x"_a,
+      "W"_a,
+      "bias"_a = nb::none(),
+      nb::kw_only(),
+      "row"_a = nb::none(),
+      "eager"_a = false,
+      "x (.., K) @ W.T + bias -> (.., N) on a cached packing of W (N, K);\n"
+      "every row rounds the same whatever the number of rows. With row,\n"
+      "x is (R, .., K) and x[row] is the input (a final state's layer).");
+  m.def(
+      "normalize",
+      &edgelstm::dense_normalize,
+      "x"_a,
+      "mean"_a,
+      "std"_a,
+      nb::kw_only(),
+      "eager"_a = false,
+      "(x - mean) / std for x (.., I) and per-feature mean, std (I,).");
 }
