@@ -170,3 +170,27 @@ def test_int8_model_streams_eagerly(rng):
     assert not _is_lazy(y)
     np.testing.assert_allclose(np.array(y), np.array(m(x, fast=False)[0]), rtol=0, atol=1e-4)
 
+
+
+def test_streaming_backend_steps_eagerly_even_when_compiled(rng):
+    """A small-batch chunk skips the compiled step: a compiled step always waits on
+    MLX's stream thread, the eager kernels do not. Both give the same bits."""
+    from edgelstm.nn.model import SequenceModel
+    from edgelstm.streaming.backends import MLXBackend
+
+    model = SequenceModel(LSTM(I, H, num_layers=2), num_outputs=3, head="frame")
+    model.eval()
+    mx.eval(model.parameters())
+    x = rng.normal(0, 1, (1, 4, I)).astype(np.float32)
+    compiled = MLXBackend(model, compile=True)
+    y, state = compiled.run(x, compiled.zero_state(1))
+    assert not any(_is_lazy(s) for s in state)
+    y2, state2 = compiled.run(x, state)
+    plain = MLXBackend(model, compile=False)
+    y_ref, state_ref = plain.run(x, plain.zero_state(1))
+    np.testing.assert_array_equal(y, y_ref)
+    np.testing.assert_array_equal(y2, plain.run(x, state_ref)[0])
+    big = rng.normal(0, 1, (kernels.EAGER_MAX_BATCH + 1, 4, I)).astype(np.float32)
+    y_big, _ = compiled.run(big, compiled.zero_state(len(big)))  # the compiled step
+    y_big_ref, _ = plain.run(big, plain.zero_state(len(big)))
+    np.testing.assert_array_equal(y_big, y_big_ref)

@@ -66,6 +66,12 @@ class MLXBackend:
         self._mx = mx
         self._compiled = mx.compile(self._forward) if compile else None
         self.compile_error: str | None = None  # why the compiled step was dropped, if it was
+        # Where the fused kernels run the step, small batches skip the compiled step:
+        # on computed inputs the kernels run eagerly, without MLX's stream thread
+        # (edgelstm.fast.dispatch.EAGER_MAX_BATCH); a compiled step always waits on it.
+        from edgelstm.fast import dispatch
+
+        self._eager_max_batch = dispatch.EAGER_MAX_BATCH if dispatch.available() else 0
 
     def _forward(self, x, *state):
         st = tuple(state) if self.is_lstm else state[0]
@@ -77,6 +83,7 @@ class MLXBackend:
 
     def zero_state(self, batch: int = 1) -> list:
         z = self._mx.zeros((self.num_layers, batch, self.hidden_size))
+        self._mx.eval(z)  # computed, so even the first chunk may run eagerly
         return [z, z] if self.is_lstm else [z]
 
     def to_native(self, a):
@@ -93,7 +100,7 @@ class MLXBackend:
         mx = self._mx
         xa = mx.array(np.ascontiguousarray(x, dtype=np.float32))
         out = None
-        if self._compiled is not None:
+        if self._compiled is not None and x.shape[0] > self._eager_max_batch:
             try:
                 out = self._compiled(xa, *state)
             except (RuntimeError, ValueError) as exc:
