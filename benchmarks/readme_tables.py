@@ -38,14 +38,33 @@ def core_table(threads: int, repeat: int) -> str:
         data = json.loads(out.read_text())
     rows = data["workloads"]
     names = list(dict.fromkeys(r["impl"] for w in rows for r in w["results"]))
-    lines = [f"MLX BLAS: {data['mlx_blas']}; kernels: {data['kernels']}; threads {threads}", "",
-             "| workload | " + " | ".join(names) + " |",
-             "|---|" + "---:|" * len(names)]
+    ratios = [("vs ORT", "onnxruntime"), ("vs PyTorch", "torch.nn.LSTM"),
+              ("vs mlx.nn", "mlx.nn.LSTM")]
+    lines = [f"MLX BLAS: {data['mlx_blas']}; kernels: {data['kernels']}; threads "
+             f"{threads if threads > 0 else 'library defaults'}", "",
+             "| workload | " + " | ".join(names + [r for r, _ in ratios]) + " |",
+             "|---|" + "---:|" * (len(names) + len(ratios))]
     for w in rows:
         ms = {r["impl"]: r["ms"] for r in w["results"]}
         cells = [f"{ms[n]:.3g}" if n in ms else "" for n in names]
+        ours = _ours(ms)
+        for _, peer in ratios:
+            theirs = next((v for k, v in ms.items() if k.startswith(peer)), None)
+            cells.append(f"**{theirs / ours:.2f}x**" if theirs and ours else "")
         lines.append(f"| {w['workload']} | " + " | ".join(cells) + " |")
+    lines += ["", "Ratios are the peer's median over edgelstm's (the `edgelstm.LSTM` module "
+              "forward, the kernel in train mode for the training step): above 1, "
+              "edgelstm is faster."]
     return "\n".join(lines)
+
+
+def _ours(ms: dict) -> float | None:
+    """edgelstm's median of a workload: the module as users build it, or the train step."""
+    for prefix in ("edgelstm.LSTM module", "edgelstm kernel (train mode)"):
+        for k, v in ms.items():
+            if k.startswith(prefix):
+                return v
+    return None
 
 
 def model_table(threads: int, runs: int) -> str:
@@ -69,7 +88,7 @@ def model_table(threads: int, runs: int) -> str:
 
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--threads", type=int, default=1, help="0: each library's default")
     ap.add_argument("--repeat", type=int, default=15, help="timed passes per core workload")
     ap.add_argument("--runs", type=int, default=50, help="timed calls per model case")
     ap.add_argument("--skip-core", action="store_true", help="only the shipped models")
