@@ -9,6 +9,7 @@
 
 #include "gates.h"
 #include "layer_core.h"
+#include "lstm_q8.h"
 
 namespace edgelstm::detail {
 
@@ -23,16 +24,20 @@ namespace {
 // weights. Small: streaming calls reuse a few weights; training replaces
 // its weights every step and simply evicts (LRU).
 constexpr size_t kPackCacheEntries = 16;
-constexpr size_t kPackCacheFloats = size_t(1) << 24; // 64 MiB in all
+constexpr size_t kPackCacheBytes = size_t(1) << 26; // 64 MiB in all
 
+// Float panels (packed_weight) and int8 panels (packed_weight_q8) share the
+// cache; `q8` tells them apart.
 struct PackEntry {
   const void* ptr;
   const void* sptr;
   mx::Shape shape;
   mx::Strides strides;
   int gates;
+  bool q8;
   std::shared_ptr<mx::allocator::Data> owner, sowner;
-  std::shared_ptr<const std::vector<float>> packed;
+  std::shared_ptr<const void> packed;
+  size_t bytes;
   uint64_t used;
 };
 
@@ -42,11 +47,59 @@ std::mutex pack_mu;
 auto* pack_cache = new std::vector<PackEntry>();
 uint64_t pack_clock = 0;
 
+// The packing of `w` (scales `scales`) made by `pack` (returning it and its
+// size in bytes), cached when the owners allow it.
+std::shared_ptr<const void> cached_packing(
+    const mx::array& w,
+    const mx::array* scales,
+    int gates,
+    bool q8,
+    const std::shared_ptr<mx::allocator::Data>& owner,
+    const std::shared_ptr<mx::allocator::Data>& sowner,
+    const std::function<std::pair<std::shared_ptr<const void>, size_t>()>& pack) {
+  const bool cacheable = owner && (!scales || sowner);
+  if (!cacheable) {
+    return pack().first;
+  }
+  const void* ptr = w.data<void>();
+  const void* sptr = scales ? scales->data<void>() : nullptr;
+  {
+    std::lock_guard<std::mutex> lock(pack_mu);
+    for (auto& e : *pack_cache) {
+      if (e.ptr == ptr && e.sptr == sptr && e.gates == gates && e.q8 == q8 &&
+          e.shape == w.shape() && e.strides == w.strides()) {
+        e.used = ++pack_clock;
+        return e.packed;
+      }
+    }
+  }
+  auto [packed, bytes] = pack();
+  std::lock_guard<std::mutex> lock(pack_mu);
+  size_t total = bytes;
+  for (const auto& e : *pack_cache) {
+    total += e.bytes;
+  }
+  while (!pack_cache->empty() &&
+         (pack_cache->size() >= kPackCacheEntries || total > kPackCacheBytes)) {
+    auto lru = std::min_element(
+        pack_cache->begin(), pack_cache->end(),
+        [](const PackEntry& a, const PackEntry& b) { return a.used < b.used; });
+    total -= lru->bytes;
+    pack_cache->erase(lru);
+  }
+  if (bytes <= kPackCacheBytes) {
+    pack_cache->push_back(PackEntry{
+        ptr, sptr, w.shape(), w.strides(), gates, q8, owner, sowner, packed,
+        bytes, ++pack_clock});
+  }
+  return packed;
+}
+
+} // namespace
+
 // A weight (gates*N, K) packed by pack_gates: Wh (4H, H) with gates = 4 for
 // lstm_fused_step, Wx (G, I) with gates = 1 for gemm_packed. `values()`
 // gives its row-major float values (int8 expanded), called only on a miss.
-} // namespace
-
 std::shared_ptr<const std::vector<float>> packed_weight(
     const mx::array& wh,
     const mx::array* scales,
@@ -57,48 +110,38 @@ std::shared_ptr<const std::vector<float>> packed_weight(
   const GateFns& fns = gate_fns();
   const int N = wh.shape(0) / gates;
   const int K = wh.shape(1);
-  auto pack = [&] {
+  auto packed = cached_packing(wh, scales, gates, false, owner, sowner, [&] {
     auto v = std::make_shared<std::vector<float>>(
         size_t(fns.packed_floats(gates, N, K)));
     fns.pack_gates(values(), gates, N, K, v->data());
-    return v;
-  };
-  const bool cacheable = owner && (!scales || sowner);
-  if (!cacheable) {
-    return pack();
-  }
-  const void* ptr = wh.data<void>();
-  const void* sptr = scales ? scales->data<void>() : nullptr;
-  {
-    std::lock_guard<std::mutex> lock(pack_mu);
-    for (auto& e : *pack_cache) {
-      if (e.ptr == ptr && e.sptr == sptr && e.gates == gates &&
-          e.shape == wh.shape() && e.strides == wh.strides()) {
-        e.used = ++pack_clock;
-        return e.packed;
-      }
-    }
-  }
-  auto packed = pack();
-  std::lock_guard<std::mutex> lock(pack_mu);
-  size_t total = packed->size();
-  for (const auto& e : *pack_cache) {
-    total += e.packed->size();
-  }
-  while (!pack_cache->empty() &&
-         (pack_cache->size() >= kPackCacheEntries || total > kPackCacheFloats)) {
-    auto lru = std::min_element(
-        pack_cache->begin(), pack_cache->end(),
-        [](const PackEntry& a, const PackEntry& b) { return a.used < b.used; });
-    total -= lru->packed->size();
-    pack_cache->erase(lru);
-  }
-  if (packed->size() <= kPackCacheFloats) {
-    pack_cache->push_back(PackEntry{
-        ptr, sptr, wh.shape(), wh.strides(), gates, owner, sowner, packed,
-        ++pack_clock});
-  }
-  return packed;
+    return std::make_pair(
+        std::shared_ptr<const void>(v), v->size() * sizeof(float));
+  });
+  return std::static_pointer_cast<const std::vector<float>>(packed);
+}
+
+std::shared_ptr<const PackedQ8> packed_weight_q8(
+    const mx::array& wh,
+    const mx::array& scales,
+    const std::shared_ptr<mx::allocator::Data>& owner,
+    const std::shared_ptr<mx::allocator::Data>& sowner) {
+  const Q8Fns& fns = q8_fns();
+  const int H = wh.shape(1);
+  auto packed = cached_packing(wh, &scales, 4, true, owner, sowner, [&] {
+    std::vector<int8_t> qbuf;
+    std::vector<float> sbuf;
+    const int8_t* q = row_major(wh, qbuf);
+    const float* s = row_major(scales, sbuf);
+    auto p = std::make_shared<PackedQ8>();
+    p->q.resize(size_t(fns.packed_q8_bytes(H)));
+    p->s.resize(size_t(fns.packed_q8_scales(H)));
+    fns.pack_gates_q8(
+        reinterpret_cast<const signed char*>(q), s, H, p->q.data(),
+        p->s.data());
+    return std::make_pair(
+        std::shared_ptr<const void>(p), p->q.size() + p->s.size() * sizeof(float));
+  });
+  return std::static_pointer_cast<const PackedQ8>(packed);
 }
 
 } // namespace edgelstm::detail

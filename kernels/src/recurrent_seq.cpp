@@ -4,6 +4,7 @@
 #include "blas.h"
 #include "gates.h"
 #include "layer_core.h"
+#include "lstm_q8.h"
 
 #include <algorithm>
 #include <cmath>
@@ -297,6 +298,10 @@ void run_layer(const SeqConfig& cfg, int T, int B, const LayerIO& io) {
   };
   auto valid = [&](int t, int b) { return !len || t < len[b]; };
 
+  // Small batches on an int8 Wh stream int8 panels instead (lstm_q8.cpp).
+  if (fused && run_lstm_q8(cfg, T, B, io, xp, xp_time_major)) {
+    return;
+  }
   if (fused) {
     const auto packed = packed_weight(
         *io.wh, io.wh_scales,

@@ -1,0 +1,136 @@
+// The LSTM recurrence on int8 recurrent weights for small batches: the
+// sequence loop around lstm_fused_step_q8 (gates_packed_q8.inc) and its
+// per-ISA table.
+
+#include "lstm_q8.h"
+#include "gates.h"
+
+#include <cstdlib>
+#include <cstring>
+#include <utility>
+#include <vector>
+
+namespace edgelstm {
+
+const Q8Fns& q8_fns() {
+  static const Q8Fns fns = [] {
+#define EDGELSTM_Q8_TABLE(ns) \
+  Q8Fns { ns::packed_q8_bytes, ns::packed_q8_scales, ns::pack_gates_q8, ns::lstm_fused_step_q8 }
+#ifdef EDGELSTM_HAVE_AVX2
+    // Same build as gate_fns(): the packing width must match the step's.
+    const char* isa = gate_fns().isa;
+    if (std::strcmp(isa, "avx512") == 0) {
+      return EDGELSTM_Q8_TABLE(gates_avx512);
+    }
+    if (std::strcmp(isa, "avx2") == 0) {
+      return EDGELSTM_Q8_TABLE(gates_avx2);
+    }
+#endif
+    return EDGELSTM_Q8_TABLE(gates_base);
+#undef EDGELSTM_Q8_TABLE
+  }();
+  return fns;
+}
+
+namespace detail {
+
+namespace {
+
+// When an int8 Wh runs lstm_fused_step_q8 rather than the fp32 fused step
+// on its once-expanded packing. Measured with benchmarks/bench_quant.py
+// --workload step and a B x H sweep (AVX-512, Sapphire Rapids, 2 MiB L2;
+// T=100, one thread, minimum of interleaved passes):
+// - up to 7 rows (the register-tile path of both steps): q8 from level
+//   (H=128, both in L2) to 2-4x faster (H>=384, fp32 past L2);
+// - 8-16 rows: the fp32 step is compute-bound and the widening costs more
+//   than the bytes it saves while the fp32 packing fits in L2 (H=128-256:
+//   q8 0.85-0.95x); with it far past L2 (H>=512, 4+ MiB) q8 wins 1.2-1.5x;
+// - more rows: not measured, fp32 (its blocked GEMM serves many rows per
+//   weight load).
+// Depends on B and H only, never on T: a streamed chunk rounds as the full
+// pass does.
+constexpr int kQ8MaxRows = 7;
+constexpr int kQ8WideRows = 16;
+constexpr int kQ8WideMinHidden = 512;
+
+bool q8_pays(int B, int H) {
+  return B <= kQ8MaxRows || (B <= kQ8WideRows && H >= kQ8WideMinHidden);
+}
+
+// EDGELSTM_Q8_STEP=0 turns the int8 step off (int8 Wh expanded to the fp32
+// packing, the previous path), =1 takes it at every batch (benchmarks and
+// tests compare them).
+int q8_override() {
+  const char* v = std::getenv("EDGELSTM_Q8_STEP"); // ~100 ns a call
+  if (v && std::strcmp(v, "0") == 0) {
+    return 0;
+  }
+  if (v && std::strcmp(v, "1") == 0) {
+    return 1;
+  }
+  return -1;
+}
+
+} // namespace
+
+bool run_lstm_q8(
+    const SeqConfig& cfg,
+    int T,
+    int B,
+    const LayerIO& io,
+    const float* xp,
+    bool xp_time_major) {
+  if (cfg.cell != Cell::LSTM || !io.wh_scales) {
+    return false;
+  }
+  const int force = q8_override();
+  const int H = io.wh->shape(1);
+  if (force == 0 || (force < 0 && !q8_pays(B, H))) {
+    return false;
+  }
+  const int G = 4 * H;
+  const auto packed = packed_weight_q8(
+      *io.wh, *io.wh_scales, io.wh_owner, io.wh_scales_owner);
+  const Q8Fns& fns = q8_fns();
+  const size_t state = size_t(B) * H;
+  float* y = io.y;
+  float* h = io.h;
+  float* c = io.c;
+  // Row offsets as in run_layer.
+  auto xrow = [&](int t, int b) {
+    return xp_time_major ? (size_t(t) * B + b) * G : (size_t(b) * T + t) * G;
+  };
+  auto yrow = [&](int t, int b) {
+    return cfg.batch_first ? (size_t(b) * T + t) * H : (size_t(t) * B + b) * H;
+  };
+  // The state ping-pongs between h and hbuf (a step reads all of h).
+  std::vector<float> hbuf(state);
+  float* hcur = h;
+  float* hnext = hbuf.data();
+  std::vector<const float*> xr(B);
+  std::vector<float*> yr(B);
+  for (int s = 0; s < T; ++s) {
+    const int t = cfg.reverse ? T - 1 - s : s;
+    for (int b = 0; b < B; ++b) {
+      yr[b] = y + yrow(t, b);
+      if (!io.len || t < io.len[b]) {
+        xr[b] = xp + xrow(t, b);
+      } else {
+        xr[b] = nullptr;
+        std::memset(yr[b], 0, sizeof(float) * H);
+      }
+    }
+    fns.lstm_fused_step_q8(
+        packed->q.data(), packed->s.data(), hcur, B, H, xr.data(), hnext, c,
+        yr.data());
+    std::swap(hcur, hnext);
+  }
+  if (hcur != h) {
+    std::memcpy(h, hcur, state * sizeof(float));
+  }
+  return true;
+}
+
+} // namespace detail
+
+} // namespace edgelstm

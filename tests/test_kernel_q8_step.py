@@ -1,0 +1,216 @@
+"""The int8 fused LSTM step (int8 Wh panels widened in registers) against its oracles.
+
+Small batches on an int8 ``Wh`` stream int8 panels (``lstm_fused_step_q8``)
+instead of the float packing of ``q * s``. Oracles: the previous path (the
+same int8 weights expanded once to the fp32 packing, ``EDGELSTM_Q8_STEP=0``)
+and pure MLX on the dequantized weights (``fast=False``). The scale is
+applied to each row's accumulated dot product (``s * sum(q * h)`` rather
+than ``sum((q * s) * h)``), so the paths agree to rounding, not bit for bit;
+a chunked stream must still equal the full pass bit for bit.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import zlib
+
+import edgelstm  # noqa: F401  (loads OpenBLAS before mlx.core)
+
+# isort: split
+import mlx.core as mx
+import numpy as np
+import pytest
+
+from edgelstm.fast import dispatch as kernels
+from edgelstm.nn import recurrent as R
+from edgelstm.quantize.mlx_quant import dequantize_rows, quantize_rows
+
+pytestmark = pytest.mark.skipif(
+    not kernels.available() or not getattr(kernels._ext, "int8_weights", False),
+    reason=f"fused int8 kernels unavailable: {kernels.reason()}",
+)
+
+I = 7
+# Max |difference| of y, h, c: float32 rounding of sums over H <= 70 terms of
+# |q * s * h| <= ~1, compounded over <= 9 steps, is ~1e-6.
+ATOL = 1e-5
+
+
+def _weights(rng, H):
+    qx, sx = quantize_rows(mx.array(rng.normal(0, 0.3, (4 * H, I)).astype(np.float32)))
+    qh, sh = quantize_rows(mx.array(rng.normal(0, 0.3, (4 * H, H)).astype(np.float32)))
+    w = {"qx": qx, "sx": sx, "qh": qh, "sh": sh,
+         "b": mx.array(rng.normal(0, 0.2, (4 * H,)).astype(np.float32))}
+    w["Wx"], w["Wh"] = dequantize_rows(qx, sx), dequantize_rows(qh, sh)
+    mx.eval(w)
+    return w
+
+
+def _int8(x, w, **kw):
+    """The kernel on int8 Wx / Wh and scales: [y, h, c] as numpy."""
+    y, (h, c) = kernels.lstm(x, w["qx"], w["qh"], w["b"], kw.get("h0"), kw.get("c0"),
+                             kw.get("lengths"), kw.get("reverse", False),
+                             Wx_scales=w["sx"], Wh_scales=w["sh"])
+    return [np.array(a) for a in (y, h, c)]
+
+
+def _pure(x, w, **kw):
+    """Pure MLX on the dequantized weights."""
+    y, (h, c) = R.lstm(x, w["Wx"], w["Wh"], w["b"], fast=False, **kw)
+    return [np.array(a) for a in (y, h, c)]
+
+
+def _close(got, want, atol=ATOL):
+    for g, v in zip(got, want, strict=True):
+        assert g.shape == v.shape
+        np.testing.assert_allclose(g, v, rtol=0, atol=atol)
+
+
+def _case(B, H, T=9, seed=0):
+    rng = np.random.default_rng(zlib.crc32(repr((B, H, seed)).encode()))
+    w = _weights(rng, H)
+    x = mx.array(rng.normal(0, 1, (B, T, I)).astype(np.float32))
+    state = {"h0": mx.array(rng.normal(0, 0.5, (B, H)).astype(np.float32)),
+             "c0": mx.array(rng.normal(0, 0.5, (B, H)).astype(np.float32))}
+    return x, w, state
+
+
+# H off the 8- and 16-lane widths; B across the one-row and three-row tiles.
+@pytest.mark.parametrize("H", [5, 13, 37, 70])
+@pytest.mark.parametrize("B", [1, 2, 3, 4, 7])
+@pytest.mark.parametrize("variant", ["plain", "lengths_state", "reverse"])
+def test_q8_step_matches_expanded_and_pure(B, H, variant, monkeypatch):
+    x, w, state = _case(B, H)
+    kw = {}
+    if variant == "lengths_state":
+        kw = dict(state, lengths=mx.array([9 - (b % 4) * 2 for b in range(B)], dtype=mx.int32))
+    elif variant == "reverse":
+        kw = {"reverse": True}
+    got = _int8(x, w, **kw)
+    _close(got, _pure(x, w, **kw))
+    monkeypatch.setenv("EDGELSTM_Q8_STEP", "0")  # the previous path: expanded fp32 packing
+    expanded = _int8(x, w, **kw)
+    _close(got, expanded)
+    if variant == "lengths_state" and B > 1:
+        # Rows past their length: y zeroed there, state carried.
+        y = got[0]
+        for b in range(B):
+            n = 9 - (b % 4) * 2
+            assert not y[b, n:].any()
+            np.testing.assert_array_equal(got[1][b], y[b, n - 1])
+
+
+def test_q8_step_is_the_path_taken(monkeypatch):
+    # Same weights, the two paths round differently: the default must be the
+    # int8 step (not silently the expanded packing) at B=1.
+    x, w, _ = _case(1, 37, seed=1)
+    got = _int8(x, w)
+    monkeypatch.setenv("EDGELSTM_Q8_STEP", "0")
+    expanded = _int8(x, w)
+    assert any((g != e).any() for g, e in zip(got, expanded, strict=True))
+    monkeypatch.setenv("EDGELSTM_Q8_STEP", "1")
+    np.testing.assert_array_equal(_int8(x, w)[0], got[0])
+
+
+@pytest.mark.parametrize("B", [8, 13])
+def test_forced_q8_step_at_larger_batches(B, monkeypatch):
+    # Past the default threshold (small H): forced, the three-row tiles and
+    # their one-row tail still match.
+    x, w, state = _case(B, 21)
+    monkeypatch.setenv("EDGELSTM_Q8_STEP", "1")
+    kw = dict(state, lengths=mx.array([9 - b % 5 for b in range(B)], dtype=mx.int32))
+    _close(_int8(x, w, **kw), _pure(x, w, **kw))
+
+
+def test_wide_layer_at_batch_8_uses_q8_and_matches(monkeypatch):
+    # H=512: the int8 step is the default up to 16 rows; sums over 512 terms.
+    x, w, state = _case(8, 512, T=3)
+    got = _int8(x, w, **state)
+    _close(got, _pure(x, w, **state), atol=5e-5)
+    monkeypatch.setenv("EDGELSTM_Q8_STEP", "0")
+    expanded = _int8(x, w, **state)
+    _close(got, expanded, atol=5e-5)
+    assert any((g != e).any() for g, e in zip(got, expanded, strict=True))
+
+
+@pytest.mark.parametrize("B", [1, 3])
+def test_chunked_stream_equals_full_pass_bitwise(B):
+    x, w, state = _case(B, 37, T=30, seed=2)
+    full = _int8(x, w, **state)
+    h, c, ys = state["h0"], state["c0"], []
+    for t in range(0, 30, 7):  # uneven chunks: 7, 7, 7, 7, 2
+        y, h, c = (mx.array(a) for a in _int8(x[:, t:t + 7], w, h0=h, c0=c))
+        ys.append(np.array(y))
+    for got, want in zip([np.concatenate(ys, axis=1), np.array(h), np.array(c)], full,
+                         strict=True):
+        np.testing.assert_array_equal(got, want)
+
+
+def test_float_and_int8_packings_of_one_weight_coexist(monkeypatch):
+    # The cache keys int8 and float packings of one buffer apart: switching
+    # path between calls on the same arrays never serves the other's packing.
+    x, w, _ = _case(2, 24, seed=3)
+    q8 = _int8(x, w)
+    monkeypatch.setenv("EDGELSTM_Q8_STEP", "0")
+    expanded = _int8(x, w)
+    monkeypatch.setenv("EDGELSTM_Q8_STEP", "1")
+    for a, b in zip(_int8(x, w), q8, strict=True):
+        np.testing.assert_array_equal(a, b)
+    monkeypatch.setenv("EDGELSTM_Q8_STEP", "0")
+    for a, b in zip(_int8(x, w), expanded, strict=True):
+        np.testing.assert_array_equal(a, b)
+
+
+def test_strided_int8_wh():
+    # A transposed (strided) int8 Wh is packed from its logical rows.
+    x, w, _ = _case(1, 19, seed=4)
+    strided = dict(w, qh=mx.array(np.ascontiguousarray(np.array(w["qh"]).T)).T)
+    _close(_int8(x, strided), _pure(x, w))
+
+
+_ISA_SCRIPT = """
+import json
+import mlx.core as mx, numpy as np
+from edgelstm.fast import dispatch as k
+from edgelstm.quantize.mlx_quant import quantize_rows
+assert k.available(), k.reason()
+rng = np.random.default_rng(5)
+out = {"isa": k._ext.isa()}
+for B, H in ((1, 37), (3, 16), (5, 70)):
+    qx, sx = quantize_rows(mx.array(rng.normal(0, 0.3, (4 * H, 6)).astype(np.float32)))
+    qh, sh = quantize_rows(mx.array(rng.normal(0, 0.3, (4 * H, H)).astype(np.float32)))
+    b = mx.array(rng.normal(0, 0.2, (4 * H,)).astype(np.float32))
+    x = mx.array(rng.normal(0, 1, (B, 5, 6)).astype(np.float32))
+    y, _ = k.lstm(x, qx, qh, b, None, None, None, False, Wx_scales=sx, Wh_scales=sh)
+    out[f"{B}x{H}"] = np.array(y).tolist()
+print(json.dumps(out))
+"""
+
+
+def _isa_run(isa):
+    env = dict(os.environ)
+    env.pop("EDGELSTM_ISA", None)
+    env.pop("EDGELSTM_Q8_STEP", None)
+    if isa:
+        env["EDGELSTM_ISA"] = isa
+    res = subprocess.run([sys.executable, "-c", _ISA_SCRIPT], env=env, capture_output=True,
+                         text=True, check=True)
+    return json.loads(res.stdout.strip().splitlines()[-1])
+
+
+def test_isa_builds_agree_on_the_q8_step():
+    # The baseline build widens int8 with the vector extension's conversion,
+    # AVX2 / AVX-512 with vpmovsxbd + vcvtdq2ps, at 8 or 16 lanes.
+    best = _isa_run(None)
+    if best["isa"] == "baseline":
+        pytest.skip("reason: this CPU runs only the baseline build; nothing to compare")
+    others = [_isa_run("baseline")] + ([_isa_run("avx2")] if best["isa"] == "avx512" else [])
+    assert others[0]["isa"] == "baseline"
+    for o in others:
+        for key in best:
+            if key != "isa":
+                np.testing.assert_allclose(np.array(o[key]), np.array(best[key]), rtol=0,
+                                           atol=ATOL, err_msg=f"{o['isa']} vs {best['isa']}")
