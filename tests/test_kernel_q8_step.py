@@ -1,12 +1,17 @@
-"""The int8 fused LSTM step (int8 Wh panels widened in registers) against its oracles.
+"""The int8 fused LSTM steps (int8 Wh panels) against their oracles.
 
-Small batches on an int8 ``Wh`` stream int8 panels (``lstm_fused_step_q8``)
-instead of the float packing of ``q * s``. Oracles: the previous path (the
-same int8 weights expanded once to the fp32 packing, ``EDGELSTM_Q8_STEP=0``)
-and pure MLX on the dequantized weights (``fast=False``). The scale is
-applied to each row's accumulated dot product (``s * sum(q * h)`` rather
-than ``sum((q * s) * h)``), so the paths agree to rounding, not bit for bit;
-a chunked stream must still equal the full pass bit for bit.
+Small batches on an int8 ``Wh`` stream int8 panels instead of the float
+packing of ``q * s``: the widening step (``lstm_fused_step_q8``: int8 lanes
+widened to float in registers) and, on AVX-512 VNNI CPUs at 1-2 rows, the
+VNNI step (``lstm_fused_step_q8_vnni``: h in 32-bit fixed point split into
+byte limbs, exact integer dot products, one rounding). Oracles: the previous
+path (the same int8 weights expanded once to the fp32 packing,
+``EDGELSTM_Q8_STEP=0``) and pure MLX on the dequantized weights
+(``fast=False``). The scale multiplies each row's accumulated dot product
+(``s * sum(q * h)`` rather than ``sum((q * s) * h)``), so the paths agree to
+rounding, not bit for bit; a chunked stream must still equal the full pass
+bit for bit. ``EDGELSTM_Q8_STEP=1`` forces the int8 step at any batch and
+``EDGELSTM_Q8_VNNI=0`` the widening step.
 """
 
 from __future__ import annotations
@@ -78,17 +83,37 @@ def _case(B, H, T=9, seed=0):
     return x, w, state
 
 
+def _has_vnni():
+    """Whether the kernels run the VNNI step here (AVX-512 build on an avx512_vnni CPU)."""
+    if kernels._ext.isa() != "avx512":
+        return False
+    try:
+        with open("/proc/cpuinfo") as fh:
+            return " avx512_vnni" in fh.read()
+    except OSError:
+        return False
+
+
+needs_vnni = pytest.mark.skipif(not kernels.available() or not _has_vnni(),
+                                reason="reason: no AVX-512 VNNI on this CPU (or not Linux)")
+
+
 # H off the 8- and 16-lane widths; B across the one-row and three-row tiles.
+# The VNNI step serves 1-2 rows (where the CPU has it; else these widen too).
 @pytest.mark.parametrize("H", [5, 13, 37, 70])
-@pytest.mark.parametrize("B", [1, 2, 3, 4, 7])
 @pytest.mark.parametrize("variant", ["plain", "lengths_state", "reverse"])
-def test_q8_step_matches_expanded_and_pure(B, H, variant, monkeypatch):
+@pytest.mark.parametrize("B,step", [(1, "vnni"), (2, "vnni")] +
+                         [(b, "widen") for b in (1, 2, 3, 4, 7)])
+def test_q8_step_matches_expanded_and_pure(B, H, variant, step, monkeypatch):
     x, w, state = _case(B, H)
     kw = {}
     if variant == "lengths_state":
         kw = dict(state, lengths=mx.array([9 - (b % 4) * 2 for b in range(B)], dtype=mx.int32))
     elif variant == "reverse":
         kw = {"reverse": True}
+    monkeypatch.setenv("EDGELSTM_Q8_STEP", "1")
+    if step == "widen":
+        monkeypatch.setenv("EDGELSTM_Q8_VNNI", "0")
     got = _int8(x, w, **kw)
     _close(got, _pure(x, w, **kw))
     monkeypatch.setenv("EDGELSTM_Q8_STEP", "0")  # the previous path: expanded fp32 packing
@@ -103,16 +128,72 @@ def test_q8_step_matches_expanded_and_pure(B, H, variant, monkeypatch):
             np.testing.assert_array_equal(got[1][b], y[b, n - 1])
 
 
-def test_q8_step_is_the_path_taken(monkeypatch):
-    # Same weights, the two paths round differently: the default must be the
-    # int8 step (not silently the expanded packing) at B=1.
-    x, w, _ = _case(1, 37, seed=1)
+@pytest.mark.parametrize("B,H,int8_step", [
+    (1, 37, True), (2, 37, True),     # 1-2 rows: always the int8 step
+    (4, 37, False), (7, 200, False),  # 3-7 rows, fp32 packing in L2: fp32 step
+    (4, 256, True), (9, 256, False),  # 3-7 rows from H=256; 8-16 rows from H=512
+])
+def test_default_path_by_batch_and_width(B, H, int8_step, monkeypatch):
+    # The two paths round differently: the default is the int8 step exactly
+    # where q8_pays (lstm_q8.cpp) says so, and bit-equal to the fp32 packing
+    # elsewhere.
+    x, w, _ = _case(B, H, T=3, seed=1)
     got = _int8(x, w)
     monkeypatch.setenv("EDGELSTM_Q8_STEP", "0")
     expanded = _int8(x, w)
-    assert any((g != e).any() for g, e in zip(got, expanded, strict=True))
-    monkeypatch.setenv("EDGELSTM_Q8_STEP", "1")
-    np.testing.assert_array_equal(_int8(x, w)[0], got[0])
+    differs = any((g != e).any() for g, e in zip(got, expanded, strict=True))
+    assert differs == int8_step
+    _close(got, expanded, atol=3e-5)
+
+
+@needs_vnni
+@pytest.mark.parametrize("H", [5, 16, 37, 70, 130])
+@pytest.mark.parametrize("B", [1, 2])
+def test_vnni_step_matches_widening_step(B, H, monkeypatch):
+    # K padded to 16 (H=5, 37, 70, 130), one and several blocks of 16 units.
+    x, w, state = _case(B, H, seed=5)
+    got = _int8(x, w, **state)
+    monkeypatch.setenv("EDGELSTM_Q8_VNNI", "0")
+    widened = _int8(x, w, **state)
+    _close(got, widened)
+    # Exact integer sums rounded once vs float FMAs: not the same bits, so
+    # the VNNI step did run.
+    assert any((g != v).any() for g, v in zip(got, widened, strict=True))
+
+
+@needs_vnni
+@pytest.mark.parametrize("scale", [0.0, 1e-40, 1e-30, 1e-3, 1e3, 1e30])
+def test_vnni_fixed_point_over_h_magnitudes(scale):
+    # h0 from 0 and subnormals up to 1e30: the per-row exponent keeps 31 bits
+    # relative to max|h|; the first step's gates saturate or not alike.
+    x, w, state = _case(2, 40, T=4, seed=6)
+    h0 = state["h0"] * scale
+    h0 = mx.concatenate([h0[:1], state["h0"][1:]])  # row 1 stays O(1): rows scale apart
+    kw = dict(h0=h0, c0=state["c0"])
+    got, want = _int8(x, w, **kw), _pure(x, w, **kw)
+    # Terms of size ~scale round in float32 in the reference too (through
+    # sigmoid' <= 1/4); past ~1e3 every gate of row 0 saturates.
+    atol = ATOL * max(1.0, min(scale, 1e3))
+    for g, v in zip(got, want, strict=True):
+        np.testing.assert_allclose(g, v, rtol=1e-5, atol=atol)
+
+
+@needs_vnni
+@pytest.mark.parametrize("bad", [np.nan, np.inf, -np.inf])
+def test_vnni_step_hands_non_finite_h_to_the_widening_step(bad, monkeypatch):
+    # Fixed point cannot hold NaN / inf: such steps run the widening step,
+    # which propagates them as the float loop does.
+    x, w, state = _case(2, 21, T=4, seed=7)
+    h0 = np.array(state["h0"])
+    h0[1, 3] = bad
+    kw = dict(h0=mx.array(h0), c0=state["c0"])
+    got = _int8(x, w, **kw)
+    monkeypatch.setenv("EDGELSTM_Q8_VNNI", "0")
+    widened = _int8(x, w, **kw)
+    for g, v in zip(got, widened, strict=True):
+        np.testing.assert_array_equal(g, v)
+    assert np.isnan(got[0][1]).any() or np.isinf(got[0][1]).any()
+    assert np.isfinite(got[0][0]).all()
 
 
 @pytest.mark.parametrize("B", [8, 13])
@@ -136,8 +217,10 @@ def test_wide_layer_at_batch_8_uses_q8_and_matches(monkeypatch):
     assert any((g != e).any() for g, e in zip(got, expanded, strict=True))
 
 
-@pytest.mark.parametrize("B", [1, 3])
-def test_chunked_stream_equals_full_pass_bitwise(B):
+@pytest.mark.parametrize("B,vnni", [(1, "1"), (2, "1"), (1, "0"), (3, "0")])
+def test_chunked_stream_equals_full_pass_bitwise(B, vnni, monkeypatch):
+    monkeypatch.setenv("EDGELSTM_Q8_STEP", "1")
+    monkeypatch.setenv("EDGELSTM_Q8_VNNI", vnni)
     x, w, state = _case(B, 37, T=30, seed=2)
     full = _int8(x, w, **state)
     h, c, ys = state["h0"], state["c0"], []

@@ -14,13 +14,23 @@ namespace edgelstm {
 
 const Q8Fns& q8_fns() {
   static const Q8Fns fns = [] {
-#define EDGELSTM_Q8_TABLE(ns) \
-  Q8Fns { ns::packed_q8_bytes, ns::packed_q8_scales, ns::pack_gates_q8, ns::lstm_fused_step_q8 }
+#define EDGELSTM_Q8_TABLE(ns)                                           \
+  Q8Fns {                                                               \
+    ns::packed_q8_bytes, ns::packed_q8_scales, ns::pack_gates_q8,       \
+        ns::lstm_fused_step_q8                                          \
+  }
 #ifdef EDGELSTM_HAVE_AVX2
     // Same build as gate_fns(): the packing width must match the step's.
     const char* isa = gate_fns().isa;
     if (std::strcmp(isa, "avx512") == 0) {
-      return EDGELSTM_Q8_TABLE(gates_avx512);
+      Q8Fns f = EDGELSTM_Q8_TABLE(gates_avx512);
+      if (__builtin_cpu_supports("avx512vnni")) {
+        f.q8_vnni_kpad = gates_avx512::q8_vnni_kpad;
+        f.packed_q8_vnni_bytes = gates_avx512::packed_q8_vnni_bytes;
+        f.pack_gates_q8_vnni = gates_avx512::pack_gates_q8_vnni;
+        f.lstm_fused_step_q8_vnni = gates_avx512::lstm_fused_step_q8_vnni;
+      }
+      return f;
     }
     if (std::strcmp(isa, "avx2") == 0) {
       return EDGELSTM_Q8_TABLE(gates_avx2);
@@ -36,25 +46,30 @@ namespace detail {
 
 namespace {
 
-// When an int8 Wh runs lstm_fused_step_q8 rather than the fp32 fused step
-// on its once-expanded packing. Measured with benchmarks/bench_quant.py
-// --workload step and a B x H sweep (AVX-512, Sapphire Rapids, 2 MiB L2;
-// T=100, one thread, minimum of interleaved passes):
-// - up to 7 rows (the register-tile path of both steps): q8 from level
-//   (H=128, both in L2) to 2-4x faster (H>=384, fp32 past L2);
-// - 8-16 rows: the fp32 step is compute-bound and the widening costs more
-//   than the bytes it saves while the fp32 packing fits in L2 (H=128-256:
-//   q8 0.85-0.95x); with it far past L2 (H>=512, 4+ MiB) q8 wins 1.2-1.5x;
-// - more rows: not measured, fp32 (its blocked GEMM serves many rows per
-//   weight load).
+// When an int8 Wh runs the int8 step rather than the fp32 fused step on its
+// once-expanded packing, and which int8 step. Measured with a B x H sweep
+// and benchmarks/bench_quant.py --workload step (Sapphire Rapids, AVX-512 +
+// VNNI, 2 MiB L2; T=100, one thread, minimum of interleaved passes; see the
+// README's int8 section):
+// - 1-2 rows: the VNNI step wins everywhere (1.3-1.8x the fp32 packing at
+//   H=128-256 in L2, 4-6x at H=512-1024), the widening step 1.2x / 2.6-3.7x;
+// - 3-7 rows: the VNNI step does 4 limb products per row and falls behind
+//   the widening step (which widens each weight once for 3 rows): widening
+//   there. While the fp32 packing sits in L2 (H=128, 256 KiB) the fp32 step
+//   is as fast or faster (widening 0.84-1.05x): fp32 up to H=255;
+// - 8-16 rows: widening 0.85-0.95x at H=128-256, 1.2-1.5x at H>=512;
+// - more rows: not measured; fp32 (its blocked GEMM).
 // Depends on B and H only, never on T: a streamed chunk rounds as the full
 // pass does.
+constexpr int kQ8VnniRows = 2;
 constexpr int kQ8MaxRows = 7;
+constexpr int kQ8MinHidden = 256;
 constexpr int kQ8WideRows = 16;
 constexpr int kQ8WideMinHidden = 512;
 
 bool q8_pays(int B, int H) {
-  return B <= kQ8MaxRows || (B <= kQ8WideRows && H >= kQ8WideMinHidden);
+  return B <= kQ8VnniRows || (B <= kQ8MaxRows && H >= kQ8MinHidden) ||
+      (B <= kQ8WideRows && H >= kQ8WideMinHidden);
 }
 
 // EDGELSTM_Q8_STEP=0 turns the int8 step off (int8 Wh expanded to the fp32
@@ -109,6 +124,12 @@ bool run_lstm_q8(
   float* hnext = hbuf.data();
   std::vector<const float*> xr(B);
   std::vector<float*> yr(B);
+  // EDGELSTM_Q8_VNNI=0: the widening step on a VNNI CPU (benchmarks, tests).
+  const char* vnni_env = std::getenv("EDGELSTM_Q8_VNNI");
+  const bool vnni = !packed->qv.empty() && B <= kQ8VnniRows &&
+      !(vnni_env && std::strcmp(vnni_env, "0") == 0);
+  std::vector<unsigned char> limbs(vnni ? size_t(B) * 4 * fns.q8_vnni_kpad(H) : 0);
+  std::vector<double> hs(vnni ? B : 0);
   for (int s = 0; s < T; ++s) {
     const int t = cfg.reverse ? T - 1 - s : s;
     for (int b = 0; b < B; ++b) {
@@ -120,9 +141,15 @@ bool run_lstm_q8(
         std::memset(yr[b], 0, sizeof(float) * H);
       }
     }
-    fns.lstm_fused_step_q8(
-        packed->q.data(), packed->s.data(), hcur, B, H, xr.data(), hnext, c,
-        yr.data());
+    // The VNNI step declines (changing nothing) on a non-finite h.
+    if (!vnni ||
+        !fns.lstm_fused_step_q8_vnni(
+            packed->qv.data(), packed->rs.data(), packed->s.data(), hcur, B, H,
+            xr.data(), hnext, c, yr.data(), limbs.data(), hs.data())) {
+      fns.lstm_fused_step_q8(
+          packed->q.data(), packed->s.data(), hcur, B, H, xr.data(), hnext, c,
+          yr.data());
+    }
     std::swap(hcur, hnext);
   }
   if (hcur != h) {

@@ -29,6 +29,15 @@ EDGELSTM_Q8_DECLS
 }
 namespace gates_avx512 {
 EDGELSTM_Q8_DECLS
+// The VNNI step (AVX-512 build, run only where the CPU has avx512vnni).
+int q8_vnni_kpad(int H);
+long packed_q8_vnni_bytes(int H);
+void pack_gates_q8_vnni(const signed char* q, int H, signed char* out,
+                        long long* rs);
+bool lstm_fused_step_q8_vnni(const signed char* pv, const long long* rs,
+                             const float* scales, const float* h, int B, int H,
+                             const float* const* x, float* hn, float* c,
+                             float* const* y, unsigned char* limbs, double* hs);
 }
 #endif
 
@@ -37,17 +46,31 @@ struct Q8Fns {
   decltype(&gates_base::packed_q8_scales) packed_q8_scales;
   decltype(&gates_base::pack_gates_q8) pack_gates_q8;
   decltype(&gates_base::lstm_fused_step_q8) lstm_fused_step_q8;
+  // The VNNI step, or null where the CPU has no avx512vnni.
+  int (*q8_vnni_kpad)(int) = nullptr;
+  long (*packed_q8_vnni_bytes)(int) = nullptr;
+  void (*pack_gates_q8_vnni)(const signed char*, int, signed char*,
+                             long long*) = nullptr;
+  bool (*lstm_fused_step_q8_vnni)(const signed char*, const long long*,
+                                  const float*, const float*, int, int,
+                                  const float* const*, float*, float*,
+                                  float* const*, unsigned char*,
+                                  double*) = nullptr;
 };
 
-// The build gate_fns() chose (its packing width matches).
+// The build gate_fns() chose (its packing width matches), with the VNNI
+// step where the CPU has it.
 const Q8Fns& q8_fns();
 
 namespace detail {
 
-// Wh (4H, H) int8 with its scales (4H,), packed by pack_gates_q8.
+// Wh (4H, H) int8 with its scales (4H,), packed by pack_gates_q8, plus
+// the VNNI packing (pack_gates_q8_vnni) where q8_fns() has the VNNI step.
 struct PackedQ8 {
   std::vector<signed char> q;
   std::vector<float> s;
+  std::vector<signed char> qv;
+  std::vector<long long> rs;
 };
 
 // The packing of int8 `wh` with `scales`, cached like packed_weight (same

@@ -138,8 +138,17 @@ std::shared_ptr<const PackedQ8> packed_weight_q8(
     fns.pack_gates_q8(
         reinterpret_cast<const signed char*>(q), s, H, p->q.data(),
         p->s.data());
+    if (fns.pack_gates_q8_vnni) {
+      p->qv.resize(size_t(fns.packed_q8_vnni_bytes(H)));
+      p->rs.resize(p->s.size());
+      fns.pack_gates_q8_vnni(
+          reinterpret_cast<const signed char*>(q), H, p->qv.data(),
+          p->rs.data());
+    }
     return std::make_pair(
-        std::shared_ptr<const void>(p), p->q.size() + p->s.size() * sizeof(float));
+        std::shared_ptr<const void>(p),
+        p->q.size() + p->qv.size() + p->s.size() * sizeof(float) +
+            p->rs.size() * sizeof(long long));
   });
   return std::static_pointer_cast<const PackedQ8>(packed);
 }
