@@ -17,10 +17,12 @@ expand-once batch path.
 ``B=1`` and ``B=4``, ``T=100 I=40``, ``H=128/512/1024`` (fp32 ``Wh`` 256 KB /
 4 MB / 16 MB, int8 a quarter), one layer, with the runners
 
-* ``fp32 kernel``; ``int8 kernel`` (small batches: the int8 step, int8 panels
-  widened in registers); ``int8 fp32 packing``: the same int8 model with
-  ``EDGELSTM_Q8_STEP=0`` (its ``Wh`` expanded once to the fp32 packing, the
-  path before the int8 step);
+* ``fp32 kernel``; ``int8 kernel`` (the default: the int8 step where it pays,
+  VNNI at 1-2 rows on CPUs with it); ``int8 step, no VNNI``: the int8 step
+  forced (``EDGELSTM_Q8_STEP=1``) with int8 lanes widened to float in
+  registers (``EDGELSTM_Q8_VNNI=0``); ``int8 fp32 packing``: the same int8
+  model with ``EDGELSTM_Q8_STEP=0`` (its ``Wh`` expanded once to the fp32
+  packing, the path before the int8 step);
 * ``ORT fp32`` and ``ORT int8`` (``DynamicQuantizeLSTM``, per-channel int8
   weights, as ``edgelstm quantize --format onnx-ort`` writes it) when
   onnxruntime is installed. ``--batches`` / ``--hidden`` change the grid.
@@ -33,6 +35,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import statistics
 import sys
 import tempfile
 from collections.abc import Callable
@@ -140,15 +143,36 @@ def _ort_runners(wl: Workload, tmp: Path) -> dict[str, Callable]:
     return runners
 
 
+def _bench_rotated(runners: dict[str, Callable], wl: Workload, repeat: int) -> dict[str, dict]:
+    """``bench_core._bench`` with the runner order rotated every pass.
+
+    A runner pays for what its predecessor left in the caches (ORT's arena,
+    another model's 16 MB packing): at H=128 the first runner of a fixed
+    order measured ~30% slow. Rotating spreads that over all of them.
+    """
+    names = list(runners)
+    times = {n: [] for n in names}
+    ys = {}
+    for r in range(repeat + 2):  # two warm-up passes
+        for n in names[r % len(names):] + names[: r % len(names)]:
+            t, ys[n] = bench_core._pass(runners[n], wl)
+            if r >= 2:
+                times[n].extend(t)
+    return {n: {"ms": statistics.median(t), "min_ms": min(t), "y": ys[n]}
+            for n, t in times.items()}
+
+
 def bench_step(wl: Workload, repeat: int, tmp: Path) -> list[dict]:
     """The ``--workload step`` runners on ``wl``, compared with fp32 and the fp32 packing of int8."""
     runners = {
         "fp32 kernel": wl.runner(wl.fp32),
         "int8 kernel": wl.runner(wl.int8),
+        "int8 step, no VNNI": _with_env("EDGELSTM_Q8_VNNI", "0",
+                                        wl.runner(wl.int8, q8_step="1")),
         "int8 fp32 packing (previous)": wl.runner(wl.int8, q8_step="0"),
         **_ort_runners(wl, tmp),
     }
-    out = _bench(runners, wl, repeat)
+    out = _bench_rotated(runners, wl, repeat)
     fp32, prev = out["fp32 kernel"], out["int8 fp32 packing (previous)"]
     return [
         {
