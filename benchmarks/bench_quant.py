@@ -18,7 +18,7 @@ expand-once batch path.
 4 MB / 16 MB, int8 a quarter), one layer, with the runners
 
 * ``fp32 kernel``; ``int8 kernel`` (the default: the int8 step where it pays,
-  VNNI at 1-2 rows on CPUs with it); ``int8 step, no VNNI``: the int8 step
+  VNNI at one row on CPUs with it); ``int8 step, no VNNI``: the int8 step
   forced (``EDGELSTM_Q8_STEP=1``) with int8 lanes widened to float in
   registers (``EDGELSTM_Q8_VNNI=0``); ``int8 fp32 packing``: the same int8
   model with ``EDGELSTM_Q8_STEP=0`` (its ``Wh`` expanded once to the fp32

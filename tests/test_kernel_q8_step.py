@@ -2,7 +2,7 @@
 
 Small batches on an int8 ``Wh`` stream int8 panels instead of the float
 packing of ``q * s``: the widening step (``lstm_fused_step_q8``: int8 lanes
-widened to float in registers) and, on AVX-512 VNNI CPUs at 1-2 rows, the
+widened to float in registers) and, on AVX-512 VNNI CPUs at one row, the
 VNNI step (``lstm_fused_step_q8_vnni``: h in 32-bit fixed point split into
 byte limbs, exact integer dot products, one rounding). Oracles: the previous
 path (the same int8 weights expanded once to the fp32 packing,
@@ -11,7 +11,7 @@ path (the same int8 weights expanded once to the fp32 packing,
 (``s * sum(q * h)`` rather than ``sum((q * s) * h)``), so the paths agree to
 rounding, not bit for bit; a chunked stream must still equal the full pass
 bit for bit. ``EDGELSTM_Q8_STEP=1`` forces the int8 step at any batch and
-``EDGELSTM_Q8_VNNI=0`` the widening step.
+``EDGELSTM_Q8_VNNI=0`` / ``=1`` the widening / the VNNI step at any batch.
 """
 
 from __future__ import annotations
@@ -99,11 +99,12 @@ needs_vnni = pytest.mark.skipif(not kernels.available() or not _has_vnni(),
 
 
 # H off the 8- and 16-lane widths; B across the one-row and three-row tiles.
-# The VNNI step serves 1-2 rows (where the CPU has it; else these widen too).
+# The VNNI step serves one row (where the CPU has it; else it widens too);
+# the widening step's tiles: 4 rows, 3, 2, 1 (B=5: 3 + 2, B=7: 4 + 3).
 @pytest.mark.parametrize("H", [5, 13, 37, 70])
 @pytest.mark.parametrize("variant", ["plain", "lengths_state", "reverse"])
-@pytest.mark.parametrize("B,step", [(1, "vnni"), (2, "vnni")] +
-                         [(b, "widen") for b in (1, 2, 3, 4, 7)])
+@pytest.mark.parametrize("B,step", [(1, "vnni"), (2, "vnni"), (3, "vnni")] +
+                         [(b, "widen") for b in (1, 2, 3, 4, 5, 6, 7)])
 def test_q8_step_matches_expanded_and_pure(B, H, variant, step, monkeypatch):
     x, w, state = _case(B, H)
     kw = {}
@@ -112,8 +113,7 @@ def test_q8_step_matches_expanded_and_pure(B, H, variant, step, monkeypatch):
     elif variant == "reverse":
         kw = {"reverse": True}
     monkeypatch.setenv("EDGELSTM_Q8_STEP", "1")
-    if step == "widen":
-        monkeypatch.setenv("EDGELSTM_Q8_VNNI", "0")
+    monkeypatch.setenv("EDGELSTM_Q8_VNNI", "1" if step == "vnni" else "0")
     got = _int8(x, w, **kw)
     _close(got, _pure(x, w, **kw))
     monkeypatch.setenv("EDGELSTM_Q8_STEP", "0")  # the previous path: expanded fp32 packing
@@ -129,15 +129,15 @@ def test_q8_step_matches_expanded_and_pure(B, H, variant, step, monkeypatch):
 
 
 @pytest.mark.parametrize("B,H,int8_step", [
-    (1, 37, True), (2, 37, True),     # 1-2 rows: always the int8 step
-    (4, 37, False), (7, 200, False),  # 3-7 rows, fp32 packing in L2: fp32 step
-    (4, 256, True), (9, 256, False),  # 3-7 rows from H=256; 8-16 rows from H=512
+    (1, 37, True), (2, 37, True), (4, 37, True), (7, 37, True),  # 1-2, 4-7 rows: always
+    (3, 37, False), (3, 384, True),   # 3 rows: from H=384
+    (9, 256, False), (16, 384, True), (17, 384, False),  # 8-16 rows: from H=384
 ])
 def test_default_path_by_batch_and_width(B, H, int8_step, monkeypatch):
     # The two paths round differently: the default is the int8 step exactly
     # where q8_pays (lstm_q8.cpp) says so, and bit-equal to the fp32 packing
     # elsewhere.
-    x, w, _ = _case(B, H, T=3, seed=1)
+    x, w, _ = _case(B, H, T=2, seed=1)
     got = _int8(x, w)
     monkeypatch.setenv("EDGELSTM_Q8_STEP", "0")
     expanded = _int8(x, w)
@@ -150,6 +150,7 @@ def test_default_path_by_batch_and_width(B, H, int8_step, monkeypatch):
 @pytest.mark.parametrize("H", [5, 16, 37, 70, 130])
 @pytest.mark.parametrize("B", [1, 2])
 def test_vnni_step_matches_widening_step(B, H, monkeypatch):
+    monkeypatch.setenv("EDGELSTM_Q8_VNNI", "1")  # VNNI at 2 rows too
     # K padded to 16 (H=5, 37, 70, 130), one and several blocks of 16 units.
     x, w, state = _case(B, H, seed=5)
     got = _int8(x, w, **state)
@@ -163,7 +164,8 @@ def test_vnni_step_matches_widening_step(B, H, monkeypatch):
 
 @needs_vnni
 @pytest.mark.parametrize("scale", [0.0, 1e-40, 1e-30, 1e-3, 1e3, 1e30])
-def test_vnni_fixed_point_over_h_magnitudes(scale):
+def test_vnni_fixed_point_over_h_magnitudes(scale, monkeypatch):
+    monkeypatch.setenv("EDGELSTM_Q8_VNNI", "1")
     # h0 from 0 and subnormals up to 1e30: the per-row exponent keeps 31 bits
     # relative to max|h|; the first step's gates saturate or not alike.
     x, w, state = _case(2, 40, T=4, seed=6)
@@ -187,6 +189,7 @@ def test_vnni_step_hands_non_finite_h_to_the_widening_step(bad, monkeypatch):
     h0 = np.array(state["h0"])
     h0[1, 3] = bad
     kw = dict(h0=mx.array(h0), c0=state["c0"])
+    monkeypatch.setenv("EDGELSTM_Q8_VNNI", "1")
     got = _int8(x, w, **kw)
     monkeypatch.setenv("EDGELSTM_Q8_VNNI", "0")
     widened = _int8(x, w, **kw)

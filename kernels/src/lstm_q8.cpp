@@ -50,26 +50,28 @@ namespace {
 // once-expanded packing, and which int8 step. Measured with a B x H sweep
 // and benchmarks/bench_quant.py --workload step (Sapphire Rapids, AVX-512 +
 // VNNI, 2 MiB L2; T=100, one thread, minimum of interleaved passes; see the
-// README's int8 section):
-// - 1-2 rows: the VNNI step wins everywhere (1.3-1.8x the fp32 packing at
-//   H=128-256 in L2, 4-6x at H=512-1024), the widening step 1.2x / 2.6-3.7x;
-// - 3-7 rows: the VNNI step does 4 limb products per row and falls behind
-//   the widening step (which widens each weight once for 3 rows): widening
-//   there. While the fp32 packing sits in L2 (H=128, 256 KiB) the fp32 step
-//   is as fast or faster (widening 0.84-1.05x): fp32 up to H=255;
-// - 8-16 rows: widening 0.85-0.95x at H=128-256, 1.2-1.5x at H>=512;
+// README's int8 section). Against the fp32 packing:
+// - 1 row: VNNI 1.3-1.8x at H=128-256 (in L2), ~4x at H=512-1024; it beats
+//   the widening step by 1.05-1.45x;
+// - 2 rows: widening (2-row tiles) 1.5-1.7x at H=128-256, 3.5x+ beyond;
+//   VNNI (4 limb products per row) is 0.87-1.15x of it: widening;
+// - 3 rows: widening 0.93-0.98x while the fp32 packing sits in L2 (the fp32
+//   step's own 3-row tile, plus the widening), 1.5x at H=384: from H=384;
+// - 4-7 rows (4-row tiles): 1.17-1.26x at H=128, 1.9-3x at H=512;
+// - 8-16 rows: 0.97-1.05x at H=128-256, 1.3-1.7x at H=384-1024: from
+//   H=384 (fp32 packing 2.25+ MiB, past L2);
 // - more rows: not measured; fp32 (its blocked GEMM).
 // Depends on B and H only, never on T: a streamed chunk rounds as the full
 // pass does.
-constexpr int kQ8VnniRows = 2;
-constexpr int kQ8MaxRows = 7;
-constexpr int kQ8MinHidden = 256;
-constexpr int kQ8WideRows = 16;
-constexpr int kQ8WideMinHidden = 512;
+constexpr int kQ8VnniRows = 1;
+constexpr int kQ8MaxRows = 16;
+constexpr int kQ8WideHidden = 384;
 
 bool q8_pays(int B, int H) {
-  return B <= kQ8VnniRows || (B <= kQ8MaxRows && H >= kQ8MinHidden) ||
-      (B <= kQ8WideRows && H >= kQ8WideMinHidden);
+  if (B <= 2 || (B >= 4 && B <= 7)) {
+    return true;
+  }
+  return B <= kQ8MaxRows && H >= kQ8WideHidden;
 }
 
 // EDGELSTM_Q8_STEP=0 turns the int8 step off (int8 Wh expanded to the fp32
@@ -124,10 +126,14 @@ bool run_lstm_q8(
   float* hnext = hbuf.data();
   std::vector<const float*> xr(B);
   std::vector<float*> yr(B);
-  // EDGELSTM_Q8_VNNI=0: the widening step on a VNNI CPU (benchmarks, tests).
+  // EDGELSTM_Q8_VNNI=0 / =1: the widening / the VNNI step at any batch on
+  // a VNNI CPU (benchmarks, tests).
   const char* vnni_env = std::getenv("EDGELSTM_Q8_VNNI");
-  const bool vnni = !packed->qv.empty() && B <= kQ8VnniRows &&
-      !(vnni_env && std::strcmp(vnni_env, "0") == 0);
+  const int vnni_force =
+      vnni_env && std::strcmp(vnni_env, "0") == 0 ? 0
+      : vnni_env && std::strcmp(vnni_env, "1") == 0 ? 1 : -1;
+  const bool vnni = !packed->qv.empty() &&
+      (vnni_force == 1 || (vnni_force < 0 && B <= kQ8VnniRows));
   std::vector<unsigned char> limbs(vnni ? size_t(B) * 4 * fns.q8_vnni_kpad(H) : 0);
   std::vector<double> hs(vnni ? B : 0);
   for (int s = 0; s < T; ++s) {
