@@ -61,6 +61,11 @@ namespace {
 // - 8-16 rows: 0.97-1.05x at H=128-256, 1.3-1.7x at H=384-1024: from
 //   H=384 (fp32 packing 2.25+ MiB, past L2);
 // - more rows: not measured; fp32 (its blocked GEMM).
+// The AVX2 build (EDGELSTM_ISA=avx2 on the same CPU; 8 lanes, 3-row tiles
+// at most in 16 registers) widens at twice the uops per weight: 1.12x at
+// H=128 B=1 but 0.90-0.94x at B=2-7, 1.2-3x at H=512 for B=1-7. So builds
+// narrower than AVX-512 (and the baseline, not measured) take the int8 step
+// at one row or from H=384.
 // Depends on B and H only, never on T: a streamed chunk rounds as the full
 // pass does.
 constexpr int kQ8VnniRows = 1;
@@ -68,7 +73,8 @@ constexpr int kQ8MaxRows = 16;
 constexpr int kQ8WideHidden = 384;
 
 bool q8_pays(int B, int H) {
-  if (B <= 2 || (B >= 4 && B <= 7)) {
+  const bool wide = gate_fns().pack_width() >= 16; // AVX-512 tiles
+  if (B <= 1 || (wide && (B == 2 || (B >= 4 && B <= 7)))) {
     return true;
   }
   return B <= kQ8MaxRows && H >= kQ8WideHidden;
