@@ -237,20 +237,24 @@ def test_chunked_stream_equals_full_pass_bitwise(B, vnni, monkeypatch):
         np.testing.assert_array_equal(got, want)
 
 
-def test_float_and_int8_packings_of_one_weight_coexist(monkeypatch):
-    # The cache keys int8 and float packings of one buffer apart: switching
-    # path between calls on the same arrays never serves the other's packing.
-    x, w, _ = _case(2, 24, seed=3)
-    monkeypatch.setenv("EDGELSTM_Q8_STEP", "1")
-    q8 = _int8(x, w)
-    monkeypatch.setenv("EDGELSTM_Q8_STEP", "0")
-    expanded = _int8(x, w)
-    monkeypatch.setenv("EDGELSTM_Q8_STEP", "1")
-    for a, b in zip(_int8(x, w), q8, strict=True):
-        np.testing.assert_array_equal(a, b)
-    monkeypatch.setenv("EDGELSTM_Q8_STEP", "0")
-    for a, b in zip(_int8(x, w), expanded, strict=True):
-        np.testing.assert_array_equal(a, b)
+@pytest.mark.parametrize("B", [1, 2])
+def test_float_and_int8_packings_of_one_weight_coexist(B, monkeypatch):
+    # The cache keys the float, widening and VNNI packings of one buffer
+    # apart: switching path between calls on the same arrays never serves
+    # another path's packing.
+    x, w, _ = _case(B, 24, seed=3)
+    paths = {"widen": ("1", "0"), "vnni": ("1", "1"), "fp32": ("0", "0")}
+    first = {}
+    for _ in range(2):
+        for name, (step, vnni) in paths.items():
+            monkeypatch.setenv("EDGELSTM_Q8_STEP", step)
+            monkeypatch.setenv("EDGELSTM_Q8_VNNI", vnni)
+            got = _int8(x, w)
+            if name not in first:
+                first[name] = got
+                _close(got, _pure(x, w))
+            for a, b in zip(got, first[name], strict=True):
+                np.testing.assert_array_equal(a, b)
 
 
 def test_strided_int8_wh():

@@ -112,9 +112,22 @@ bool run_lstm_q8(
     return false;
   }
   const int G = 4 * H;
-  const auto packed = packed_weight_q8(
-      *io.wh, *io.wh_scales, io.wh_owner, io.wh_scales_owner);
   const Q8Fns& fns = q8_fns();
+  // EDGELSTM_Q8_VNNI=0 / =1: the widening / the VNNI step at any batch on
+  // a VNNI CPU (benchmarks, tests).
+  const char* vnni_env = std::getenv("EDGELSTM_Q8_VNNI");
+  const int vnni_force =
+      vnni_env && std::strcmp(vnni_env, "0") == 0 ? 0
+      : vnni_env && std::strcmp(vnni_env, "1") == 0 ? 1 : -1;
+  const bool vnni = fns.lstm_fused_step_q8_vnni &&
+      (vnni_force == 1 || (vnni_force < 0 && B <= kQ8VnniRows));
+  auto packing = [&](bool v) {
+    return packed_weight_q8(
+        *io.wh, *io.wh_scales, v, io.wh_owner, io.wh_scales_owner);
+  };
+  const auto packed = packing(vnni);
+  // The widening packing where the VNNI step declines a step (non-finite h).
+  std::shared_ptr<const PackedQ8> widen = vnni ? nullptr : packed;
   const size_t state = size_t(B) * H;
   float* y = io.y;
   float* h = io.h;
@@ -132,14 +145,6 @@ bool run_lstm_q8(
   float* hnext = hbuf.data();
   std::vector<const float*> xr(B);
   std::vector<float*> yr(B);
-  // EDGELSTM_Q8_VNNI=0 / =1: the widening / the VNNI step at any batch on
-  // a VNNI CPU (benchmarks, tests).
-  const char* vnni_env = std::getenv("EDGELSTM_Q8_VNNI");
-  const int vnni_force =
-      vnni_env && std::strcmp(vnni_env, "0") == 0 ? 0
-      : vnni_env && std::strcmp(vnni_env, "1") == 0 ? 1 : -1;
-  const bool vnni = !packed->qv.empty() &&
-      (vnni_force == 1 || (vnni_force < 0 && B <= kQ8VnniRows));
   std::vector<unsigned char> limbs(vnni ? size_t(B) * 4 * fns.q8_vnni_kpad(H) : 0);
   std::vector<double> hs(vnni ? B : 0);
   for (int s = 0; s < T; ++s) {
@@ -158,8 +163,11 @@ bool run_lstm_q8(
         !fns.lstm_fused_step_q8_vnni(
             packed->qv.data(), packed->rs.data(), packed->s.data(), hcur, B, H,
             xr.data(), hnext, c, yr.data(), limbs.data(), hs.data())) {
+      if (!widen) {
+        widen = packing(false);
+      }
       fns.lstm_fused_step_q8(
-          packed->q.data(), packed->s.data(), hcur, B, H, xr.data(), hnext, c,
+          widen->q.data(), widen->s.data(), hcur, B, H, xr.data(), hnext, c,
           yr.data());
     }
     std::swap(hcur, hnext);

@@ -32,8 +32,8 @@ EDGELSTM_Q8_DECLS
 // The VNNI step (AVX-512 build, run only where the CPU has avx512vnni).
 int q8_vnni_kpad(int H);
 long packed_q8_vnni_bytes(int H);
-void pack_gates_q8_vnni(const signed char* q, int H, signed char* out,
-                        long long* rs);
+void pack_gates_q8_vnni(const signed char* q, const float* s, int H,
+                        signed char* out, long long* rs, float* sout);
 bool lstm_fused_step_q8_vnni(const signed char* pv, const long long* rs,
                              const float* scales, const float* h, int B, int H,
                              const float* const* x, float* hn, float* c,
@@ -49,8 +49,8 @@ struct Q8Fns {
   // The VNNI step, or null where the CPU has no avx512vnni.
   int (*q8_vnni_kpad)(int) = nullptr;
   long (*packed_q8_vnni_bytes)(int) = nullptr;
-  void (*pack_gates_q8_vnni)(const signed char*, int, signed char*,
-                             long long*) = nullptr;
+  void (*pack_gates_q8_vnni)(const signed char*, const float*, int,
+                             signed char*, long long*, float*) = nullptr;
   bool (*lstm_fused_step_q8_vnni)(const signed char*, const long long*,
                                   const float*, const float*, int, int,
                                   const float* const*, float*, float*,
@@ -64,8 +64,9 @@ const Q8Fns& q8_fns();
 
 namespace detail {
 
-// Wh (4H, H) int8 with its scales (4H,), packed by pack_gates_q8, plus
-// the VNNI packing (pack_gates_q8_vnni) where q8_fns() has the VNNI step.
+// Wh (4H, H) int8 with its scales (4H,) packed for one of the two steps:
+// the widening step (pack_gates_q8: q, s) or the VNNI step
+// (pack_gates_q8_vnni: qv, rs, s).
 struct PackedQ8 {
   std::vector<signed char> q;
   std::vector<float> s;
@@ -73,11 +74,14 @@ struct PackedQ8 {
   std::vector<long long> rs;
 };
 
-// The packing of int8 `wh` with `scales`, cached like packed_weight (same
-// keys, same owners' rules, one LRU with it).
+// The packing of int8 `wh` with `scales` for the VNNI step (`vnni`, only
+// where q8_fns() has it) or the widening step, cached like packed_weight
+// (same keys plus the layout, same owners' rules, one LRU with it): a model
+// holds only the layouts its batch sizes use.
 std::shared_ptr<const PackedQ8> packed_weight_q8(
     const mx::array& wh,
     const mx::array& scales,
+    bool vnni,
     const std::shared_ptr<mx::allocator::Data>& owner,
     const std::shared_ptr<mx::allocator::Data>& scales_owner);
 

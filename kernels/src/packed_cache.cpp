@@ -26,15 +26,16 @@ namespace {
 constexpr size_t kPackCacheEntries = 16;
 constexpr size_t kPackCacheBytes = size_t(1) << 26; // 64 MiB in all
 
-// Float panels (packed_weight) and int8 panels (packed_weight_q8) share the
-// cache; `q8` tells them apart.
+// Float panels (packed_weight) and the two int8 layouts (packed_weight_q8)
+// share the cache; `kind` tells them apart.
+enum PackKind { kFloat = 0, kQ8Widen = 1, kQ8Vnni = 2 };
 struct PackEntry {
   const void* ptr;
   const void* sptr;
   mx::Shape shape;
   mx::Strides strides;
   int gates;
-  bool q8;
+  int kind;
   std::shared_ptr<mx::allocator::Data> owner, sowner;
   std::shared_ptr<const void> packed;
   size_t bytes;
@@ -53,7 +54,7 @@ std::shared_ptr<const void> cached_packing(
     const mx::array& w,
     const mx::array* scales,
     int gates,
-    bool q8,
+    int kind,
     const std::shared_ptr<mx::allocator::Data>& owner,
     const std::shared_ptr<mx::allocator::Data>& sowner,
     const std::function<std::pair<std::shared_ptr<const void>, size_t>()>& pack) {
@@ -66,7 +67,7 @@ std::shared_ptr<const void> cached_packing(
   {
     std::lock_guard<std::mutex> lock(pack_mu);
     for (auto& e : *pack_cache) {
-      if (e.ptr == ptr && e.sptr == sptr && e.gates == gates && e.q8 == q8 &&
+      if (e.ptr == ptr && e.sptr == sptr && e.gates == gates && e.kind == kind &&
           e.shape == w.shape() && e.strides == w.strides()) {
         e.used = ++pack_clock;
         return e.packed;
@@ -89,7 +90,7 @@ std::shared_ptr<const void> cached_packing(
   }
   if (bytes <= kPackCacheBytes) {
     pack_cache->push_back(PackEntry{
-        ptr, sptr, w.shape(), w.strides(), gates, q8, owner, sowner, packed,
+        ptr, sptr, w.shape(), w.strides(), gates, kind, owner, sowner, packed,
         bytes, ++pack_clock});
   }
   return packed;
@@ -110,7 +111,7 @@ std::shared_ptr<const std::vector<float>> packed_weight(
   const GateFns& fns = gate_fns();
   const int N = wh.shape(0) / gates;
   const int K = wh.shape(1);
-  auto packed = cached_packing(wh, scales, gates, false, owner, sowner, [&] {
+  auto packed = cached_packing(wh, scales, gates, kFloat, owner, sowner, [&] {
     auto v = std::make_shared<std::vector<float>>(
         size_t(fns.packed_floats(gates, N, K)));
     fns.pack_gates(values(), gates, N, K, v->data());
@@ -123,27 +124,27 @@ std::shared_ptr<const std::vector<float>> packed_weight(
 std::shared_ptr<const PackedQ8> packed_weight_q8(
     const mx::array& wh,
     const mx::array& scales,
+    bool vnni,
     const std::shared_ptr<mx::allocator::Data>& owner,
     const std::shared_ptr<mx::allocator::Data>& sowner) {
   const Q8Fns& fns = q8_fns();
   const int H = wh.shape(1);
-  auto packed = cached_packing(wh, &scales, 4, true, owner, sowner, [&] {
+  vnni = vnni && fns.pack_gates_q8_vnni;
+  const int kind = vnni ? kQ8Vnni : kQ8Widen;
+  auto packed = cached_packing(wh, &scales, 4, kind, owner, sowner, [&] {
     std::vector<int8_t> qbuf;
     std::vector<float> sbuf;
-    const int8_t* q = row_major(wh, qbuf);
+    const auto* q = reinterpret_cast<const signed char*>(row_major(wh, qbuf));
     const float* s = row_major(scales, sbuf);
     auto p = std::make_shared<PackedQ8>();
-    p->q.resize(size_t(fns.packed_q8_bytes(H)));
     p->s.resize(size_t(fns.packed_q8_scales(H)));
-    fns.pack_gates_q8(
-        reinterpret_cast<const signed char*>(q), s, H, p->q.data(),
-        p->s.data());
-    if (fns.pack_gates_q8_vnni) {
+    if (vnni) {
       p->qv.resize(size_t(fns.packed_q8_vnni_bytes(H)));
       p->rs.resize(p->s.size());
-      fns.pack_gates_q8_vnni(
-          reinterpret_cast<const signed char*>(q), H, p->qv.data(),
-          p->rs.data());
+      fns.pack_gates_q8_vnni(q, s, H, p->qv.data(), p->rs.data(), p->s.data());
+    } else {
+      p->q.resize(size_t(fns.packed_q8_bytes(H)));
+      fns.pack_gates_q8(q, s, H, p->q.data(), p->s.data());
     }
     return std::make_pair(
         std::shared_ptr<const void>(p),
