@@ -162,7 +162,7 @@ def _bench_rotated(runners: dict[str, Callable], wl: Workload, repeat: int) -> d
             for n, t in times.items()}
 
 
-def bench_step(wl: Workload, repeat: int, tmp: Path) -> list[dict]:
+def bench_step(wl: Workload, repeat: int, tmp: Path, ort: bool = True) -> list[dict]:
     """The ``--workload step`` runners on ``wl``, compared with fp32 and the fp32 packing of int8."""
     runners = {
         "fp32 kernel": wl.runner(wl.fp32),
@@ -170,7 +170,7 @@ def bench_step(wl: Workload, repeat: int, tmp: Path) -> list[dict]:
         "int8 step, no VNNI": _with_env("EDGELSTM_Q8_VNNI", "0",
                                         wl.runner(wl.int8, q8_step="1")),
         "int8 fp32 packing (previous)": wl.runner(wl.int8, q8_step="0"),
-        **_ort_runners(wl, tmp),
+        **(_ort_runners(wl, tmp) if ort else {}),
     }
     out = _bench_rotated(runners, wl, repeat)
     fp32, prev = out["fp32 kernel"], out["int8 fp32 packing (previous)"]
@@ -219,6 +219,7 @@ def main(argv=None) -> int:
                     help="step: int8 vs fp32 step over batches x hidden sizes, ORT columns")
     ap.add_argument("--batches", default="1,4", help="--workload step batches (comma list)")
     ap.add_argument("--hidden", default="128,512,1024", help="--workload step hidden sizes")
+    ap.add_argument("--no-ort", action="store_true", help="--workload step without ORT columns")
     args = ap.parse_args(argv)
     if not kernels.available():
         print(f"fused kernels unavailable: {kernels.reason()}", file=sys.stderr)
@@ -243,7 +244,7 @@ def main(argv=None) -> int:
     tmp = tempfile.TemporaryDirectory()
     for wl in workloads:
         if args.workload == "step":
-            rows = bench_step(wl, args.repeat, Path(tmp.name))
+            rows = bench_step(wl, args.repeat, Path(tmp.name), ort=not args.no_ort)
         else:
             rows = bench(wl, args.repeat)
         _print_table(
