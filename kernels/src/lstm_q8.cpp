@@ -49,21 +49,25 @@ namespace {
 // When an int8 Wh runs the int8 step rather than the fp32 fused step on its
 // once-expanded packing, and which int8 step. Measured with a B x H sweep
 // and benchmarks/bench_quant.py --workload step (Sapphire Rapids, AVX-512 +
-// VNNI, 2 MiB L2; T=100, one thread, minimum of interleaved passes; see the
-// README's int8 section). Against the fp32 packing:
+// VNNI, 2 MiB L2; T=100, one thread, minimum or median of interleaved
+// passes, +-15% from run to run on the shared box; see the README's int8
+// section). Against the fp32 packing:
 // - 1 row: VNNI 1.3-1.8x at H=128-256 (in L2), ~4x at H=512-1024; it beats
 //   the widening step by 1.05-1.45x;
 // - 2 rows: widening (2-row tiles) 1.5-1.7x at H=128-256, 3.5x+ beyond;
-//   VNNI (4 limb products per row) is 0.87-1.15x of it: widening;
+//   VNNI (4 limb products per row) 0.7-1.7x of it, no consistent winner
+//   (ahead at H=256-512, behind at 128 and 1024): widening;
 // - 3 rows: widening 0.93-0.98x while the fp32 packing sits in L2 (the fp32
 //   step's own 3-row tile, plus the widening), 1.5x at H=384: from H=384;
-// - 4-7 rows (4-row tiles): 1.17-1.26x at H=128, 1.9-3x at H=512;
+// - 4 rows (one 4-row tile): 1.23-1.31x at H=128, 2.4-3x at H=512;
+// - 5-7 rows (a 3-row tile among them): 0.95-1.19x at H=128 from run to
+//   run, 1.6-2.2x at H=512: from H=384, as 3 rows;
 // - 8-16 rows: 0.97-1.05x at H=128-256, 1.3-1.7x at H=384-1024: from
 //   H=384 (fp32 packing 2.25+ MiB, past L2);
 // - more rows: not measured; fp32 (its blocked GEMM).
 // The AVX2 build (EDGELSTM_ISA=avx2 on the same CPU; 8 lanes, 3-row tiles
 // at most in 16 registers) widens at twice the uops per weight: 1.12x at
-// H=128 B=1 but 0.90-0.94x at B=2-7, 1.2-3x at H=512 for B=1-7. So builds
+// H=128 B=1 but 0.87-0.95x at B=2-7, 1.2-3x at H=512 for B=1-7. So builds
 // narrower than AVX-512 (and the baseline, not measured) take the int8 step
 // at one row or from H=384.
 // Depends on B and H only, never on T: a streamed chunk rounds as the full
@@ -74,7 +78,7 @@ constexpr int kQ8WideHidden = 384;
 
 bool q8_pays(int B, int H) {
   const bool wide = gate_fns().pack_width() >= 16; // AVX-512 tiles
-  if (B <= 1 || (wide && (B == 2 || (B >= 4 && B <= 7)))) {
+  if (B <= 1 || (wide && (B == 2 || B == 4))) {
     return true;
   }
   return B <= kQ8MaxRows && H >= kQ8WideHidden;
