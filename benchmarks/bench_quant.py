@@ -88,12 +88,16 @@ class Workload:
 
         def run_expanded(k, state):
             # The pre-int8-kernel path: every quantized cell expands its weights.
+            # The model remembers its stack plan (with the int8 weights) across
+            # calls: forget it on the way in and out, or the patch never applies.
             saved = _QuantizedCellMixin._kernel_weights
             _QuantizedCellMixin._kernel_weights = lambda self, fast: None
+            model.__dict__.pop("_edgelstm_plan", None)
             try:
                 return run(k, state)
             finally:
                 _QuantizedCellMixin._kernel_weights = saved
+                model.__dict__.pop("_edgelstm_plan", None)
 
         return run_expanded
 
