@@ -1,0 +1,250 @@
+// The recurrent step's thread pool and barrier (see step_pool.h).
+
+#include "step_pool.h"
+#include "blas.h"
+
+#include <pthread.h>
+
+#include <chrono>
+#include <cstdlib>
+#include <mutex>
+#include <stdexcept>
+#include <system_error>
+#include <thread>
+#include <vector>
+
+namespace edgelstm {
+
+namespace {
+
+// More would only add barrier traffic: a step has at most H / 8 blocks.
+constexpr int kMaxThreads = 64;
+
+// How long a waiter spins before it sleeps. A barrier of the threaded
+// shapes is normally crossed within a few microseconds; a peer that is not
+// there by then was probably descheduled (a shared machine), and spinning
+// on would take the core it needs.
+constexpr auto kSpin = std::chrono::microseconds(50);
+
+using Body = std::function<void(int, int, StepBarrier&)>;
+
+inline void cpu_relax() {
+#if defined(__x86_64__) || defined(__i386__)
+  __builtin_ia32_pause();
+#elif defined(__aarch64__) || defined(__arm__)
+  asm volatile("yield");
+#endif
+}
+
+// Waits until done(): spins for kSpin, then sleeps on cv (woken by notify).
+template <class Done>
+void spin_then_block(const Done& done, std::mutex& m, std::condition_variable& cv) {
+  const auto start = std::chrono::steady_clock::now();
+  for (int i = 1;; ++i) {
+    if (done()) {
+      return;
+    }
+    cpu_relax();
+    if ((i & 63) == 0 && std::chrono::steady_clock::now() - start > kSpin) {
+      break;
+    }
+  }
+  std::unique_lock<std::mutex> lk(m);
+  cv.wait(lk, done);
+}
+
+// After the state a waiter checks has changed: taking the mutex orders the
+// change before a sleeper's check, so no wake-up is lost.
+void notify(std::mutex& m, std::condition_variable& cv) {
+  { std::lock_guard<std::mutex> lk(m); }
+  cv.notify_all();
+}
+
+class Pool {
+ public:
+  int run(int want, const Body& body) {
+    std::unique_lock<std::mutex> busy(busy_, std::try_to_lock);
+    if (want <= 1 || !busy.owns_lock()) {
+      StepBarrier solo;
+      body(0, 1, solo);
+      return 1;
+    }
+    want = want < kMaxThreads ? want : kMaxThreads;
+    while (int(helpers_.size()) < want - 1) {
+      try {
+        helpers_.emplace_back(
+            &Pool::helper, this, int(helpers_.size()) + 1,
+            job_.load(std::memory_order_relaxed));
+      } catch (const std::system_error&) {
+        break; // no more threads to be had: run with those there are
+      }
+    }
+    const int have = int(helpers_.size()) + 1;
+    const int n = want < have ? want : have;
+    body_ = &body;
+    n_ = n;
+    barrier_.reset(n);
+    // Every helper acknowledges every job (those past n at once), so none
+    // can still be reading body_ / n_ when the next job writes them.
+    pending_.store(int(helpers_.size()), std::memory_order_relaxed);
+    job_.fetch_add(1, std::memory_order_release);
+    notify(job_m_, job_cv_);
+    body(0, n, barrier_);
+    spin_then_block(
+        [&] { return pending_.load(std::memory_order_acquire) == 0; }, done_m_,
+        done_cv_);
+    return n;
+  }
+
+ private:
+  void helper(int id, uint64_t seen) {
+    for (;;) {
+      spin_then_block(
+          [&] { return job_.load(std::memory_order_acquire) != seen; }, job_m_,
+          job_cv_);
+      seen = job_.load(std::memory_order_acquire);
+      if (id < n_) {
+        (*body_)(id, n_, barrier_);
+      }
+      if (pending_.fetch_sub(1, std::memory_order_acq_rel) == 1) {
+        notify(done_m_, done_cv_);
+      }
+    }
+  }
+
+  std::mutex busy_; // held by the call that owns the team
+  std::vector<std::thread> helpers_; // helper i has id i + 1
+  std::atomic<uint64_t> job_{0};
+  const Body* body_ = nullptr;
+  int n_ = 1;
+  StepBarrier barrier_;
+  std::atomic<int> pending_{0};
+  std::mutex job_m_, done_m_;
+  std::condition_variable job_cv_, done_cv_;
+};
+
+// Never destroyed: helpers sleep in it until the process exits. A forked
+// child has none of the parent's threads, so it starts a pool of its own.
+std::atomic<Pool*> g_pool{nullptr};
+
+void forget_pool_in_child() {
+  g_pool.store(nullptr, std::memory_order_relaxed); // the parent's is leaked
+}
+
+Pool& pool() {
+  Pool* p = g_pool.load(std::memory_order_acquire);
+  if (p) {
+    return *p;
+  }
+  static std::once_flag atfork;
+  std::call_once(atfork, [] {
+    pthread_atfork(nullptr, nullptr, &forget_pool_in_child);
+  });
+  Pool* fresh = new Pool(); // no helpers yet: cheap to drop if another won
+  if (g_pool.compare_exchange_strong(p, fresh, std::memory_order_acq_rel)) {
+    return *fresh;
+  }
+  delete fresh;
+  return *p;
+}
+
+std::atomic<int> g_threads{0}; // set_recurrent_threads; 0: the default
+
+// Measured on a 2-core Xeon (AVX-512), see kernels/README.md.
+constexpr long kStepMinMacs = 1L << 20;
+std::atomic<long> g_min_macs{kStepMinMacs};
+
+int env_threads() {
+  static const int n = [] {
+    const char* v = std::getenv("EDGELSTM_NUM_THREADS");
+    if (!v || !*v) {
+      return 0;
+    }
+    char* end = nullptr;
+    const long n = std::strtol(v, &end, 10);
+    return (*end == '\0' && n >= 1) ? int(n < kMaxThreads ? n : kMaxThreads)
+                                    : 0; // not a count: ignored
+  }();
+  return n;
+}
+
+int cores() {
+  const unsigned n = std::thread::hardware_concurrency();
+  return n ? int(n < kMaxThreads ? n : kMaxThreads) : 1;
+}
+
+} // namespace
+
+void StepBarrier::reset(int n) {
+  n_ = n;
+  count_.store(n, std::memory_order_relaxed);
+}
+
+void StepBarrier::wait() {
+  if (n_ <= 1) {
+    return;
+  }
+  // Read before arriving: the generation cannot move until this thread has.
+  const uint32_t g = gen_.load(std::memory_order_acquire);
+  if (count_.fetch_sub(1, std::memory_order_acq_rel) == 1) {
+    count_.store(n_, std::memory_order_relaxed);
+    gen_.store(g + 1, std::memory_order_release);
+    notify(m_, cv_);
+    return;
+  }
+  spin_then_block(
+      [&] { return gen_.load(std::memory_order_acquire) != g; }, m_, cv_);
+}
+
+int run_team(int want, const Body& body) {
+  if (want <= 1) {
+    StepBarrier solo;
+    body(0, 1, solo);
+    return 1;
+  }
+  return pool().run(want, body);
+}
+
+int recurrent_threads() {
+  int n = g_threads.load(std::memory_order_relaxed);
+  if (n > 0) {
+    return n;
+  }
+  if ((n = env_threads()) > 0) {
+    return n;
+  }
+  if ((n = blas_threads()) > 0) {
+    return n < kMaxThreads ? n : kMaxThreads;
+  }
+  return cores();
+}
+
+void set_recurrent_threads(int n) {
+  if (n < 0) {
+    throw std::invalid_argument("set_recurrent_threads: n must be >= 0");
+  }
+  g_threads.store(n < kMaxThreads ? n : kMaxThreads, std::memory_order_relaxed);
+}
+
+long step_min_macs() {
+  return g_min_macs.load(std::memory_order_relaxed);
+}
+
+void set_step_min_macs(long n) {
+  if (n < 1) {
+    throw std::invalid_argument("set_step_min_macs: n must be >= 1");
+  }
+  g_min_macs.store(n, std::memory_order_relaxed);
+}
+
+const char* recurrent_threads_source() {
+  if (g_threads.load(std::memory_order_relaxed) > 0) {
+    return "set";
+  }
+  if (env_threads() > 0) {
+    return "EDGELSTM_NUM_THREADS";
+  }
+  return blas_threads() > 0 ? "blas" : "cores";
+}
+
+} // namespace edgelstm
