@@ -63,6 +63,10 @@ NB_MODULE(_kernels, m) {
       "n"_a,
       "Set step_min_macs (tests and benchmarks: 1 threads every step with a\n"
       "block of units per thread). Call it between evaluations.");
+  m.def(
+      "last_step_threads",
+      &edgelstm::last_step_threads,
+      "Threads the latest fused LSTM call ran its steps on (for tests).");
   // Feature flag for edgelstm.kernels: Wh/Wx may be int8 with *_scales.
   m.attr("int8_weights") = true;
   // Every *_seq takes xp, Wh first and ends with the in-primitive

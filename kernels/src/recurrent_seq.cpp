@@ -334,7 +334,7 @@ void run_layer(const SeqConfig& cfg, int T, int B, const LayerIO& io) {
     std::vector<float> scratch_all(size_t(want) * scratch_n);
     const float* wp = packed->data();
     float* const h2 = hbuf.data();
-    run_team(want, [&](int tid, int n, StepBarrier& barrier) {
+    const int used = run_team(want, [&](int tid, int n, StepBarrier& barrier) {
       const int bk0 = int(long(nb) * tid / n);
       const int bk1 = int(long(nb) * (tid + 1) / n);
       const int j0 = std::min(bk0 * pw, H), j1 = std::min(bk1 * pw, H);
@@ -366,6 +366,7 @@ void run_layer(const SeqConfig& cfg, int T, int B, const LayerIO& io) {
         std::swap(hcur, hnext);
       }
     });
+    note_step_threads(used);
     // run_team returned: every thread is done. After an odd number of
     // steps the state is in hbuf.
     if (T % 2 == 1) {

@@ -124,7 +124,9 @@ class Pool {
 };
 
 // Never destroyed: helpers sleep in it until the process exits. A forked
-// child has none of the parent's threads, so it starts a pool of its own.
+// child has none of the parent's threads, so it starts a pool of its own
+// (defensive: MLX 0.32 itself hangs evaluating in a forked child, so no
+// test reaches this).
 std::atomic<Pool*> g_pool{nullptr};
 
 void forget_pool_in_child() {
@@ -153,6 +155,7 @@ std::atomic<int> g_threads{0}; // set_recurrent_threads; 0: the default
 // Measured on a 2-core Xeon (AVX-512), see kernels/README.md.
 constexpr long kStepMinMacs = 1L << 20;
 std::atomic<long> g_min_macs{kStepMinMacs};
+std::atomic<int> g_last_team{0};
 
 int env_threads() {
   static const int n = [] {
@@ -224,6 +227,14 @@ void set_recurrent_threads(int n) {
     throw std::invalid_argument("set_recurrent_threads: n must be >= 0");
   }
   g_threads.store(n < kMaxThreads ? n : kMaxThreads, std::memory_order_relaxed);
+}
+
+int last_step_threads() {
+  return g_last_team.load(std::memory_order_relaxed);
+}
+
+void note_step_threads(int n) {
+  g_last_team.store(n, std::memory_order_relaxed);
 }
 
 long step_min_macs() {

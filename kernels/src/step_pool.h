@@ -38,6 +38,11 @@ const char* recurrent_threads_source();
 long step_min_macs();
 void set_step_min_macs(long n);
 
+// Threads the latest fused LSTM call ran its steps on (tests check that a
+// shape was threaded at all).
+int last_step_threads();
+void note_step_threads(int n);
+
 // A reusable barrier for `n` threads: spins briefly (a step of the threaded
 // shapes takes tens of microseconds, a sleep/wake pair about as long), then
 // blocks, so a descheduled peer on a busy machine costs no burnt core.
