@@ -39,6 +39,9 @@ def threads():
     """``use(n, force=True)``: n step threads, threshold lowered unless ``force`` is off."""
     ext = kernels._ext
     default_min = ext.step_min_macs()
+    # No contention back-off: on a busy machine it would run calls on one
+    # thread, and these tests count threads.
+    ext.set_step_backoff(False)
 
     def use(n, force=True):
         kernels.set_recurrent_threads(n)
@@ -47,6 +50,7 @@ def threads():
     yield use
     kernels.set_recurrent_threads(0)
     ext.set_step_min_macs(default_min)
+    ext.set_step_backoff(True)
 
 
 def _weights(rng, H, int8=False):
@@ -237,6 +241,7 @@ from edgelstm.fast import dispatch as k
 assert k.available(), k.reason()
 ext = k._ext
 ext.set_step_min_macs(1)
+ext.set_step_backoff(False)
 rng = np.random.default_rng(8)
 out = {"isa": ext.isa(), "ok": [], "used": []}
 for B, H in ((1, 37), (3, 40), (9, 70)):

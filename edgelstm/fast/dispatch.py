@@ -111,6 +111,12 @@ def set_recurrent_threads(n: int) -> None:
     _ext.set_recurrent_threads(int(n))
 
 
+def step_min_macs() -> int:
+    """Multiply-adds per thread per step under which a fused LSTM step takes no more threads."""
+    _require()
+    return int(_ext.step_min_macs())
+
+
 def available() -> bool:
     """Return whether the fused kernels can be used in this process."""
     global _state

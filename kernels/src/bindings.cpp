@@ -64,6 +64,13 @@ NB_MODULE(_kernels, m) {
       "Set step_min_macs (tests and benchmarks: 1 threads every step with a\n"
       "block of units per thread). Call it between evaluations.");
   m.def(
+      "set_step_backoff",
+      &edgelstm::set_step_backoff,
+      "on"_a,
+      "Whether fused LSTM calls drop to one thread for a while after calls\n"
+      "whose threads kept waiting on descheduled peers (default on).");
+  m.def("step_backoff", &edgelstm::step_backoff, "See set_step_backoff.");
+  m.def(
       "last_step_threads",
       &edgelstm::last_step_threads,
       "Threads the latest fused LSTM call ran its steps on (for tests).");

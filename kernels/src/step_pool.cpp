@@ -20,11 +20,16 @@ namespace {
 // More would only add barrier traffic: a step has at most H / 8 blocks.
 constexpr int kMaxThreads = 64;
 
-// How long a waiter spins before it sleeps. A barrier of the threaded
-// shapes is normally crossed within a few microseconds; a peer that is not
-// there by then was probably descheduled (a shared machine), and spinning
-// on would take the core it needs.
-constexpr auto kSpin = std::chrono::microseconds(50);
+// How a waiter waits: kPause of busy spinning (a barrier of the threaded
+// shapes is normally crossed within a few microseconds), then yielding the
+// core until kSpin (a peer that is queued on this core, as on a machine with
+// more runnable threads than cores, gets to run: spinning on would keep it
+// off), then sleeping. Measured on a loaded 2-core VM: pure spinning (50 us
+// to 1 ms) let two threads take 6-100 ms where one took 0.4 ms (B=1, H=128,
+// T=100); with the yield phase 1.1-1.6 ms, and the back-off below covers
+// the rest.
+constexpr auto kPause = std::chrono::microseconds(10);
+constexpr auto kSpin = std::chrono::microseconds(100);
 
 using Body = std::function<void(int, int, StepBarrier&)>;
 
@@ -36,7 +41,9 @@ inline void cpu_relax() {
 #endif
 }
 
-// Waits until done(): spins for kSpin, then sleeps on cv (woken by notify).
+// Waits until done(): spins for kPause, then yields the core until kSpin
+// (a peer queued on this core gets it), then sleeps on cv (woken by
+// notify).
 template <class Done>
 void spin_then_block(const Done& done, std::mutex& m, std::condition_variable& cv) {
   const auto start = std::chrono::steady_clock::now();
@@ -44,10 +51,17 @@ void spin_then_block(const Done& done, std::mutex& m, std::condition_variable& c
     if (done()) {
       return;
     }
-    cpu_relax();
-    if ((i & 63) == 0 && std::chrono::steady_clock::now() - start > kSpin) {
-      break;
+    if ((i & 63) == 0) {
+      const auto waited = std::chrono::steady_clock::now() - start;
+      if (waited > kSpin) {
+        break;
+      }
+      if (waited > kPause) {
+        std::this_thread::yield();
+        continue;
+      }
     }
+    cpu_relax();
   }
   std::unique_lock<std::mutex> lk(m);
   cv.wait(lk, done);
@@ -60,11 +74,25 @@ void notify(std::mutex& m, std::condition_variable& cv) {
   cv.notify_all();
 }
 
+// Contention back-off. A thread that is descheduled (more runnable threads
+// than cores: a shared machine) stalls every step for up to a time slice, so
+// a team then runs far slower than one thread. A call whose threads spent
+// more than 1 / kContendedShare of their time waiting at the step barrier
+// makes the following calls run on one thread for a while, doubling from
+// kBackoffMin to kBackoffMax while calls stay contended; one calm call
+// resets it. Results do not depend on the thread count, only speed does.
+constexpr int kContendedShare = 4;
+constexpr auto kBackoffMin = std::chrono::milliseconds(20);
+constexpr auto kBackoffMax = std::chrono::milliseconds(2000);
+std::atomic<bool> g_backoff{true};
+
 class Pool {
  public:
   int run(int want, const Body& body) {
     std::unique_lock<std::mutex> busy(busy_, std::try_to_lock);
-    if (want <= 1 || !busy.owns_lock()) {
+    const auto now = std::chrono::steady_clock::now();
+    const bool backoff = g_backoff.load(std::memory_order_relaxed);
+    if (want <= 1 || !busy.owns_lock() || (backoff && now < calm_after_)) {
       StepBarrier solo;
       body(0, 1, solo);
       return 1;
@@ -93,6 +121,13 @@ class Pool {
     spin_then_block(
         [&] { return pending_.load(std::memory_order_acquire) == 0; }, done_m_,
         done_cv_);
+    const auto took = std::chrono::steady_clock::now() - now;
+    if (barrier_.waited() * kContendedShare > took * n) {
+      calm_after_ = std::chrono::steady_clock::now() + backoff_;
+      backoff_ = backoff_ * 2 < kBackoffMax ? backoff_ * 2 : kBackoffMax;
+    } else {
+      backoff_ = kBackoffMin;
+    }
     return n;
   }
 
@@ -113,6 +148,9 @@ class Pool {
   }
 
   std::mutex busy_; // held by the call that owns the team
+  // Contention back-off (under busy_): single-threaded until calm_after_.
+  std::chrono::steady_clock::time_point calm_after_{};
+  std::chrono::milliseconds backoff_{kBackoffMin};
   std::vector<std::thread> helpers_; // helper i has id i + 1
   std::atomic<uint64_t> job_{0};
   const Body* body_ = nullptr;
@@ -181,6 +219,11 @@ int cores() {
 void StepBarrier::reset(int n) {
   n_ = n;
   count_.store(n, std::memory_order_relaxed);
+  waited_ns_.store(0, std::memory_order_relaxed);
+}
+
+std::chrono::nanoseconds StepBarrier::waited() const {
+  return std::chrono::nanoseconds(waited_ns_.load(std::memory_order_relaxed));
 }
 
 void StepBarrier::wait() {
@@ -195,8 +238,22 @@ void StepBarrier::wait() {
     notify(m_, cv_);
     return;
   }
+  const auto start = std::chrono::steady_clock::now();
   spin_then_block(
       [&] { return gen_.load(std::memory_order_acquire) != g; }, m_, cv_);
+  waited_ns_.fetch_add(
+      std::chrono::duration_cast<std::chrono::nanoseconds>(
+          std::chrono::steady_clock::now() - start)
+          .count(),
+      std::memory_order_relaxed);
+}
+
+void set_step_backoff(bool on) {
+  g_backoff.store(on, std::memory_order_relaxed);
+}
+
+bool step_backoff() {
+  return g_backoff.load(std::memory_order_relaxed);
 }
 
 int run_team(int want, const Body& body) {

@@ -11,6 +11,7 @@
 #pragma once
 
 #include <atomic>
+#include <chrono>
 #include <condition_variable>
 #include <cstdint>
 #include <functional>
@@ -38,6 +39,11 @@ const char* recurrent_threads_source();
 long step_min_macs();
 void set_step_min_macs(long n);
 
+// Whether run_team backs off to one thread after contended calls (default
+// on; tests that count threads turn it off).
+void set_step_backoff(bool on);
+bool step_backoff();
+
 // Threads the latest fused LSTM call ran its steps on (tests check that a
 // shape was threaded at all).
 int last_step_threads();
@@ -51,19 +57,24 @@ class StepBarrier {
   // Not while any thread is waiting.
   void reset(int n);
   void wait();
+  // Time all threads spent waiting here since reset().
+  std::chrono::nanoseconds waited() const;
 
  private:
   int n_ = 1;
   std::atomic<int> count_{1};
   std::atomic<uint32_t> gen_{0};
+  std::atomic<long long> waited_ns_{0};
   std::mutex m_;
   std::condition_variable cv_;
 };
 
 // body(tid, n, barrier) for tid in [0, n): the caller runs tid 0 and returns
-// once every thread has left body. n is `want`, or 1 when want <= 1 or the
-// pool is already in use by another call (nested or concurrent): body must be
-// correct for any n. Returns the n used. body must not throw.
+// once every thread has left body. n is `want`, or 1 when want <= 1, when the
+// pool is already in use by another call (nested or concurrent), or during a
+// contention back-off (recent teams kept waiting on descheduled peers; see
+// step_pool.cpp): body must be correct for any n. Returns the n used. body
+// must not throw.
 int run_team(
     int want,
     const std::function<void(int tid, int n, StepBarrier& barrier)>& body);
