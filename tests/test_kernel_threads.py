@@ -12,9 +12,11 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 import zlib
+from pathlib import Path
 
 import edgelstm  # noqa: F401  (loads OpenBLAS before mlx.core)
 
@@ -271,3 +273,32 @@ def test_threads_bit_identical_on_other_isa_builds(isa):
         pytest.skip(f"reason: EDGELSTM_ISA={isa} ran {out['isa']} on this CPU")
     assert out["ok"] == [True, True, True]
     assert out["used"] == [3, 3, 3]
+
+
+_KERNELS = Path(__file__).resolve().parent.parent / "kernels"
+
+
+def test_threaded_recurrence_has_no_data_race_under_thread_sanitizer(tmp_path):
+    # The recurrence and pool built alone with -fsanitize=thread (baseline gate
+    # loops, no MLX): TSan exits 66 on any race it sees, and the harness
+    # fails on a bit that differs from one thread. Without the per-step
+    # barrier this reports hundreds of races.
+    cxx = shutil.which(os.environ.get("CXX", "c++")) or shutil.which("g++")
+    if cxx is None or not (_KERNELS / "tests" / "tsan_fused_lstm.cpp").is_file():
+        pytest.skip("reason: no C++ compiler or no kernel sources here")
+    src = _KERNELS / "src"
+    exe = tmp_path / "tsan_fused_lstm"
+    build = subprocess.run(
+        [cxx, "-std=c++20", "-O1", "-g", "-fsanitize=thread", f"-I{src}",
+         str(_KERNELS / "tests" / "tsan_fused_lstm.cpp"),
+         *(str(src / f) for f in ("fused_lstm.cpp", "step_pool.cpp", "blas.cpp",
+                                  "gates_base.cpp")),
+         "-o", str(exe), "-pthread"], capture_output=True, text=True, timeout=300)
+    if build.returncode != 0:
+        if "tsan" in build.stderr.lower() or "sanitize" in build.stderr.lower():
+            pytest.skip(f"reason: this compiler cannot build with ThreadSanitizer: "
+                        f"{build.stderr.strip().splitlines()[-1]}")
+        raise AssertionError(build.stderr)
+    res = subprocess.run([str(exe), "150"], capture_output=True, text=True, timeout=300)
+    assert res.returncode == 0 and "ThreadSanitizer" not in res.stderr, res.stdout + res.stderr
+    assert res.stdout.strip().endswith("0 mismatches")

@@ -3,8 +3,8 @@
 #include "recurrent_seq.h"
 #include "blas.h"
 #include "gates.h"
+#include "fused_lstm.h"
 #include "layer_core.h"
-#include "step_pool.h"
 
 #include <algorithm>
 #include <cmath>
@@ -174,18 +174,6 @@ bool use_fused_lstm(int B) {
   return on && B >= 1 && B <= detail::kFusedMaxRows;
 }
 
-// Threads for a fused LSTM step of B rows and H units in nb blocks: one per
-// step_min_macs() multiply-adds of the step's B * 4H * H (so the barrier
-// each step costs stays small next to a thread's share), at most one per
-// block, at most recurrent_threads().
-int fused_team_size(int B, int H, int nb) {
-  const long long macs = (long long)B * 4 * H * H;
-  const long long by_work = macs / std::max(1LL, (long long)step_min_macs());
-  long long n = std::min<long long>(recurrent_threads(), by_work);
-  n = std::min<long long>(n, nb);
-  return n < 1 ? 1 : int(n);
-}
-
 } // namespace
 
 namespace detail {
@@ -320,58 +308,20 @@ void run_layer(const SeqConfig& cfg, int T, int B, const LayerIO& io) {
               .f;
         },
         4, io.wh_owner, io.wh_scales_owner);
-    // The state ping-pongs between h and hbuf (a step reads all of h).
-    std::vector<float> hbuf(state);
-    // Threads own contiguous ranges of unit blocks (fused_team_size); each
-    // has its own row pointers and scratch, allocated here so that no
-    // helper allocates (nothing in the team may throw).
-    const int pw = fns.pack_width();
-    const int nb = (H + pw - 1) / pw;
-    const int want = fused_team_size(B, H, nb);
-    const size_t scratch_n = size_t(B) * 4 * pw;
-    std::vector<const float*> xr_all(size_t(want) * B);
-    std::vector<float*> yr_all(size_t(want) * B);
-    std::vector<float> scratch_all(size_t(want) * scratch_n);
-    const float* wp = packed->data();
-    float* const h2 = hbuf.data();
-    const int used = run_team(want, [&](int tid, int n, StepBarrier& barrier) {
-      const int bk0 = int(long(nb) * tid / n);
-      const int bk1 = int(long(nb) * (tid + 1) / n);
-      const int j0 = std::min(bk0 * pw, H), j1 = std::min(bk1 * pw, H);
-      const float** xr = xr_all.data() + size_t(tid) * B;
-      float** yr = yr_all.data() + size_t(tid) * B;
-      float* scratch = scratch_all.data() + size_t(tid) * scratch_n;
-      float* hcur = h;
-      float* hnext = h2;
-      for (int s = 0; s < T; ++s) {
-        const int t = cfg.reverse ? T - 1 - s : s;
-        for (int b = 0; b < B; ++b) {
-          yr[b] = y + yrow(t, b);
-          if (valid(t, b)) {
-            xr[b] = xp + xrow(t, b);
-          } else {
-            xr[b] = nullptr;
-            std::memset(yr[b] + j0, 0, sizeof(float) * (j1 - j0));
-          }
-        }
-        if (bk0 < bk1) {
-          fns.lstm_fused_step(
-              wp, hcur, B, H, xr, hnext, c, yr, scratch, bk0, bk1);
-        }
-        // Step s + 1 reads every thread's units of hnext and overwrites
-        // hcur, which slower threads may still be reading.
-        if (s + 1 < T) {
-          barrier.wait();
-        }
-        std::swap(hcur, hnext);
-      }
-    });
-    note_step_threads(used);
-    // run_team returned: every thread is done. After an odd number of
-    // steps the state is in hbuf.
-    if (T % 2 == 1) {
-      std::memcpy(h, h2, state * sizeof(float));
-    }
+    FusedLstmSeq seq;
+    seq.packed = packed->data();
+    seq.xp = xp;
+    seq.xp_time_major = xp_time_major;
+    seq.y = y;
+    seq.batch_first = cfg.batch_first;
+    seq.h = h;
+    seq.c = c;
+    seq.len = len;
+    seq.reverse = cfg.reverse;
+    seq.T = T;
+    seq.B = B;
+    seq.H = H;
+    run_fused_lstm(seq);
     return;
   }
 
