@@ -302,3 +302,16 @@ def test_threaded_recurrence_has_no_data_race_under_thread_sanitizer(tmp_path):
     res = subprocess.run([str(exe), "150"], capture_output=True, text=True, timeout=300)
     assert res.returncode == 0 and "ThreadSanitizer" not in res.stderr, res.stdout + res.stderr
     assert res.stdout.strip().endswith("0 mismatches")
+
+
+def test_info_reports_the_step_threads(threads):
+    from click.testing import CliRunner
+
+    from edgelstm.cli import cli
+
+    threads(3)
+    r = CliRunner().invoke(cli, ["info", "--json"])
+    assert r.exit_code == 0, r.output
+    assert json.loads(r.stdout)["kernel_threads"].startswith("3 (set by set_blas_threads")
+    r = CliRunner().invoke(cli, ["info"])
+    assert r.exit_code == 0 and "kernel threads  3 (" in r.stdout
