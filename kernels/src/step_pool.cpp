@@ -115,6 +115,7 @@ class Pool {
     // Every helper acknowledges every job (those past n at once), so none
     // can still be reading body_ / n_ when the next job writes them.
     pending_.store(int(helpers_.size()), std::memory_order_relaxed);
+    const uint32_t gen0 = barrier_.generation();
     job_.fetch_add(1, std::memory_order_release);
     notify(job_m_, job_cv_);
     body(0, n, barrier_);
@@ -122,7 +123,9 @@ class Pool {
         [&] { return pending_.load(std::memory_order_acquire) == 0; }, done_m_,
         done_cv_);
     const auto took = std::chrono::steady_clock::now() - now;
-    if (barrier_.waited() * kContendedShare > took * n) {
+    if (barrier_.generation() == gen0) {
+      // No barrier crossed (the projection's split): nothing measured.
+    } else if (barrier_.waited() * kContendedShare > took * n) {
       calm_after_ = std::chrono::steady_clock::now() + backoff_;
       backoff_ = backoff_ * 2 < kBackoffMax ? backoff_ * 2 : kBackoffMax;
     } else {
@@ -220,6 +223,10 @@ void StepBarrier::reset(int n) {
   n_ = n;
   count_.store(n, std::memory_order_relaxed);
   waited_ns_.store(0, std::memory_order_relaxed);
+}
+
+uint32_t StepBarrier::generation() const {
+  return gen_.load(std::memory_order_acquire);
 }
 
 std::chrono::nanoseconds StepBarrier::waited() const {

@@ -57,7 +57,9 @@ class StepBarrier {
   // Not while any thread is waiting.
   void reset(int n);
   void wait();
-  // Time all threads spent waiting here since reset().
+  // Crossings so far (wraps); time all threads spent waiting here since
+  // reset().
+  uint32_t generation() const;
   std::chrono::nanoseconds waited() const;
 
  private:
