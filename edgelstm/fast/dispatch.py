@@ -113,7 +113,7 @@ def set_recurrent_threads(n: int) -> None:
 
 def step_min_macs() -> int:
     """Multiply-adds per thread per step under which a fused LSTM step takes no more threads."""
-    _require()
+    require()
     return int(_ext.step_min_macs())
 
 
