@@ -32,7 +32,7 @@ struct PackEntry {
   mx::Strides strides;
   int gates;
   std::shared_ptr<mx::allocator::Data> owner, sowner;
-  std::shared_ptr<const std::vector<float>> packed;
+  std::shared_ptr<const PackedFloats> packed;
   uint64_t used;
 };
 
@@ -47,7 +47,7 @@ uint64_t pack_clock = 0;
 // gives its row-major float values (int8 expanded), called only on a miss.
 } // namespace
 
-std::shared_ptr<const std::vector<float>> packed_weight(
+std::shared_ptr<const PackedFloats> packed_weight(
     const mx::array& wh,
     const mx::array* scales,
     const std::function<const float*()>& values,
@@ -58,7 +58,7 @@ std::shared_ptr<const std::vector<float>> packed_weight(
   const int N = wh.shape(0) / gates;
   const int K = wh.shape(1);
   auto pack = [&] {
-    auto v = std::make_shared<std::vector<float>>(
+    auto v = std::make_shared<PackedFloats>(
         size_t(fns.packed_floats(gates, N, K)));
     fns.pack_gates(values(), gates, N, K, v->data());
     return v;
