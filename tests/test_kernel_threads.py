@@ -123,10 +123,12 @@ def test_threads_bit_identical(threads, B, H, variant):
         _same_bits(got, want, f"B={B} H={H} {variant} threads={n}")
 
 
-@pytest.mark.parametrize("B,H,threaded", [(32, 256, True), (1, 128, False), (4, 64, False)])
+@pytest.mark.parametrize("B,H,threaded", [(32, 256, True), (4, 256, True), (1, 128, False),
+                                          (8, 128, False), (4, 64, False)])
 def test_default_threshold(threads, B, H, threaded):
-    # With the shipped threshold: B=32 H=256 (8.4M multiply-adds a step) takes the
-    # second thread, batch 1 and small steps stay on one; bits match either way.
+    # With the shipped threshold (a thread per 512K multiply-adds of a step):
+    # B=32 H=256 (8.4M) and B=4 H=256 (1M) take the second thread, batch 1 and
+    # small steps stay on one; bits match either way.
     rng = np.random.default_rng(B * 1000 + H)
     x, w, kw = _case(rng, B, H, 5, "state_lengths")
     threads(1, force=False)

@@ -78,10 +78,15 @@ void notify(std::mutex& m, std::condition_variable& cv) {
 // than cores: a shared machine) stalls every step for up to a time slice, so
 // a team then runs far slower than one thread. A call whose threads spent
 // more than 1 / kContendedShare of their time waiting at the step barrier
-// makes the following calls run on one thread for a while, doubling from
+// is contended; once contended calls have run back to back for kPersist,
+// the following calls run on one thread for a while, doubling from
 // kBackoffMin to kBackoffMax while calls stay contended; one calm call
-// resets it. Results do not depend on the thread count, only speed does.
+// resets it. kPersist lets a helper's core warm up: on the idle 2-core VM
+// the first ~60 ms of a process's threaded calls wait half their time (the
+// idle core's clock ramping up), then 3-5%. Results do not depend on the
+// thread count, only speed does.
 constexpr int kContendedShare = 4;
+constexpr auto kPersist = std::chrono::milliseconds(200);
 constexpr auto kBackoffMin = std::chrono::milliseconds(20);
 constexpr auto kBackoffMax = std::chrono::milliseconds(2000);
 std::atomic<bool> g_backoff{true};
@@ -126,9 +131,13 @@ class Pool {
     if (barrier_.generation() == gen0) {
       // No barrier crossed (the projection's split): nothing measured.
     } else if (barrier_.waited() * kContendedShare > took * n) {
-      calm_after_ = std::chrono::steady_clock::now() + backoff_;
-      backoff_ = backoff_ * 2 < kBackoffMax ? backoff_ * 2 : kBackoffMax;
+      contended_for_ += took;
+      if (contended_for_ >= kPersist) {
+        calm_after_ = std::chrono::steady_clock::now() + backoff_;
+        backoff_ = backoff_ * 2 < kBackoffMax ? backoff_ * 2 : kBackoffMax;
+      }
     } else {
+      contended_for_ = {};
       backoff_ = kBackoffMin;
     }
     return n;
@@ -154,6 +163,7 @@ class Pool {
   // Contention back-off (under busy_): single-threaded until calm_after_.
   std::chrono::steady_clock::time_point calm_after_{};
   std::chrono::milliseconds backoff_{kBackoffMin};
+  std::chrono::steady_clock::duration contended_for_{}; // back to back
   std::vector<std::thread> helpers_; // helper i has id i + 1
   std::atomic<uint64_t> job_{0};
   const Body* body_ = nullptr;
@@ -193,8 +203,12 @@ Pool& pool() {
 
 std::atomic<int> g_threads{0}; // set_recurrent_threads; 0: the default
 
-// Measured on a 2-core Xeon (AVX-512), see kernels/README.md.
-constexpr long kStepMinMacs = 1L << 20;
+// benchmarks/bench_threads.py on the idle 2-core Xeon VM (AVX-512), 2 threads
+// against 1, T=100: B=4 H=256 and B=16 H=128 (1M multiply-adds a step)
+// 1.5-1.6x, B=1 H=512 3.5x (half the weight per core's L2), B=8 H=128
+// (512K) 1.4x but B=32 H=64 (512K, 4 blocks) 0.85x, B=1 H=256 0.45x and
+// B=1 H=128 0.2x: a thread per 512K is the lowest bound with no loss seen.
+constexpr long kStepMinMacs = 1L << 19;
 std::atomic<long> g_min_macs{kStepMinMacs};
 std::atomic<int> g_last_team{0};
 
