@@ -224,7 +224,11 @@ def _bench(runners: dict[str, Callable], wl, repeat: int) -> dict[str, dict]:
 def _print_env(threads: int) -> None:
     """Print the BLAS, MLX and kernel build and the thread cap (the table preamble)."""
     print(f"MLX BLAS: {_blas.MLX_BLAS}; mlx {mx.__version__}; kernels: {kernels.reason()}")
-    print(f"threads: {threads if threads > 0 else 'library defaults'}")
+    step = ""
+    if kernels.available():
+        n, source = kernels.recurrent_threads()
+        step = f"; fused LSTM step: up to {n} ({source})"
+    print(f"threads: {threads if threads > 0 else 'library defaults'}{step}")
 
 
 def _print_table(title: str, columns: list[tuple[str, int]], rows: list[list[str]]) -> None:
@@ -295,6 +299,11 @@ def main(argv=None) -> int:
     ap.add_argument(
         "--workload", default="", metavar="TEXT", help="run only workloads whose name has TEXT"
     )
+    ap.add_argument(
+        "--impl", action="append", default=[], metavar="TEXT",
+        help="run only implementations whose name has TEXT (repeatable; the first kept is "
+             "the max|dy| reference)",
+    )
     args = ap.parse_args(argv)
     _set_threads(args.threads)
 
@@ -333,6 +342,10 @@ def main(argv=None) -> int:
     cases = [(wl, impls) for wl in workloads]
     if args.workload in train_wl.name:
         cases.append((train_wl, train_impls(kernels.available(), torch_version)))
+    if args.impl:
+        cases = [(wl, {n: m for n, m in makers.items() if any(t in n for t in args.impl)})
+                 for wl, makers in cases]
+        cases = [(wl, makers) for wl, makers in cases if makers]
 
     _print_env(args.threads)
     results = []

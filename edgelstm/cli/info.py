@@ -39,7 +39,8 @@ def _environment(as_json: bool) -> None:
                  ("platform", f"{env['platform']}, {env['cpu_count']} CPUs"),
                  ("versions", versions), ("default device", env["default_device"]),
                  ("gpu", "available" if env["gpu_available"] else "none"),
-                 ("kernels", env["kernels"]), ("mlx blas", env["mlx_blas"]),
+                 ("kernels", env["kernels"]), ("kernel threads", env["kernel_threads"]),
+                 ("mlx blas", env["mlx_blas"]),
                  ("placement", env["placement"])])
 
 

@@ -80,9 +80,41 @@ def blas_info() -> str:
 
 
 def set_blas_threads(n: int) -> bool:
-    """Set the kernels' BLAS thread count; ``False`` where the BLAS has no such control."""
+    """Set the kernels' BLAS and fused-step thread counts (``n >= 1``).
+
+    Returns ``False`` where the BLAS has no such control (Accelerate); the fused
+    step's count is set either way.
+    """
     require()
     return bool(_ext.set_blas_threads(int(n)))
+
+
+def recurrent_threads() -> tuple[int, str]:
+    """Threads a fused LSTM step may use, and where the count comes from.
+
+    Returns:
+        ``(n, source)``; ``source`` is ``"set"`` (:func:`set_recurrent_threads` or
+        :func:`set_blas_threads`), ``"EDGELSTM_NUM_THREADS"``, ``"blas"`` (the
+        kernels' BLAS count: ``OPENBLAS_NUM_THREADS``, else the cores) or ``"cores"``.
+        Steps with little work (batch 1, small H) use one thread whatever ``n``.
+    """
+    require()
+    return int(_ext.recurrent_threads()), str(_ext.recurrent_threads_source())
+
+
+def set_recurrent_threads(n: int) -> None:
+    """Fix the fused LSTM step's thread count (``n >= 1``), or ``0`` for the default.
+
+    Results are bit-identical for any count (each thread owns whole hidden units).
+    """
+    require()
+    _ext.set_recurrent_threads(int(n))
+
+
+def step_min_macs() -> int:
+    """Multiply-adds per thread per step under which a fused LSTM step takes no more threads."""
+    require()
+    return int(_ext.step_min_macs())
 
 
 def available() -> bool:

@@ -86,9 +86,27 @@ def environment() -> dict:
         "gpu_available": bool(gpu),
         "kernels": kernels.reason(),
         "kernel_blas": kernels.blas_info() if kernels.available() else None,
+        "kernel_threads": _kernel_threads(kernels),
         "mlx_blas": _blas.MLX_BLAS,
         "placement": placement_rule(),
     }
+
+
+_THREAD_SOURCES = {
+    "set": "set by set_blas_threads / set_recurrent_threads",
+    "EDGELSTM_NUM_THREADS": "from EDGELSTM_NUM_THREADS",
+    "blas": "the kernels' BLAS count",
+    "cores": "the core count",
+}
+
+
+def _kernel_threads(kernels) -> str | None:
+    """Threads a fused LSTM step may use and why; None without kernels."""
+    if not kernels.available():
+        return None
+    n, source = kernels.recurrent_threads()
+    return (f"{n} ({_THREAD_SOURCES.get(source, source)}); an LSTM step takes one per "
+            f"{kernels.step_min_macs()} multiply-adds, so small steps run on one")
 
 
 def count_parameters(model) -> int:

@@ -9,6 +9,7 @@
 #include "dense.h"
 #include "gates.h"
 #include "recurrent_seq.h"
+#include "step_pool.h"
 
 namespace nb = nanobind;
 using namespace nb::literals;
@@ -30,8 +31,49 @@ NB_MODULE(_kernels, m) {
       &edgelstm::set_blas_threads,
       "n"_a,
       "Set the kernels' BLAS thread count (scipy-openblas32; OPENBLAS_NUM_THREADS\n"
-      "sets it at load). Returns False where the BLAS has no such control\n"
-      "(Accelerate). Call it between evaluations, not while one runs.");
+      "sets it at load) and the fused recurrent step's (set_recurrent_threads).\n"
+      "Returns False where the BLAS has no such control (Accelerate). Call it\n"
+      "between evaluations, not while one runs.");
+  m.def(
+      "recurrent_threads",
+      &edgelstm::recurrent_threads,
+      "Threads a fused LSTM step may use (each owns a block of hidden units;\n"
+      "results are bit-identical for any count). Steps with little work use\n"
+      "fewer (step_min_macs).");
+  m.def(
+      "recurrent_threads_source",
+      &edgelstm::recurrent_threads_source,
+      "Where recurrent_threads() comes from: 'set', 'EDGELSTM_NUM_THREADS',\n"
+      "'blas' (the kernels' BLAS thread count) or 'cores'.");
+  m.def(
+      "set_recurrent_threads",
+      &edgelstm::set_recurrent_threads,
+      "n"_a,
+      "Fix the fused step's thread count (n >= 1), or 0 for the default\n"
+      "(EDGELSTM_NUM_THREADS, else the BLAS's count, else the cores).\n"
+      "set_blas_threads(n) sets it too. Call it between evaluations.");
+  m.def(
+      "step_min_macs",
+      &edgelstm::step_min_macs,
+      "Multiply-adds per thread per step below which a fused LSTM step\n"
+      "takes no further thread.");
+  m.def(
+      "set_step_min_macs",
+      &edgelstm::set_step_min_macs,
+      "n"_a,
+      "Set step_min_macs (tests and benchmarks: 1 threads every step with a\n"
+      "block of units per thread). Call it between evaluations.");
+  m.def(
+      "set_step_backoff",
+      &edgelstm::set_step_backoff,
+      "on"_a,
+      "Whether fused LSTM calls drop to one thread for a while after calls\n"
+      "whose threads kept waiting on descheduled peers (default on).");
+  m.def("step_backoff", &edgelstm::step_backoff, "See set_step_backoff.");
+  m.def(
+      "last_step_threads",
+      &edgelstm::last_step_threads,
+      "Threads the latest fused LSTM call ran its steps on (for tests).");
   // Feature flag for edgelstm.kernels: Wh/Wx may be int8 with *_scales.
   m.attr("int8_weights") = true;
   // Every *_seq takes xp, Wh first and ends with the in-primitive

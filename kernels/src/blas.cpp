@@ -1,6 +1,7 @@
 // BLAS identification and thread control for the bindings (see blas.h).
 
 #include "blas.h"
+#include "step_pool.h"
 
 #include <stdexcept>
 #include <string>
@@ -36,11 +37,21 @@ bool set_blas_threads(int n) {
   if (n < 1) {
     throw std::invalid_argument("set_blas_threads: n must be >= 1");
   }
+  // The fused recurrent step follows the same count (step_pool.h).
+  set_recurrent_threads(n);
 #if defined(EDGELSTM_BLAS_SCIPY_OPENBLAS)
   scipy_openblas_set_num_threads(n);
   return true;
 #else
   return false;
+#endif
+}
+
+int blas_threads() {
+#if defined(EDGELSTM_BLAS_SCIPY_OPENBLAS)
+  return scipy_openblas_get_num_threads();
+#else
+  return 0;
 #endif
 }
 

@@ -42,7 +42,11 @@ inline constexpr int kTrans = 112;
 std::string blas_info();
 
 // Set the BLAS thread count (OpenBLAS only; Accelerate and the reference BLAS
-// have no such call). Returns whether the library applied it.
+// have no such call) and the fused recurrent step's (set_recurrent_threads).
+// Returns whether the BLAS applied it.
 bool set_blas_threads(int n);
+
+// The BLAS's thread count, or 0 where it has none to report.
+int blas_threads();
 
 } // namespace edgelstm

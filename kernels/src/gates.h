@@ -34,7 +34,7 @@ namespace edgelstm {
   void pack_gates(const float* w, int gates, int H, int K, float* out);      \
   void lstm_fused_step(const float* packed, const float* h, int B, int H,    \
                        const float* const* x, float* hn, float* c,           \
-                       float* const* y, float* scratch);                     \
+                       float* const* y, float* scratch, int bk0, int bk1);   \
   void gemm_packed(const float* a, int M, int K, int lda,                    \
                    const float* packed, int N, float* out, int ldc);
 

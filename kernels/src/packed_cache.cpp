@@ -101,7 +101,7 @@ std::shared_ptr<const void> cached_packing(
 // A weight (gates*N, K) packed by pack_gates: Wh (4H, H) with gates = 4 for
 // lstm_fused_step, Wx (G, I) with gates = 1 for gemm_packed. `values()`
 // gives its row-major float values (int8 expanded), called only on a miss.
-std::shared_ptr<const std::vector<float>> packed_weight(
+std::shared_ptr<const PackedFloats> packed_weight(
     const mx::array& wh,
     const mx::array* scales,
     const std::function<const float*()>& values,
@@ -112,13 +112,13 @@ std::shared_ptr<const std::vector<float>> packed_weight(
   const int N = wh.shape(0) / gates;
   const int K = wh.shape(1);
   auto packed = cached_packing(wh, scales, gates, kFloat, owner, sowner, [&] {
-    auto v = std::make_shared<std::vector<float>>(
+    auto v = std::make_shared<PackedFloats>(
         size_t(fns.packed_floats(gates, N, K)));
     fns.pack_gates(values(), gates, N, K, v->data());
     return std::make_pair(
         std::shared_ptr<const void>(v), v->size() * sizeof(float));
   });
-  return std::static_pointer_cast<const std::vector<float>>(packed);
+  return std::static_pointer_cast<const PackedFloats>(packed);
 }
 
 std::shared_ptr<const PackedQ8> packed_weight_q8(

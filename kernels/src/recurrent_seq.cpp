@@ -3,8 +3,10 @@
 #include "recurrent_seq.h"
 #include "blas.h"
 #include "gates.h"
+#include "fused_lstm.h"
 #include "layer_core.h"
 #include "lstm_q8.h"
+#include "step_pool.h"
 
 #include <algorithm>
 #include <cmath>
@@ -28,17 +30,23 @@ namespace detail {
 // recurrent step) and about even from M = 8.
 constexpr int kSmallRows = 7;
 
-// Up to this many rows (T * B) the input projection runs gemm_packed on a
-// cached packing of Wx; beyond, one sgemm (its per-call copy of Wx is then
-// small next to the product).
-constexpr size_t kPackedProjRows = 512;
+// The input projection runs gemm_packed on a cached packing of Wx whenever
+// the packing can be cached (Wx's buffer has an owner), for every shape: a
+// row then rounds the same whatever T and B are (a streamed chunk equals
+// the full pass; sgemm splits K differently with the row count for I >
+// ~384), and the rows split across the step pool's threads bit-identically.
+// One sgemm (OpenBLAS threads) used to take batches over 16 beyond 512
+// rows; OpenBLAS's workers then spin for ~0.1 s after the call, on the
+// cores the recurrence's threads need.
 
-// Batches up to this size always project with gemm_packed, whatever T: the
-// choice must not depend on T, or a streamed chunk (few rows) and the full
-// pass (many rows) would round differently where sgemm splits K (I > ~384
-// here). Same bound as a GPU default device's CPU-kernel batches
-// (edgelstm.fast.dispatch.GPU_KERNEL_MAX_BATCH), i.e. every streaming batch.
-constexpr int kPackedProjBatch = 16;
+// Rows per unit of projection work (a unit's output, 64 x 4H floats, is
+// still in cache when its bias is added).
+constexpr size_t kProjChunkRows = 64;
+
+// A projection takes a thread per this many step_min_macs() of work: one
+// team wake-up per call, not per step, but the wake-up itself costs tens of
+// microseconds.
+constexpr long long kProjWorkFactor = 4;
 
 // Up to this many rows the LSTM runs lstm_fused_step (see use_fused_lstm).
 constexpr int kFusedMaxRows = 1 << 30;
@@ -207,8 +215,7 @@ void run_layer(const SeqConfig& cfg, int T, int B, const LayerIO& io) {
   bool xp_time_major = !cfg.batch_first;
   if (io.wx) {
     const size_t rows = size_t(T) * B;
-    const bool packed_proj = io.wx_owner &&
-        (rows <= detail::kPackedProjRows || B <= detail::kPackedProjBatch);
+    const bool packed_proj = io.wx_owner != nullptr;
     const Weight wx = packed_proj
         ? Weight{}
         : load_weight(
@@ -223,10 +230,8 @@ void run_layer(const SeqConfig& cfg, int T, int B, const LayerIO& io) {
     }
     const float beta = bias ? 1.0f : 0.0f;
     if (packed_proj) {
-      // Short inputs and small batches (streaming chunks): sgemm would copy
-      // Wx into its panels every call; the packing is cached instead, and a
-      // row rounds the same whatever T is. Rows keep x's order; (x Wx^T) +
-      // bias rounds as sgemm's beta = 1 does.
+      // sgemm would copy Wx into its panels every call; the packing is
+      // cached instead. (x Wx^T) + bias rounds as sgemm's beta = 1 does.
       const auto wxp = packed_weight(
           *io.wx, io.wx_scales,
           [&] {
@@ -236,23 +241,39 @@ void run_layer(const SeqConfig& cfg, int T, int B, const LayerIO& io) {
                 .f;
           },
           1, io.wx_owner, io.wx_scales_owner);
-      if (cfg.batch_first && B > 1) {
-        for (int b = 0; b < B; ++b) {
-          gate_fns().gemm_packed(
-              xp + size_t(b) * T * io.I, T, io.I, io.I, wxp->data(), G,
-              proj + size_t(b) * G, B * G);
+      const float* wp = wxp->data();
+      const int I = io.I;
+      // Batch-first x is projected one sequence at a time into time-major
+      // rows (a step reads B consecutive rows); else in chunks of rows.
+      const bool transpose = cfg.batch_first && B > 1;
+      xp_time_major = xp_time_major || transpose;
+      const size_t units =
+          transpose ? size_t(B) : (rows + kProjChunkRows - 1) / kProjChunkRows;
+      auto project = [&](size_t u) {
+        const size_t r0 = transpose ? 0 : u * kProjChunkRows;
+        const size_t n = transpose ? size_t(T) : std::min(kProjChunkRows, rows - r0);
+        const size_t ld = transpose ? size_t(B) * G : size_t(G);
+        float* out = proj + (transpose ? u * G : r0 * G);
+        const float* in = xp + (transpose ? u * T : r0) * size_t(I);
+        gate_fns().gemm_packed(in, int(n), I, I, wp, G, out, int(ld));
+        for (size_t r = 0; bias && r < n; ++r) {
+          float* pr = out + r * ld;
+          for (int k = 0; k < G; ++k) {
+            pr[k] += bias[k];
+          }
         }
-        xp_time_major = true;
-      } else {
-        gate_fns().gemm_packed(
-            xp, int(rows), io.I, io.I, wxp->data(), G, proj, G);
-      }
-      for (size_t r = 0; bias && r < rows; ++r) {
-        float* pr = proj + r * G;
-        for (int n = 0; n < G; ++n) {
-          pr[n] += bias[n];
+      };
+      const long long macs = (long long)rows * G * I;
+      const long long per = kProjWorkFactor * step_min_macs();
+      const int want = int(std::max<long long>(
+          1, std::min<long long>({recurrent_threads(), macs / per,
+                                  (long long)units})));
+      // Each thread projects whole rows: the same bits for any count.
+      run_team(want, [&](int tid, int n, StepBarrier&) {
+        for (size_t u = units * tid / n; u < units * (tid + 1) / n; ++u) {
+          project(u);
         }
-      }
+      });
     } else {
       // One call: per-row-block calls each pay OpenBLAS's thread hand-off.
       matmul_w(xp, wx, proj, int(rows), G, io.I, G, beta);
@@ -312,32 +333,20 @@ void run_layer(const SeqConfig& cfg, int T, int B, const LayerIO& io) {
               .f;
         },
         4, io.wh_owner, io.wh_scales_owner);
-    // The state ping-pongs between h and hbuf (a step reads all of h).
-    std::vector<float> hbuf(state);
-    float* hcur = h;
-    float* hnext = hbuf.data();
-    std::vector<const float*> xr(B);
-    std::vector<float*> yr(B);
-    std::vector<float> scratch(size_t(B) * 4 * fns.pack_width());
-    for (int s = 0; s < T; ++s) {
-      const int t = cfg.reverse ? T - 1 - s : s;
-      for (int b = 0; b < B; ++b) {
-        yr[b] = y + yrow(t, b);
-        if (valid(t, b)) {
-          xr[b] = xp + xrow(t, b);
-        } else {
-          xr[b] = nullptr;
-          std::memset(yr[b], 0, sizeof(float) * H);
-        }
-      }
-      fns.lstm_fused_step(
-          packed->data(), hcur, B, H, xr.data(), hnext, c, yr.data(),
-          scratch.data());
-      std::swap(hcur, hnext);
-    }
-    if (hcur != h) {
-      std::memcpy(h, hcur, state * sizeof(float));
-    }
+    FusedLstmSeq seq;
+    seq.packed = packed->data();
+    seq.xp = xp;
+    seq.xp_time_major = xp_time_major;
+    seq.y = y;
+    seq.batch_first = cfg.batch_first;
+    seq.h = h;
+    seq.c = c;
+    seq.len = len;
+    seq.reverse = cfg.reverse;
+    seq.T = T;
+    seq.B = B;
+    seq.H = H;
+    run_fused_lstm(seq);
     return;
   }
 
