@@ -3,6 +3,7 @@
 // per-ISA table.
 
 #include "lstm_q8.h"
+#include "step_pool.h"
 #include "gates.h"
 
 #include <cstdlib>
@@ -115,6 +116,7 @@ bool run_lstm_q8(
   if (force == 0 || (force < 0 && !q8_pays(B, H))) {
     return false;
   }
+  note_step_threads(1); // the int8 step is single-threaded
   const int G = 4 * H;
   const Q8Fns& fns = q8_fns();
   // EDGELSTM_Q8_VNNI=0 / =1: the widening / the VNNI step at any batch on
