@@ -49,6 +49,14 @@ __all__ = ["build_model", "evaluate", "fit_normalization", "predict", "train"]
 TARGETS = ("last", "all", "mixed")
 DEFAULT_EPOCHS = 200
 MIN_STEPS = 1500  # default epochs give at least this many optimizer steps
+# Early stopping on a small split stops while the learning rate is still high and keeps
+# weights picked on a few dozen sequences: the average of the weights (EMA) is the
+# steadier model to validate and keep, and retraining on everything for the picked epochs
+# gets the held-out tenth back. JapaneseVowels, 6 inner splits of the TRAIN data
+# (36 held-out sequences each): early stopping 0.940 (NLL 0.279), + refit 0.958 (0.165),
+# + refit + EMA 0.968 (0.112).
+DEFAULT_EMA = 0.99
+DEFAULT_REFIT = "same"
 
 
 def build_model(
@@ -386,9 +394,9 @@ def train(
     crop: float | None = None,
     augment: str | list | None = "auto",
     time_budget: float | None = None,
-    ema: float | None = None,
+    ema: float | None = DEFAULT_EMA,
     label_smoothing: float = 0.0,
-    refit: str | None = None,
+    refit: str | None = DEFAULT_REFIT,
     log: Callable[[str], None] | None = None,
     progress: Callable[[int, int, int], None] | None = None,
     _stop_after: int | None = None,
@@ -440,7 +448,10 @@ def train(
             ``dataset`` for that many epochs and return it: ``"same"`` keeps
             the first run's planned learning-rate schedule and stops at the
             picked epoch, ``"fit"`` spreads the schedule over the picked
-            epochs. ``history["split_history"]`` holds the first run.
+            epochs. Only for a ``model`` given as a config (a given
+            :class:`SequenceModel` keeps its own weights and is trained once).
+            ``history`` is the first run's, with the retraining's
+            ``loss``, ``seconds`` and ``epochs`` under ``history["refit"]``.
         log: called with one progress line per epoch (and notices).
         progress: called ``(epoch, sequences_done, sequences_total)`` after each step.
 
@@ -462,7 +473,8 @@ def train(
         raise ConfigError(f"label_smoothing must be in [0, 1), got {label_smoothing!r}")
     if refit not in (None, False, "same", "fit"):
         raise ConfigError(f"refit must be 'same', 'fit' or None, got {refit!r}")
-    if refit and isinstance(validation, float) and validation > 0:
+    if refit and isinstance(validation, float) and validation > 0 and not isinstance(
+            model, SequenceModel):  # a given model (its own weights) is trained as it is
         args = {k: v for k, v in locals().items() if k in _TRAIN_ARGS}
         return _train_refit(refit, args)
     if target not in TARGETS:
@@ -657,10 +669,11 @@ def _train_refit(mode: str, args: dict):
     schedule and stops at the picked epoch; ``"fit"``: its schedule spans
     the picked epochs (warm-up and cosine decay to the end).
     """
-    spec = args["model"]
-    if isinstance(spec, SequenceModel):  # a fresh model of the same configuration each time
-        spec = {k: v for k, v in spec.config().items() if k != "provenance"}
-    first, history = train(**{**args, "model": spec})
+    spec = args["model"]  # a config: each run builds (and seeds) its own model
+    budget, started = args["time_budget"], time.perf_counter()
+    # a time budget covers both runs: half for the split run, the rest for the retraining
+    first, history = train(**{**args, "model": spec, "refit": None,
+                              "time_budget": budget / 2 if budget else None})
     best = history["best_epoch"]
     if best is None or history["interrupted"]:
         return first, history
@@ -668,18 +681,22 @@ def _train_refit(mode: str, args: dict):
     if log is not None:
         log(f"refit: retraining on all {args['dataset'].n} sequences for {best} epochs "
             "(the best epoch on the split)")
-    again = {**args, "model": spec, "validation": None}
+    again = {**args, "model": spec, "validation": None, "refit": None}
+    if budget:
+        again["time_budget"] = max(budget - (time.perf_counter() - started), 1e-3)
     if mode == "same":
         again["_stop_after"] = best
         again["epochs"] = history["epochs"]
     else:
         again["epochs"] = best
     model, refitted = train(**again)
-    refitted["split_history"] = history
-    model.provenance = {**model.provenance, "refit": {
+    history["refit"] = {k: refitted[k] for k in ("loss", "seconds", "epochs", "interrupted")}
+    history["refit"]["sequences"] = args["dataset"].n
+    model.provenance = {**model.provenance, "split": (
+        f"{first.provenance.get('split')}; then refit on all {args['dataset'].n}"), "refit": {
         "mode": mode, "epochs": best, "split": first.provenance.get("split"),
         "val_accuracy": first.provenance.get("val_accuracy")}}
-    return model, refitted
+    return model, history
 
 
 class _Average:
