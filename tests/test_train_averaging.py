@@ -125,3 +125,26 @@ def test_refit_without_a_split_is_plain_training():
     a, ha = train({"hidden": 5}, ds, epochs=3, batch_size=16, validation=None, refit="same")
     b, hb = train({"hidden": 5}, ds, epochs=3, batch_size=16, validation=None)
     assert ha["loss"] == hb["loss"] and "refit" not in a.provenance and "refit" not in ha
+
+
+def test_cli_flags_reach_training(tmp_path):
+    import json
+
+    from click.testing import CliRunner
+
+    from edgelstm.cli import cli
+
+    ds = _toy(n=60)
+    data = tmp_path / "toy.npz"
+    np.savez(data, x=ds.x, y=ds.y, lengths=ds.lengths)
+    out = tmp_path / "m"
+    res = CliRunner().invoke(cli, ["train", str(data), "-o", str(out), "--hidden", "5",
+                                   "--epochs", "4", "--val", "0.4", "--ema", "0.9",
+                                   "--label-smoothing", "0.1", "--refit", "fit"])
+    assert res.exit_code == 0, res.output
+    assert "retrained on all 60 sequences" in res.output
+    prov = json.loads((out / "config.json").read_text())["provenance"]
+    assert prov["settings"]["ema"] == 0.9 and prov["settings"]["label_smoothing"] == 0.1
+    assert prov["refit"]["mode"] == "fit" and prov["train_sequences"] == 60
+    bad = CliRunner().invoke(cli, ["train", str(data), "-o", str(tmp_path / "b"), "--ema", "1"])
+    assert bad.exit_code != 0 and "Traceback" not in bad.output

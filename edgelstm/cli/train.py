@@ -55,12 +55,12 @@ from edgelstm.limits import MAX_BATCH, MAX_HIDDEN, MAX_LAYERS
 @click.option("--weight-decay", type=click.FloatRange(0), default=1e-4, show_default=True)
 @click.option("--time-budget", type=click.FloatRange(0, min_open=True), default=None,
               help="Seconds of training; the epochs are picked to fit.")
-@click.option("--ema", type=click.FloatRange(0, 1, max_open=True), default=0.99, show_default=True,
+@click.option("--ema", type=click.FloatRange(0, 1, max_open=True), default=None,
               help="Decay per step of a moving average of the weights, used for validation "
               "and the saved model (0: off).")
 @click.option("--label-smoothing", type=click.FloatRange(0, 1, max_open=True), default=0.0,
               show_default=True, help="Cross-entropy target weight spread over all classes.")
-@click.option("--refit", type=click.Choice(["same", "fit", "none"]), default="same",
+@click.option("--refit", type=click.Choice(["same", "fit", "none"]), default="none",
               show_default=True, help="After early stopping on the split, retrain on all the "
               "data for the picked epochs (same: the first run's schedule; fit: a schedule "
               "over those epochs).")
