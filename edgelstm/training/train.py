@@ -41,6 +41,7 @@ from mlx.utils import tree_flatten, tree_map
 from edgelstm.errors import ConfigError, DataError, TrainingError
 from edgelstm.nn.layers import RECURRENT
 from edgelstm.nn.model import SequenceModel
+from edgelstm.training.averaging import Average, swapped
 from edgelstm.training.data import Dataset
 from edgelstm.training.distributed import World, all_sum, broadcast, gather, shard, sum_tree, world
 
@@ -550,7 +551,7 @@ def train(
     if compile:
         state = [model.state, opt.state, mx.random.state]
         step = mx.compile(step, inputs=state, outputs=state)
-    averaged = _Average(model, ema) if ema else None
+    averaged = Average(model, ema) if ema else None
 
     history: dict[str, Any] = {"loss": [], "val_loss": [], "val_accuracy": [], "seconds": [],
                                "best_epoch": None, "epochs": epochs, "interrupted": None}
@@ -595,7 +596,7 @@ def train(
                 line += (f", world {w.size}: " + " / ".join(f"{r:.0f}" for r in rates)
                          + " seq/s per rank")
             if validation is not None:
-                with _swapped(model, averaged):
+                with swapped(model, averaged):
                     metrics = _validate(model, validation, w)
                 history["val_loss"].append(metrics["loss"])
                 history["val_accuracy"].append(metrics["accuracy"])
@@ -607,7 +608,7 @@ def train(
                         score[0] == best[0] and -score[1] < -best[1] - max(1e-4, 0.01 * -best[1])):
                     best, waited = score, 0
                     history["best_epoch"] = epoch
-                    with _swapped(model, averaged):
+                    with swapped(model, averaged):
                         best_params = tree_map(lambda a: mx.array(a), model.parameters())
                 else:
                     waited += 1
@@ -697,48 +698,6 @@ def _train_refit(mode: str, args: dict):
         "mode": mode, "epochs": best, "split": first.provenance.get("split"),
         "val_accuracy": first.provenance.get("val_accuracy")}}
     return model, history
-
-
-class _Average:
-    """Exponential moving average of a model's trainable weights, updated after each step.
-
-    The decay ramps up as ``min(decay, (1 + t) / (10 + t))`` so the first
-    steps are not pulled towards the initial weights.
-    """
-
-    def __init__(self, model: nn.Module, decay: float):
-        self.decay, self.steps = decay, 0
-        self.params = tree_map(lambda a: mx.array(a), model.trainable_parameters())
-
-    def update(self, model: nn.Module) -> None:
-        self.steps += 1
-        d = min(self.decay, (1 + self.steps) / (10 + self.steps))
-        self.params = _ema_step(self.params, model.trainable_parameters(),
-                                mx.array(d, dtype=mx.float32))
-
-
-@mx.compile
-def _ema_step(average, params, d):
-    """``d * average + (1 - d) * params`` over matching trees (one compiled graph per model)."""
-    return tree_map(lambda a, p: d * a + (1 - d) * p, average, params)
-
-
-class _swapped:
-    """``with _swapped(model, average):`` the averaged weights in ``model``, restored after."""
-
-    def __init__(self, model: nn.Module, average: _Average | None):
-        self.model, self.average, self.live = model, average, None
-
-    def __enter__(self):
-        if self.average is not None:
-            self.live = self.model.trainable_parameters()
-            self.model.update(self.average.params)
-        return self.model
-
-    def __exit__(self, *exc):
-        if self.live is not None:
-            self.model.update(self.live)
-        return False
 
 
 def count_parameters(model: nn.Module) -> int:
