@@ -55,6 +55,15 @@ from edgelstm.limits import MAX_BATCH, MAX_HIDDEN, MAX_LAYERS
 @click.option("--weight-decay", type=click.FloatRange(0), default=1e-4, show_default=True)
 @click.option("--time-budget", type=click.FloatRange(0, min_open=True), default=None,
               help="Seconds of training; the epochs are picked to fit.")
+@click.option("--ema", type=click.FloatRange(0, 1, max_open=True), default=None,
+              help="Decay per step of a moving average of the weights, used for validation "
+              "and the saved model (0: off).")
+@click.option("--label-smoothing", type=click.FloatRange(0, 1, max_open=True), default=0.0,
+              show_default=True, help="Cross-entropy target weight spread over all classes.")
+@click.option("--refit", type=click.Choice(["same", "fit", "none"]), default="none",
+              show_default=True, help="After early stopping on the split, retrain on all the "
+              "data for the picked epochs (same: the first run's schedule; fit: a schedule "
+              "over those epochs).")
 @click.option("--search", "search_space", type=click.Choice(["small"]), default=None,
               help="Try a few configurations on the validation split and keep the best.")
 @click.option("--features", "feature_kind", type=click.Choice(["mfcc", "logmel"]), default=None,
@@ -68,7 +77,8 @@ from edgelstm.limits import MAX_BATCH, MAX_HIDDEN, MAX_LAYERS
 @handle_errors
 def train(data, output, cell, hidden, layers, bidirectional, head, target, dropout, epochs, lr,
           batch_size, seed, val_fraction, patience, crop, augment, pool, stem_spec, weight_decay,
-          time_budget, search_space, feature_kind, n_mels, n_mfcc, progress, as_json, force):
+          time_budget, ema, label_smoothing, refit, search_space, feature_kind, n_mels, n_mfcc,
+          progress, as_json, force):
     """Train a classifier on DATA and save it to OUTPUT.
 
     DATA is a UEA .ts file or folder (its TRAIN split is used), the FSDD
@@ -119,7 +129,8 @@ def train(data, output, cell, hidden, layers, bidirectional, head, target, dropo
     bar = _Progress() if progress else None
     kwargs = dict(epochs=epochs, lr=lr, batch_size=batch_size, seed=seed, patience=patience,
                   target=target, crop=crop, augment=augment, weight_decay=weight_decay,
-                  time_budget=time_budget, log=bar.log if bar else say,
+                  time_budget=time_budget, ema=ema, label_smoothing=label_smoothing,
+                  refit=None if refit == "none" else refit, log=bar.log if bar else say,
                   progress=bar.update if bar else None)
     try:
         if search_space:
@@ -139,6 +150,10 @@ def train(data, output, cell, hidden, layers, bidirectional, head, target, dropo
         log(f"interrupted in epoch {history['interrupted']}; "
             + (f"restored epoch {best} (best validation)" if best else
                f"kept the weights after epoch {ran}"))
+    elif best and history.get("refit"):
+        log(f"best epoch {best} of {ran} on the split (val_acc "
+            f"{history['val_accuracy'][best - 1]:.4f}); retrained on all "
+            f"{history['refit']['sequences']} sequences for {best} epochs")
     elif best:
         log(f"restored epoch {best} of {ran} (val_acc {history['val_accuracy'][best - 1]:.4f})")
     try:

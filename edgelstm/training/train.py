@@ -41,6 +41,7 @@ from mlx.utils import tree_flatten, tree_map
 from edgelstm.errors import ConfigError, DataError, TrainingError
 from edgelstm.nn.layers import RECURRENT
 from edgelstm.nn.model import SequenceModel
+from edgelstm.training.averaging import Average, swapped
 from edgelstm.training.data import Dataset
 from edgelstm.training.distributed import World, all_sum, broadcast, gather, shard, sum_tree, world
 
@@ -49,6 +50,14 @@ __all__ = ["build_model", "evaluate", "fit_normalization", "predict", "train"]
 TARGETS = ("last", "all", "mixed")
 DEFAULT_EPOCHS = 200
 MIN_STEPS = 1500  # default epochs give at least this many optimizer steps
+# Weight averaging and refitting are opt-in: measured on the TRAIN data only (never the
+# test split), neither moved accuracy. JapaneseVowels, 5-fold CV of its 270 TRAIN
+# sequences (each evaluated once; 12% of the rest held out for early stopping): the
+# defaults 0.959 (NLL 0.182), ema 0.99 + refit "same" 0.959 (0.198), no split at all
+# 0.963 (0.184). FSDD, 270 TRAIN recordings held out, 2 seeds, the example's flags:
+# 0.982 vs 0.978 (10 epochs), 0.980 vs 0.978 (20 epochs).
+DEFAULT_EMA = None
+DEFAULT_REFIT = None
 
 
 def build_model(
@@ -181,24 +190,25 @@ def class_indices(model: SequenceModel, dataset: Dataset) -> np.ndarray:
     return y.astype(np.int32)
 
 
-def _loss_fn(model, x, y, lengths, head, frame_labels, target):
+def _loss_fn(model, x, y, lengths, head, frame_labels, target, smoothing=0.0):
     """Mean cross-entropy; ``lengths`` is ``(B,)`` int (all valid when None)."""
     out = model(x, lengths=lengths)
+    cross_entropy = partial(nn.losses.cross_entropy, label_smoothing=smoothing)
     if head == "sequence":
-        return nn.losses.cross_entropy(out, y, reduction="mean")
+        return cross_entropy(out, y, reduction="mean")
     B, T = out.shape[0], out.shape[1]
     valid = (mx.arange(T)[None, :] < lengths[:, None]) if lengths is not None else mx.ones((B, T))
     valid = valid.astype(out.dtype)
     if frame_labels:
-        ce = nn.losses.cross_entropy(out, mx.maximum(y, 0))
+        ce = cross_entropy(out, mx.maximum(y, 0))
         return (ce * valid).sum() / mx.maximum(valid.sum(), 1.0)
     last_idx = (lengths - 1) if lengths is not None else mx.full((B,), T - 1, dtype=mx.int32)
     losses = []
     if target in ("last", "mixed"):
         last = mx.take_along_axis(out, last_idx[:, None, None].astype(mx.int32), axis=1)[:, 0]
-        losses.append(nn.losses.cross_entropy(last, y, reduction="mean"))
+        losses.append(cross_entropy(last, y, reduction="mean"))
     if target in ("all", "mixed"):
-        ce = nn.losses.cross_entropy(out, mx.broadcast_to(y[:, None], (B, T)))
+        ce = cross_entropy(out, mx.broadcast_to(y[:, None], (B, T)))
         per_seq = (ce * valid).sum(axis=1) / mx.maximum(valid.sum(axis=1), 1.0)
         losses.append(per_seq.mean())
     return sum(losses) / len(losses)
@@ -385,8 +395,12 @@ def train(
     crop: float | None = None,
     augment: str | list | None = "auto",
     time_budget: float | None = None,
+    ema: float | None = DEFAULT_EMA,
+    label_smoothing: float = 0.0,
+    refit: str | None = DEFAULT_REFIT,
     log: Callable[[str], None] | None = None,
     progress: Callable[[int, int, int], None] | None = None,
+    _stop_after: int | None = None,
 ) -> tuple[SequenceModel, dict]:
     """Train a sequence classifier with AdamW and cross-entropy.
 
@@ -424,6 +438,21 @@ def train(
             (:func:`~edgelstm.training.recipe.auto_augment`); ``None``: none.
         time_budget: seconds of training; after the first epoch the number
             of epochs is set to what fits (at most ``epochs``).
+        ema: keep an exponential moving average of the weights with this
+            decay per step (ramped up as ``min(ema, (1 + t) / (10 + t))``);
+            validation, early stopping and the returned model use the
+            average, training itself the live weights. ``None``/``0``: off.
+        label_smoothing: cross-entropy against ``1 - e`` on the label and
+            ``e`` spread evenly over all classes.
+        refit: with a validation fraction, train on the split to pick the
+            best epoch, then train a fresh model (same seed) on all of
+            ``dataset`` for that many epochs and return it: ``"same"`` keeps
+            the first run's planned learning-rate schedule and stops at the
+            picked epoch, ``"fit"`` spreads the schedule over the picked
+            epochs. Only for a ``model`` given as a config (a given
+            :class:`SequenceModel` keeps its own weights and is trained once).
+            ``history`` is the first run's, with the retraining's
+            ``loss``, ``seconds`` and ``epochs`` under ``history["refit"]``.
         log: called with one progress line per epoch (and notices).
         progress: called ``(epoch, sequences_done, sequences_total)`` after each step.
 
@@ -439,6 +468,16 @@ def train(
     from edgelstm.training.augment import Augmenter, parse_augment
     from edgelstm.training.recipe import auto_augment, auto_batch_size, holdout, lr_at, provenance
 
+    if ema is not None and not 0.0 <= ema < 1.0:
+        raise ConfigError(f"ema must be in [0, 1) (0: no averaging), got {ema!r}")
+    if not 0.0 <= label_smoothing < 1.0:
+        raise ConfigError(f"label_smoothing must be in [0, 1), got {label_smoothing!r}")
+    if refit not in (None, False, "same", "fit"):
+        raise ConfigError(f"refit must be 'same', 'fit' or None, got {refit!r}")
+    if refit and isinstance(validation, float) and validation > 0 and not isinstance(
+            model, SequenceModel):  # a given model (its own weights) is trained as it is
+        args = {k: v for k, v in locals().items() if k in _TRAIN_ARGS}
+        return _train_refit(refit, args)
     if target not in TARGETS:
         raise ConfigError(f"target must be one of {', '.join(TARGETS)}, got {target!r}")
     if crop is not None and not 0.0 < crop <= 1.0:
@@ -497,7 +536,8 @@ def train(
     opt = optim.AdamW(lr, weight_decay=weight_decay)
     head, frame_labels = model.head_type, dataset.frame_labels
     loss_and_grad = nn.value_and_grad(
-        model, partial(_loss_fn, head=head, frame_labels=frame_labels, target=target))
+        model, partial(_loss_fn, head=head, frame_labels=frame_labels, target=target,
+                       smoothing=label_smoothing))
 
     def step(x, y, lengths, weight):
         loss, grads = loss_and_grad(model, x, y, lengths)
@@ -511,6 +551,7 @@ def train(
     if compile:
         state = [model.state, opt.state, mx.random.state]
         step = mx.compile(step, inputs=state, outputs=state)
+    averaged = Average(model, ema) if ema else None
 
     history: dict[str, Any] = {"loss": [], "val_loss": [], "val_accuracy": [], "seconds": [],
                                "best_epoch": None, "epochs": epochs, "interrupted": None}
@@ -523,7 +564,7 @@ def train(
     started = time.perf_counter()
     epoch = 0
     try:
-        while epoch < epochs:
+        while epoch < (epochs if _stop_after is None else min(epochs, _stop_after)):
             epoch += 1
             t0 = time.perf_counter()
             total, seen, local_seen = 0.0, 0, 0
@@ -536,7 +577,9 @@ def train(
                 x, yb, lb, weight = _local(x, yb, lb, w, frame_labels)
                 loss = step(x, yb, lb, weight)
                 local_seen += x.shape[0]
-                mx.eval(loss, model.state, opt.state)
+                if averaged is not None:
+                    averaged.update(model)
+                mx.eval(loss, model.state, opt.state, averaged.params if averaged else [])
                 done_steps += 1
                 if not math.isfinite(float(loss)):  # a NaN model must never be saved
                     raise TrainingError(f"epoch {epoch}: the training loss is {float(loss)}; "
@@ -553,7 +596,8 @@ def train(
                 line += (f", world {w.size}: " + " / ".join(f"{r:.0f}" for r in rates)
                          + " seq/s per rank")
             if validation is not None:
-                metrics = _validate(model, validation, w)
+                with swapped(model, averaged):
+                    metrics = _validate(model, validation, w)
                 history["val_loss"].append(metrics["loss"])
                 history["val_accuracy"].append(metrics["accuracy"])
                 line += f", val_loss {metrics['loss']:.4f}, val_acc {metrics['accuracy']:.4f}"
@@ -564,7 +608,8 @@ def train(
                         score[0] == best[0] and -score[1] < -best[1] - max(1e-4, 0.01 * -best[1])):
                     best, waited = score, 0
                     history["best_epoch"] = epoch
-                    best_params = tree_map(lambda a: mx.array(a), model.parameters())
+                    with swapped(model, averaged):
+                        best_params = tree_map(lambda a: mx.array(a), model.parameters())
                 else:
                     waited += 1
             history["seconds"].append(time.perf_counter() - t0)
@@ -595,17 +640,63 @@ def train(
             log(f"interrupted in epoch {epoch}: {kept}")
     if best_params is not None:
         model.update(best_params)
+    elif averaged is not None:
+        model.update(averaged.params)
     model.eval()
     mx.eval(model.parameters())
     settings = {"epochs": history["epochs"], "lr": lr, "batch_size": batch_size,
                 "weight_decay": weight_decay, "clip_norm": clip_norm, "warmup": warmup,
-                "cosine": cosine, "patience": patience, "target": target,
+                "cosine": cosine, "patience": patience, "target": target, "ema": ema,
+                "label_smoothing": label_smoothing,
                 "time_budget": time_budget, "split": split,
                 "augment": augmenter.settings() if augmenter else None}
     if w.size > 1:
         settings["world_size"] = w.size
     history["world_size"] = w.size
     model.provenance = provenance(source, validation, settings, history, seed)
+    return model, history
+
+
+_TRAIN_ARGS = ("model", "dataset", "epochs", "lr", "batch_size", "seed", "validation", "patience",
+               "clip_norm", "weight_decay", "cosine", "warmup", "target", "pad_multiple",
+               "compile", "fit_norm", "crop", "augment", "time_budget", "ema",
+               "label_smoothing", "log", "progress", "_stop_after")
+
+
+def _train_refit(mode: str, args: dict):
+    """Train on a split to pick the epoch, then retrain on all the data for that many.
+
+    ``mode`` ``"same"``: the retraining follows the first run's planned
+    schedule and stops at the picked epoch; ``"fit"``: its schedule spans
+    the picked epochs (warm-up and cosine decay to the end).
+    """
+    spec = args["model"]  # a config: each run builds (and seeds) its own model
+    budget, started = args["time_budget"], time.perf_counter()
+    # a time budget covers both runs: half for the split run, the rest for the retraining
+    first, history = train(**{**args, "model": spec, "refit": None,
+                              "time_budget": budget / 2 if budget else None})
+    best = history["best_epoch"]
+    if best is None or history["interrupted"]:
+        return first, history
+    log = args["log"]
+    if log is not None:
+        log(f"refit: retraining on all {args['dataset'].n} sequences for {best} epochs "
+            "(the best epoch on the split)")
+    again = {**args, "model": spec, "validation": None, "refit": None}
+    if budget:
+        again["time_budget"] = max(budget - (time.perf_counter() - started), 1e-3)
+    if mode == "same":
+        again["_stop_after"] = best
+        again["epochs"] = history["epochs"]
+    else:
+        again["epochs"] = best
+    model, refitted = train(**again)
+    history["refit"] = {k: refitted[k] for k in ("loss", "seconds", "epochs", "interrupted")}
+    history["refit"]["sequences"] = args["dataset"].n
+    model.provenance = {**model.provenance, "split": (
+        f"{first.provenance.get('split')}; then refit on all {args['dataset'].n}"), "refit": {
+        "mode": mode, "epochs": best, "split": first.provenance.get("split"),
+        "val_accuracy": first.provenance.get("val_accuracy")}}
     return model, history
 
 
