@@ -125,6 +125,9 @@ struct CacheAligned {
 };
 using PackedFloats = std::vector<float, CacheAligned<float>>;
 
+// fit_buffer for packed scratch (the backward's per-call packings).
+void fit_buffer(PackedFloats& buf, size_t n);
+
 // A weight (gates*N, K) packed by pack_gates for the running ISA: Wh (4H, H)
 // with gates = 4 for lstm_fused_step, Wx (G, I) with gates = 1 for
 // gemm_packed. `values()` gives its row-major float values (int8 expanded)

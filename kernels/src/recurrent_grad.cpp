@@ -167,7 +167,9 @@ void run_grad(
   // The per-step matmuls run on Wh packed once per call (gemm_packed): the
   // forward's h @ Wh^T and the backward's gs @ Wh, i.e. h @ (Wh^T)^T.
   const bool full_step = !(gru && !lbr); // one (B, G) matmul per step
-  thread_local std::vector<float> whp_fwd, whp_bwd, wht;
+  // 64-byte aligned: misaligned packings split every vector load (layer_core.h).
+  thread_local PackedFloats whp_fwd, whp_bwd;
+  thread_local std::vector<float> wht;
   if (full_step) {
     fit_buffer(whp_fwd, size_t(fns.packed_floats(1, G, H)));
     fns.pack_gates(wh, 1, G, H, whp_fwd.data());

@@ -88,13 +88,24 @@ void matmul_nt(
   }
 }
 
-void fit_buffer(std::vector<float>& buf, size_t n) {
+namespace {
+template <typename Vec>
+void fit(Vec& buf, size_t n) {
   if (buf.capacity() > kKeepFloats && buf.capacity() > 4 * n) {
-    std::vector<float>().swap(buf);
+    Vec().swap(buf);
   }
   if (buf.size() < n) {
     buf.resize(n);
   }
+}
+} // namespace
+
+void fit_buffer(std::vector<float>& buf, size_t n) {
+  fit(buf, n);
+}
+
+void fit_buffer(PackedFloats& buf, size_t n) {
+  fit(buf, n);
 }
 
 } // namespace detail
