@@ -50,7 +50,8 @@ def core_table(threads: int, repeat: int) -> str:
         ours = _ours(ms)
         for _, peer in ratios:
             theirs = next((v for k, v in ms.items() if k.startswith(peer)), None)
-            cells.append(f"**{theirs / ours:.2f}x**" if theirs and ours else "")
+            r = theirs / ours if theirs and ours else None
+            cells.append("" if r is None else f"**{r:.2f}x**" if r >= 1 else f"{r:.2f}x")
         lines.append(f"| {w['workload']} | " + " | ".join(cells) + " |")
     lines += ["", "Ratios are the peer's median over edgelstm's (the `edgelstm.LSTM` module "
               "forward, the kernel in train mode for the training step): above 1, "
