@@ -177,18 +177,7 @@ def bench_step(wl: Workload, repeat: int, tmp: Path, ort: bool = True) -> list[d
         **(_ort_runners(wl, tmp) if ort else {}),
     }
     out = _bench_rotated(runners, wl, repeat)
-    fp32, prev = out["fp32 kernel"], out["int8 fp32 packing (previous)"]
-    return [
-        {
-            "impl": n,
-            "ms": o["ms"],
-            "min_ms": o["min_ms"],
-            "vs_fp32": o["ms"] / fp32["ms"],
-            "max_abs_diff_fp32": float(np.abs(o["y"] - fp32["y"]).max()),
-            "max_abs_diff_expand": float(np.abs(o["y"] - prev["y"]).max()),
-        }
-        for n, o in out.items()
-    ]
+    return _rows(out, out["int8 fp32 packing (previous)"])
 
 
 def bench(wl: Workload, repeat: int) -> list[dict]:
@@ -199,7 +188,12 @@ def bench(wl: Workload, repeat: int) -> list[dict]:
         "int8 expand (previous)": wl.runner(wl.int8, expand=True),
     }
     out = _bench(runners, wl, repeat)
-    fp32, expand = out["fp32 kernel"], out["int8 expand (previous)"]
+    return _rows(out, out["int8 expand (previous)"])
+
+
+def _rows(out: dict, previous: dict) -> list[dict]:
+    """One result row per runner: time, ratio and output gaps to fp32 and the previous int8 path."""
+    fp32 = out["fp32 kernel"]
     return [
         {
             "impl": n,
@@ -207,7 +201,7 @@ def bench(wl: Workload, repeat: int) -> list[dict]:
             "min_ms": o["min_ms"],
             "vs_fp32": o["ms"] / fp32["ms"],
             "max_abs_diff_fp32": float(np.abs(o["y"] - fp32["y"]).max()),
-            "max_abs_diff_expand": float(np.abs(o["y"] - expand["y"]).max()),
+            "max_abs_diff_expand": float(np.abs(o["y"] - previous["y"]).max()),
         }
         for n, o in out.items()
     ]
