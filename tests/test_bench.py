@@ -151,3 +151,24 @@ def test_forms_compute_the_same_model(tmp_path, cell):
             got = got[0]  # the inference result by output index
         got = got[0].numpy() if name == "torch" else np.array(got)
         np.testing.assert_allclose(got, want, atol=1e-5, err_msg=name)
+
+
+def test_threads_cap_the_kernels_too_and_are_restored(model_dir):
+    """``threads`` caps the fused step's pool as it caps ONNX Runtime and PyTorch, for
+    the run only: a comparison must not mix thread counts."""
+    from edgelstm.fast import dispatch
+
+    if not dispatch.available():
+        pytest.skip(f"fused kernels unavailable: {dispatch.reason()}")
+    dispatch.set_recurrent_threads(3)
+    seen = []
+    try:
+        report = run_bench(model_dir, ("mlx",), (1,), (5,), threads=1, **TINY,
+                           progress=lambda _: seen.append(dispatch.recurrent_threads()))
+        assert seen and all(s == (1, "set") for s in seen)
+        assert dispatch.recurrent_threads() == (3, "set")
+        assert report.machine["threads"]["edgelstm kernels"] == 1
+    finally:
+        dispatch.set_recurrent_threads(0)
+    run_bench(model_dir, ("mlx",), (1,), (5,), threads=2, **TINY)
+    assert dispatch.recurrent_threads()[1] != "set"  # the default, as before the run

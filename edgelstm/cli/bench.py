@@ -32,7 +32,7 @@ from edgelstm.runtime.bench_forms import BACKENDS
 @click.option("--runs", type=click.IntRange(min=3), default=20, show_default=True)
 @click.option("--warmup", type=click.IntRange(min=0), default=3, show_default=True)
 @click.option("--threads", type=click.IntRange(min=1), default=None,
-              help="ONNX Runtime and PyTorch intra-op threads.")
+              help="Threads of ONNX Runtime, PyTorch and the fused kernels' step.")
 @click.option("--json", "as_json", is_flag=True,
               help="Print the whole report as one JSON document on stdout (table to stderr).")
 @click.option("--plot", "plot_path", type=click.Path(dir_okay=False),

@@ -17,6 +17,7 @@ its reason in :attr:`BenchReport.skipped`.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import platform
 import resource
@@ -159,10 +160,28 @@ def machine_info(threads: int | None) -> dict:
     env.update({
         "cpu_model": cpu_model(),
         "threads": {"onnxruntime": threads or "library default",
+                    "edgelstm kernels": threads or "library default",
                     "OPENBLAS_NUM_THREADS": os.environ.get("OPENBLAS_NUM_THREADS"),
                     "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS")},
     })
     return env
+
+
+@contextlib.contextmanager
+def _kernel_threads(threads: int | None):
+    """Cap the fused kernels' step pool at ``threads`` while benchmarking, as ONNX
+    Runtime and PyTorch are capped, so that a comparison never mixes thread counts."""
+    from edgelstm.fast import dispatch
+
+    if not threads or not dispatch.available():
+        yield
+        return
+    n, source = dispatch.recurrent_threads()
+    dispatch.set_recurrent_threads(threads)
+    try:
+        yield
+    finally:
+        dispatch.set_recurrent_threads(n if source == "set" else 0)
 
 
 def plan(backends, modes, batches, seq_lens, chunks) -> list[tuple]:
@@ -197,7 +216,8 @@ def run_bench(
         batches, seq_lens: ``batch`` mode input shapes ``(B, T, I)``.
         warmup, runs: untimed and timed calls per case.
         budget_s: stop timing a case after this many seconds (min 3 runs).
-        threads: intra-op threads of ONNX Runtime and PyTorch (default: theirs).
+        threads: intra-op threads of ONNX Runtime and PyTorch, and of the fused
+            kernels' step (default: each library's own).
         modes: ``"batch"`` and/or ``"stream"``.
         chunks: ``stream`` mode frames per call ``(1, chunk, I)``.
         frame_ms: duration of one frame for the real-time factor (default:
@@ -227,7 +247,7 @@ def run_bench(
     fms, fms_source = frame_duration_ms(model, frame_ms)
     results, skipped, forms = [], [], {}
     rng = np.random.default_rng(0)
-    with tempfile.TemporaryDirectory() as tmp:
+    with tempfile.TemporaryDirectory() as tmp, _kernel_threads(threads):
         for backend in backends:
             try:
                 forms[backend] = build(backend, model, model_path, is_onnx, Path(tmp),
