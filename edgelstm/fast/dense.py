@@ -13,7 +13,7 @@ from __future__ import annotations
 import mlx.core as mx
 
 from edgelstm.fast import dispatch
-from edgelstm.fast.dispatch import EAGER_MAX_BATCH, placement
+from edgelstm.fast.dispatch import placement
 
 
 def on_kernel(batch: int, *arrays) -> bool:
@@ -21,7 +21,7 @@ def on_kernel(batch: int, *arrays) -> bool:
 
     Yes where the recurrent kernels run (:func:`placement`) and every array is
     float32: a streamed chunk then never leaves the kernels (see
-    :data:`EAGER_MAX_BATCH`), and a frame head rounds each row the same for any
+    :data:`edgelstm.fast.dispatch.EAGER_MAX_BATCH`), and a frame head rounds each row the same for any
     number of rows. The caller also keeps MLX ops while training (the ops have a
     vjp, but training keeps one path for the optimiser's numerics).
     """
@@ -37,10 +37,10 @@ def linear(x, W, bias=None, *, batch: int, row: int | None = None):
     lazy as the recurrent calls do.
     """
     dispatch.require()
-    return dispatch._ext.linear(x, W, bias, row=row, eager=batch <= EAGER_MAX_BATCH)
+    return dispatch._ext.linear(x, W, bias, row=row, eager=dispatch.eager_batch(batch))
 
 
 def normalize(x, mean, std, *, batch: int):
     """``(x - mean) / std`` on the kernels: ``x`` ``(.., I)``, ``mean`` / ``std`` ``(I,)``."""
     dispatch.require()
-    return dispatch._ext.normalize(x, mean, std, eager=batch <= EAGER_MAX_BATCH)
+    return dispatch._ext.normalize(x, mean, std, eager=dispatch.eager_batch(batch))

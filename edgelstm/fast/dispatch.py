@@ -140,9 +140,14 @@ def reason() -> str:
 EAGER_MAX_BATCH = 16
 
 
+def eager_batch(batch: int) -> bool:
+    """Whether kernel calls of ``batch`` sequences run eagerly (:data:`EAGER_MAX_BATCH`)."""
+    return batch <= EAGER_MAX_BATCH
+
+
 def eager_call(x, batch_first: bool) -> bool:
-    """Whether a kernel call on ``x`` runs eagerly (batch up to :data:`EAGER_MAX_BATCH`)."""
-    return x.shape[0 if batch_first else 1] <= EAGER_MAX_BATCH
+    """Whether a kernel call on ``x`` runs eagerly (see :func:`eager_batch`)."""
+    return eager_batch(x.shape[0 if batch_first else 1])
 
 
 def int32_lengths(lengths):

@@ -188,8 +188,9 @@ class SequenceModel(SaveMixin, nn.Module):
             ``(B, T, C)`` for a frame head, ``(B, C)`` for a sequence head
             (``C`` = ``num_outputs``); with ``return_state``, ``(out, state)``.
         """
-        dense = self._dense_on_kernel(x, fast)
         batch = x.shape[0] if x.ndim == 3 else 1
+        head = self.get("head")
+        dense = self._dense_on_kernel(x, batch, head, fast)
         if "norm" in self:
             x = (_dense.normalize(x, self.norm.mean, self.norm.std, batch=batch) if dense
                  else self.norm(x))
@@ -200,7 +201,8 @@ class SequenceModel(SaveMixin, nn.Module):
             x = self.stem(x)
             lengths = stem_lengths(lengths, self.stem.stride)
         y, final = self.rnn(x, state, lengths=lengths, fast=fast)
-        head = self._dense_head(batch) if dense else self.head if "head" in self else None
+        if dense and head is not None:
+            head = _kernel_head(head, batch)
         if self.head_type == "sequence" and self.pool == "mean":
             y = head(_mean_steps(y, lengths))
         elif self.head_type == "sequence" and dense and self._reads_last_row():
@@ -211,8 +213,8 @@ class SequenceModel(SaveMixin, nn.Module):
             y = head(y)
         return (y, final) if return_state else y
 
-    def _dense_on_kernel(self, x, fast) -> bool:
-        """Whether the normalisation and head run as the kernels' dense ops.
+    def _dense_on_kernel(self, x, batch: int, head, fast) -> bool:
+        """Whether the normalisation and ``head`` run as the kernels' dense ops.
 
         In evaluation only, where the recurrent kernels run (see
         :func:`edgelstm.fast.dense.on_kernel`): a streamed chunk of a
@@ -220,18 +222,9 @@ class SequenceModel(SaveMixin, nn.Module):
         """
         if fast is False or self.training:
             return False
-        head = self.head if "head" in self else None
         if head is not None and type(head) is not nn.Linear:  # quantized heads: MLX ops
             return False
-        batch = x.shape[0] if x.ndim == 3 else 1
         return _dense.on_kernel(batch, x, head.weight if head is not None else None)
-
-    def _dense_head(self, batch):
-        head = self.head if "head" in self else None
-        if head is None:
-            return None
-        bias = head["bias"] if "bias" in head else None
-        return lambda z, row=None: _dense.linear(z, head.weight, bias, batch=batch, row=row)
 
     def _reads_last_row(self) -> bool:
         """A last-step head reading just the last state row (one direction, no summary)."""
@@ -248,6 +241,12 @@ class SequenceModel(SaveMixin, nn.Module):
         dirs = self.rnn.num_directions
         last = h[-dirs:]  # (dirs, B, H) or (dirs, H) when unbatched
         return mx.concatenate(list(last), axis=-1)
+
+
+def _kernel_head(head: nn.Linear, batch: int):
+    """``head`` as the kernels' linear op: ``f(z, row=None)`` (``row``: read ``z[row]``)."""
+    bias = head.get("bias")
+    return lambda z, row=None: _dense.linear(z, head.weight, bias, batch=batch, row=row)
 
 
 def _check_summary(summary, rnn, head, pool) -> list[int] | None:

@@ -71,7 +71,7 @@ class MLXBackend:
         # (edgelstm.fast.dispatch.EAGER_MAX_BATCH); a compiled step always waits on it.
         from edgelstm.fast import dispatch
 
-        self._eager_max_batch = dispatch.EAGER_MAX_BATCH if dispatch.available() else 0
+        self._kernels = dispatch
 
     def _forward(self, x, *state):
         st = tuple(state) if self.is_lstm else state[0]
@@ -100,7 +100,8 @@ class MLXBackend:
         mx = self._mx
         xa = mx.array(np.ascontiguousarray(x, dtype=np.float32))
         out = None
-        if self._compiled is not None and x.shape[0] > self._eager_max_batch:
+        eager = self._kernels.available() and self._kernels.eager_batch(x.shape[0])
+        if self._compiled is not None and not eager:
             try:
                 out = self._compiled(xa, *state)
             except (RuntimeError, ValueError) as exc:

@@ -496,8 +496,25 @@ std::vector<mx::Shape> fused_output_shapes(
 }
 
 namespace {
-thread_local const std::vector<std::shared_ptr<mx::allocator::Data>>*
-    tl_owners = nullptr;
+using Owners = std::vector<std::shared_ptr<mx::allocator::Data>>;
+thread_local const Owners* tl_owners = nullptr;
+
+// task(in, out) with task_owner(i) answering from `owners`; the previous
+// owners (none, outside a task) come back however the task ends.
+void run_owning(
+    const Owners& owners,
+    const CpuTask& task,
+    const std::vector<mx::array>& in,
+    std::vector<mx::array>& out) {
+  struct Restore {
+    const Owners* saved = tl_owners;
+    ~Restore() {
+      tl_owners = saved;
+    }
+  } restore;
+  tl_owners = &owners;
+  task(in, out);
+}
 } // namespace
 
 void dispatch_cpu(
@@ -511,7 +528,7 @@ void dispatch_cpu(
   auto& encoder = mx::cpu::get_command_encoder(stream);
   std::vector<mx::array> in;
   std::vector<mx::array> out;
-  std::vector<std::shared_ptr<mx::allocator::Data>> owners;
+  Owners owners;
   for (const auto& a : inputs) {
     encoder.set_input_array(a);
     in.push_back(mx::array::unsafe_weak_copy(a));
@@ -523,14 +540,7 @@ void dispatch_cpu(
   }
   encoder.dispatch([task = std::move(task), in = std::move(in),
                     out = std::move(out), owners = std::move(owners)]() mutable {
-    tl_owners = &owners;
-    try {
-      task(in, out);
-    } catch (...) {
-      tl_owners = nullptr;
-      throw;
-    }
-    tl_owners = nullptr;
+    run_owning(owners, task, in, out);
   });
 }
 
@@ -556,20 +566,12 @@ std::vector<mx::array> run_on_caller(
     }
     out.emplace_back(mx::allocator::malloc(n), shape, mx::float32);
   }
-  std::vector<std::shared_ptr<mx::allocator::Data>> owners;
+  Owners owners;
   owners.reserve(inputs.size());
   for (const auto& a : inputs) {
     owners.push_back(a.data_shared_ptr());
   }
-  // Restores the caller's owners (none, outside a task) however task ends.
-  struct OwnersScope {
-    const std::vector<std::shared_ptr<mx::allocator::Data>>* saved = tl_owners;
-    ~OwnersScope() {
-      tl_owners = saved;
-    }
-  } scope;
-  tl_owners = &owners;
-  task(inputs, out);
+  run_owning(owners, task, inputs, out);
   return out;
 }
 
