@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 import platform
+import re
 import shlex
 import subprocess
 import sys
@@ -96,7 +97,7 @@ def finish(here: Path, model, test, settings: dict, history: dict, seconds: floa
         "train_seconds": round(seconds, 1),
         "parameters": count_parameters(model),
         "model_bytes": size,
-        "machine": f"{platform.system()} {platform.machine()}, mlx CPU",
+        "machine": machine(),
     }
     (here / "metrics.json").write_text(json.dumps(out, indent=2) + "\n")
     if "int8_accuracy" in out:
@@ -104,6 +105,20 @@ def finish(here: Path, model, test, settings: dict, history: dict, seconds: floa
     print(f"test accuracy {out['accuracy']:.4f} on {out['n']} ({test.name}); "
           f"{out['parameters']} parameters, {size} bytes; {seconds:.0f} s")
     return out
+
+
+def machine() -> str:
+    """What the numbers depend on: OS, MLX, the kernels' ISA and OpenBLAS core kernel.
+
+    Training's rounding follows OpenBLAS's core kernel (``OPENBLAS_CORETYPE`` pins it), so
+    the same command and seed reproduce a model bit for bit only where this matches.
+    """
+    import mlx.core as mx
+
+    from edgelstm.fast import dispatch
+
+    kernels = re.sub(r"; threads=\d+", "", dispatch.reason())  # threads do not move results
+    return f"{platform.system()} {platform.machine()}, mlx {mx.__version__} CPU; kernels {kernels}"
 
 
 def timed(fn: Callable, *args, **kwargs):
