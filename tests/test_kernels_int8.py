@@ -106,7 +106,7 @@ def _case(cell, B, seed, steps=T):
      if not (b == 1 and ln and st)],
 )
 def test_int8_kernel_matches_expand_path(cell, B, reverse, use_lengths, use_state):
-    # B <= 4: int8 matvec per batch row; B=6: int8 expanded once, then sgemm.
+    # GRU/RNN: B=1 runs int8 matvecs; B=3, 6 the cached float expansion, then sgemm.
     x, w, rng = _case(cell, B, seed=B * 7 + reverse)
     kw = {"reverse": reverse}
     if use_lengths:
@@ -118,6 +118,27 @@ def test_int8_kernel_matches_expand_path(cell, B, reverse, use_lengths, use_stat
     want = _expanded(cell, x, w, **kw)
     _assert_close(_int8(cell, x, w, **kw), want)
     _assert_close(_expanded(cell, x, w, fast=True, **kw), want)  # float kernel, same weights
+
+
+@pytest.mark.parametrize("cell", ["gru_lbr", "gru_onnx", "rnn_tanh", "rnn_relu"])
+@pytest.mark.parametrize("B", [2, 3, 6])
+def test_batched_int8_recurrent_weight_runs_as_its_float_expansion(cell, B):
+    # From two rows on, a GRU/RNN int8 Wh is expanded once (cached per buffer) and
+    # runs the float path: the same bits as the float kernel on the expanded
+    # weight, on the first call, from the cache, and for new scales of the same
+    # int8 buffer (the cache keys the scales too, so it never serves stale values).
+    x, w, _ = _case(cell, B, seed=11)
+    want = _int8(cell, x, w, quantized=())
+    for _ in range(2):
+        for got, ref in zip(_int8(cell, x, w, quantized=("Wh",)), want, strict=True):
+            np.testing.assert_array_equal(np.array(got), np.array(ref))
+    rescaled = dict(w, Wh_scales=w["Wh_scales"] * 0.5)
+    rescaled["Wh_f"] = dequantize_rows(w["Wh"], rescaled["Wh_scales"])
+    mx.eval(rescaled)
+    want = _int8(cell, x, rescaled, quantized=())
+    assert not np.array_equal(np.array(want[0]), np.array(_int8(cell, x, w, quantized=())[0]))
+    for got, ref in zip(_int8(cell, x, rescaled, quantized=("Wh",)), want, strict=True):
+        np.testing.assert_array_equal(np.array(got), np.array(ref))
 
 
 @pytest.mark.parametrize("cell", CELLS)

@@ -143,6 +143,16 @@ std::shared_ptr<const PackedFloats> packed_weight(
     const std::shared_ptr<mx::allocator::Data>& owner,
     const std::shared_ptr<mx::allocator::Data>& scales_owner);
 
+// An int8 weight (N, K) expanded to row-major float (q * s, as `values()`
+// computes it on a miss), cached like packed_weight: the sgemm path of a
+// batch then costs what the float weight costs, not an expansion per call.
+std::shared_ptr<const PackedFloats> expanded_weight(
+    const mx::array& w,
+    const mx::array& scales,
+    const std::function<const float*()>& values,
+    const std::shared_ptr<mx::allocator::Data>& owner,
+    const std::shared_ptr<mx::allocator::Data>& scales_owner);
+
 // Index of `lengths` among a RecurrentSeq's inputs, or -1 without it.
 int seq_lengths_index(const SeqConfig& cfg);
 

@@ -26,9 +26,10 @@ namespace {
 constexpr size_t kPackCacheEntries = 16;
 constexpr size_t kPackCacheBytes = size_t(1) << 26; // 64 MiB in all
 
-// Float panels (packed_weight) and the two int8 layouts (packed_weight_q8)
-// share the cache; `kind` tells them apart.
-enum PackKind { kFloat = 0, kQ8Widen = 1, kQ8Vnni = 2 };
+// Float panels (packed_weight), the two int8 layouts (packed_weight_q8) and
+// int8 weights expanded to float (expanded_weight) share the cache; `kind`
+// tells them apart.
+enum PackKind { kFloat = 0, kQ8Widen = 1, kQ8Vnni = 2, kQ8Expanded = 3 };
 struct PackEntry {
   const void* ptr;
   const void* sptr;
@@ -152,6 +153,21 @@ std::shared_ptr<const PackedQ8> packed_weight_q8(
             p->rs.size() * sizeof(long long));
   });
   return std::static_pointer_cast<const PackedQ8>(packed);
+}
+
+std::shared_ptr<const PackedFloats> expanded_weight(
+    const mx::array& w,
+    const mx::array& scales,
+    const std::function<const float*()>& values,
+    const std::shared_ptr<mx::allocator::Data>& owner,
+    const std::shared_ptr<mx::allocator::Data>& sowner) {
+  const size_t n = w.size();
+  auto expanded = cached_packing(w, &scales, 1, kQ8Expanded, owner, sowner, [&] {
+    const float* v = values();
+    auto e = std::make_shared<PackedFloats>(v, v + n);
+    return std::make_pair(std::shared_ptr<const void>(e), n * sizeof(float));
+  });
+  return std::static_pointer_cast<const PackedFloats>(expanded);
 }
 
 } // namespace edgelstm::detail

@@ -151,10 +151,13 @@ void matmul_w(
 }
 
 // Up to this many rows per matmul, int8 weights stay int8 (one int8 matvec
-// per row); past it they are expanded once and go to sgemm. Measured on AVX2
-// (EPYC): int8 rows win ~2x at B=2..4 (OpenBLAS sgemm is slow at tiny M) and
-// lose from B=8 and for 20+ projection rows.
-constexpr size_t kInt8MaxRows = 4;
+// per row: a quarter of the float weight's bytes); past it they are expanded
+// to float and go to sgemm. The recurrent weight's expansion is cached
+// (expanded_weight), so there int8 costs exactly what float costs. Measured
+// on AVX-512 (Zen 5), GRU/RNN H=128-512: one int8 row per step is 1.05-1.7x
+// faster than float, but 2-4 rows of int8 matvecs lose to one sgemm (0.6-0.9x
+// of float), so only a single row stays int8.
+constexpr size_t kInt8MaxRows = 1;
 
 
 // `a` (N, K) as a Weight. An int8 `a` (scales `s`) is expanded to float in
@@ -212,10 +215,23 @@ void run_layer(const SeqConfig& cfg, int T, int B, const LayerIO& io) {
   const bool fused = cfg.cell == Cell::LSTM && use_fused_lstm(B);
   // The fused path reads Wh only through its packing (cached: int8 weights
   // are expanded to float only when packed).
-  const Weight wh = fused ? Weight{}
-                          : load_weight(
-                                *io.wh, io.wh_scales, size_t(B) > kInt8MaxRows,
-                                wh_buf, whq_buf, whs_buf, wh_expanded);
+  Weight wh;
+  std::shared_ptr<const detail::PackedFloats> wh_cached; // keeps wh.f alive
+  const bool expand_wh = size_t(B) > kInt8MaxRows;
+  if (!fused && io.wh_scales && expand_wh && io.wh_owner && io.wh_scales_owner) {
+    wh_cached = detail::expanded_weight(
+        *io.wh, *io.wh_scales,
+        [&] {
+          return load_weight(*io.wh, io.wh_scales, true, wh_buf, whq_buf,
+                             whs_buf, wh_expanded)
+              .f;
+        },
+        io.wh_owner, io.wh_scales_owner);
+    wh = Weight{wh_cached->data()};
+  } else if (!fused) {
+    wh = load_weight(*io.wh, io.wh_scales, expand_wh, wh_buf, whq_buf, whs_buf,
+                     wh_expanded);
+  }
   const float* bhn = io.bhn ? row_major(*io.bhn, bhn_buf) : nullptr;
   const int32_t* len = io.len;
 
