@@ -195,9 +195,10 @@ def lstm_seq(
             saves what the gradient reads (gate activations, the ``c`` and ``h`` each
             step read, ``tanh`` of the new ``c``: ``T * B * 7H`` floats) and the
             gradient uses them instead of recomputing the forward pass. No effect
-            outside autodiff. The recomputing backward (``train=False``, or
-            ``EDGELSTM_GRAD_RECOMPUTE=1``) projects ``x`` with another matmul, so with
-            ``Wx`` its gradients can differ from these in the last bits.
+            outside autodiff. The recomputing backward (``train=False``) projects
+            ``x`` with another matmul, so with ``Wx`` its gradients can differ from
+            these in the last bits. ``EDGELSTM_GRAD_LEGACY=1`` restores the backward
+            of edgelstm before this (recompute, sgemm weight gradients) bit for bit.
 
     Returns:
         ``y`` ``(T, B, H)`` (or ``(B, T, H)``; zero past each length) and ``(h_n, c_n)``.

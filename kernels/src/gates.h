@@ -49,6 +49,8 @@ struct LstmSaveRows {
                             int H, const float* const* x, float* hn,         \
                             float* c, float* const* y, float* scratch,       \
                             int bk0, int bk1, const LstmSaveRows& save);     \
+  void gemm_tn_chain(const float* x, int ldx, const float* d, int ldd,       \
+                     float* c, int M, int N, int K);                         \
   void gemm_packed(const float* a, int M, int K, int lda,                    \
                    const float* packed, int N, float* out, int ldc);
 
@@ -82,6 +84,7 @@ struct GateFns {
   decltype(&gates_base::lstm_fused_step) lstm_fused_step;
   decltype(&gates_base::lstm_fused_step_save) lstm_fused_step_save;
   decltype(&gates_base::gemm_packed) gemm_packed;
+  decltype(&gates_base::gemm_tn_chain) gemm_tn_chain;
   const char* isa;
 };
 

@@ -173,8 +173,15 @@ std::vector<mx::array> seq_grads(
 // of each is y's row (t, b).
 std::vector<mx::Shape> save_output_shapes(const mx::Shape& y_shape);
 
+// EDGELSTM_GRAD_LEGACY=1: the backward as it was before training forwards
+// saved their activations: it recomputes the forward (projecting with
+// sgemm) and computes the weight gradients with sgemm, so a model trained
+// that way retrains bit for bit. Read when a graph is built.
+bool legacy_backward();
+
 // Whether a forward saves for its backward (SeqConfig::save): an LSTM with
-// float weights, called with train, on inputs of which one is traced.
+// float weights, called with train, on inputs of which one is traced, unless
+// legacy_backward().
 bool wants_save(
     Cell cell,
     bool train,

@@ -7,7 +7,9 @@
 // an LSTM called without train) it recomputes the forward pass, saving the
 // same things. Either way it then runs the recurrence backwards, one small
 // matmul per step for the state gradient; the weight, input and bias
-// gradients are one large matmul each at the end. Inference pays nothing for
+// gradients are one large matmul each at the end (the weights' on the
+// kernels' own gemm_tn_chain, threaded, sgemm under EDGELSTM_GRAD_LEGACY=1:
+// see gemm_tn and legacy_backward). Inference pays nothing for
 // trainability: only a training forward saves. RecurrentStack::vjp composes
 // one RecurrentSeqGrad per layer, reading each layer's input from the
 // stack's extra outputs (the lower layers' y) and its saved activations.
@@ -35,6 +37,7 @@
 #include "layer_core.h"
 #include "recurrent_recompute.h"
 #include "recurrent_seq.h"
+#include "step_pool.h"
 
 namespace edgelstm {
 
@@ -71,11 +74,52 @@ void gemm_nn(
   gemm(false, a, lda, b, ldb, c, ldc, M, N, K);
 }
 
-// c (M, N) = a^T @ b for a (K, M) and b (K, N), row-major.
+// c (M, N) = a^T @ b for a (K, M) and b (K, N), row-major: the weight
+// gradients (K = T*B rows). By default gemm_tn_chain (each element one chain
+// over k: the same bits for any blocking and thread count, on the kernels'
+// own AVX-512 / AVX2 loops), with the operand of more columns on its vector
+// side (c^T = b^T a has the same bits); legacy: sgemm, as the backward
+// computed them before (see legacy_backward).
+// Weight-gradient matmuls take a step-pool thread per this many
+// step_min_macs() of work (one team wake-up per matmul).
+constexpr long long kWeightGradWork = 4;
+
 void gemm_tn(
     const float* a, int lda, const float* b, int ldb, float* c, int ldc,
-    int M, int N, int K) {
-  gemm(true, a, lda, b, ldb, c, ldc, M, N, K);
+    int M, int N, int K, bool legacy) {
+  if (legacy) {
+    gemm(true, a, lda, b, ldb, c, ldc, M, N, K);
+    return;
+  }
+  const GateFns& fns = gate_fns();
+  const int vw = fns.pack_width();
+  const bool direct = (N % vw == 0 || N >= M) && ldc == N;
+  thread_local std::vector<float> ct;
+  if (!direct) { // c^T (N, M) into scratch, then transposed into c
+    std::swap(a, b);
+    std::swap(lda, ldb);
+    std::swap(M, N);
+    fit_buffer(ct, size_t(M) * N);
+  }
+  float* out = direct ? c : ct.data();
+  // The step pool's threads take contiguous rows of c (an element's chain
+  // runs on one thread: the same bits for any count), one per
+  // kWeightGradWork step_min_macs() of work.
+  const long long macs = (long long)M * N * K;
+  const int want = int(std::max<long long>(1, std::min<long long>(
+      {recurrent_threads(), macs / (kWeightGradWork * step_min_macs()),
+       (long long)M / 8})));
+  run_team(want, [&](int tid, int n, StepBarrier&) {
+    const int m0 = int(long(M) * tid / n), m1 = int(long(M) * (tid + 1) / n);
+    fns.gemm_tn_chain(a + m0, lda, b, ldb, out + size_t(m0) * N, m1 - m0, N, K);
+  });
+  if (!direct) {
+    for (int m = 0; m < N; ++m) { // c is (N, M) here
+      for (int n = 0; n < M; ++n) {
+        c[size_t(m) * ldc + n] = ct[size_t(n) * N + m];
+      }
+    }
+  }
 }
 
 // out (n) = column sums of a (rows, n) with row stride lda.
@@ -169,19 +213,23 @@ void run_grad(
   }
 
   // The backward's per-step matmul gs @ Wh, i.e. gs @ (Wh^T)^T, on Wh^T
-  // packed once per call (gemm_packed).
+  // packed once per call (gemm_packed): pack_gates(Wh^T, 1, H, G) lays out,
+  // per block of pack_width() units j, row k of Wh^T's columns, i.e. Wh's
+  // rows k sliced to the block, zero-padded: copied straight from Wh.
   const bool full_step = !(gru && !lbr); // one (B, G) matmul per step
   thread_local PackedFloats whp_bwd;
-  thread_local std::vector<float> wht;
   if (full_step) {
-    fit_buffer(wht, size_t(H) * G);
-    for (int q = 0; q < G; ++q) {
-      for (int j = 0; j < H; ++j) {
-        wht[size_t(j) * G + q] = wh[size_t(q) * H + j];
+    const int pw = fns.pack_width();
+    const int nb = (H + pw - 1) / pw;
+    fit_buffer(whp_bwd, size_t(fns.packed_floats(1, H, G)));
+    for (int bk = 0; bk < nb; ++bk) {
+      const int j0 = bk * pw, n = std::min(pw, H - j0);
+      float* p = whp_bwd.data() + size_t(bk) * G * pw;
+      for (int k = 0; k < G; ++k) {
+        std::memcpy(p + size_t(k) * pw, wh + size_t(k) * H + j0, sizeof(float) * n);
+        std::fill(p + size_t(k) * pw + n, p + size_t(k + 1) * pw, 0.0f);
       }
     }
-    fit_buffer(whp_bwd, size_t(fns.packed_floats(1, H, G)));
-    fns.pack_gates(wht.data(), 1, H, G, whp_bwd.data());
   }
   // Backward. dh / dc: gradient w.r.t. the state after the step being undone.
   std::vector<float> dh(dhn, dhn + state);
@@ -304,19 +352,21 @@ void run_grad(
   }
 
   // Outputs, in input order: dx, dWh, [dh0], [dc0], [dbhn], [dWx, [dbias]].
+  const bool legacy = cfg.legacy;
   size_t o = 0;
   float* dx = out[o++].data<float>();
   float* dwh = out[o++].data<float>();
   if (gru) {
-    gemm_tn(dxp, G, hprev, H, dwh, H, 2 * H, H, int(rows));
+    gemm_tn(dxp, G, hprev, H, dwh, H, 2 * H, H, int(rows), legacy);
     if (lbr) {
-      gemm_tn(dghn, H, hprev, H, dwh + size_t(2) * H * H, H, H, H, int(rows));
+      gemm_tn(dghn, H, hprev, H, dwh + size_t(2) * H * H, H, H, H, int(rows),
+              legacy);
     } else {
       gemm_tn(dxp + 2 * H, G, aux, H, dwh + size_t(2) * H * H, H, H, H,
-              int(rows));
+              int(rows), legacy);
     }
   } else {
-    gemm_tn(dxp, G, hprev, H, dwh, H, G, H, int(rows));
+    gemm_tn(dxp, G, hprev, H, dwh, H, G, H, int(rows), legacy);
   }
   if (cfg.has_h0) {
     std::memcpy(out[o++].data<float>(), dh.data(), sizeof(float) * state);
@@ -336,7 +386,7 @@ void run_grad(
     if (!cfg.skip_dx) {
       gemm_nn(dxp, G, wx, I, dx, I, int(rows), I, G);
     }
-    gemm_tn(dxp, G, x, I, out[o++].data<float>(), I, G, I, int(rows));
+    gemm_tn(dxp, G, x, I, out[o++].data<float>(), I, G, I, int(rows), legacy);
     if (cfg.has_bias) {
       colsum(dxp, rows, G, G, out[o++].data<float>());
     }
@@ -391,6 +441,7 @@ std::vector<mx::array> seq_grads(
   cfg.save = !saved.empty();
   inputs.insert(inputs.end(), saved.begin(), saved.end());
   cfg.skip_dx = !need_dx;
+  cfg.legacy = legacy_backward();
   auto p = std::make_shared<RecurrentSeqGrad>(stream, cfg);
   auto shapes = p->output_shapes(inputs);
   std::vector<mx::Dtype> dtypes(shapes.size(), mx::float32);

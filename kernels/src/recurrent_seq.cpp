@@ -571,6 +571,11 @@ std::vector<mx::Shape> save_output_shapes(const mx::Shape& y_shape) {
   return {act, y_shape, y_shape, y_shape};
 }
 
+bool legacy_backward() {
+  const char* v = std::getenv("EDGELSTM_GRAD_LEGACY"); // ~100 ns a call
+  return v && std::strcmp(v, "1") == 0;
+}
+
 bool wants_save(
     Cell cell,
     bool train,
@@ -579,12 +584,7 @@ bool wants_save(
   if (!train || cell != Cell::LSTM || int8) {
     return false;
   }
-  // EDGELSTM_GRAD_RECOMPUTE=1: the backward recomputes the forward as before
-  // the training forward saved (its input projection rounds as sgemm does,
-  // so its gradients differ from the saved ones in the last bits; retraining
-  // a model trained that way reproduces it bit for bit).
-  const char* v = std::getenv("EDGELSTM_GRAD_RECOMPUTE");
-  if (v && std::strcmp(v, "1") == 0) {
+  if (legacy_backward()) {
     return false;
   }
   for (const auto& a : inputs) {

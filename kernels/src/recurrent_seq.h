@@ -44,6 +44,7 @@ struct SeqConfig {
   // forward is not recomputed.
   bool save = false;
   bool skip_dx = false; // RecurrentSeqGrad: no input gradient (output 0 is (0,))
+  bool legacy = false; // RecurrentSeqGrad: sgemm weight gradients (legacy_backward)
 
   bool operator==(const SeqConfig&) const = default;
 };
