@@ -25,12 +25,13 @@ RTOL, ATOL = 1e-4, 1e-5  # float32 BPTT in another summation order
 GATES = {"lstm": 4, "gru": 3, "rnn": 1}
 CELLS = [
     ("lstm", {}),
+    ("lstm", {"train": True}),
     ("gru", {"linear_before_reset": True}),
     ("gru", {"linear_before_reset": False}),
     ("rnn", {}),
     ("rnn", {"activations": (R.A.spec("relu"),)}),
 ]
-CELL_IDS = ["lstm", "gru_lbr", "gru_onnx", "rnn_tanh", "rnn_relu"]
+CELL_IDS = ["lstm", "lstm_saved", "gru_lbr", "gru_onnx", "rnn_tanh", "rnn_relu"]
 LENGTHS = [6, 2, 0]  # full, short, empty
 
 
@@ -48,8 +49,9 @@ def _params(kind, rng):
 def _run(kind, opts, args, lengths, reverse, fast):
     x, Wx, Wh, b, h0, c0, bhn = args
     if kind == "lstm":
+        # train (opts): the forward saves its activations for the backward
         y, (h, c) = R.lstm(x, Wx, Wh, b, h0=h0, c0=c0, lengths=lengths, reverse=reverse,
-                           fast=fast)
+                           fast=fast, **opts)
         return y, h, c
     if kind == "gru":
         y, h = R.gru(x, Wx, Wh, b, bhn, h0=h0, lengths=lengths, reverse=reverse, fast=fast,
@@ -231,7 +233,7 @@ def _torch_case(kind, rng, reverse_ok=False):
     return torch, w, x, h0, c0
 
 
-@pytest.mark.parametrize("kind", ["lstm", "gru", "rnn_tanh", "rnn_relu"])
+@pytest.mark.parametrize("kind", ["lstm", "lstm_saved", "gru", "rnn_tanh", "rnn_relu"])
 def test_gradients_match_pytorch(kind, rng):
     base = kind.split("_")[0]
     torch, w, x, h0, c0 = _torch_case(base, rng)
@@ -261,6 +263,8 @@ def test_gradients_match_pytorch(kind, rng):
     else:
         b, bhn = w["b_ih"] + w["b_hh"], None
     opts = {"activations": (R.A.spec("relu"),)} if kind == "rnn_relu" else {}
+    if kind == "lstm_saved":
+        opts = {"train": True}
     args = [mx.array(x), mx.array(w["w_ih"]), mx.array(w["w_hh"]), mx.array(b),
             mx.array(h0), mx.array(c0), bhn]
     nums = (0, 1, 2, 3, 4) + ((5,) if base == "lstm" else ()) + ((6,) if base == "gru" else ())

@@ -175,6 +175,7 @@ def lstm_seq(
     bias=None,
     Wh_scales=None,
     Wx_scales=None,
+    train=False,
 ):
     """Run the fused LSTM on a projected input.
 
@@ -190,6 +191,14 @@ def lstm_seq(
             is the raw input ``(.., .., I)`` and the projection runs in the kernel.
         Wh_scales, Wx_scales: per-row float32 scales ``(4H,)``; when given, the
             matching weight is int8 and stands for ``W * scales[:, None]``.
+        train: the caller is training: where autodiff traces the call, the forward
+            saves what the gradient reads (gate activations, the ``c`` and ``h`` each
+            step read, ``tanh`` of the new ``c``: ``T * B * 7H`` floats) and the
+            gradient uses them instead of recomputing the forward pass. No effect
+            outside autodiff. The recomputing backward (``train=False``) projects
+            ``x`` with another matmul, so with ``Wx`` its gradients can differ from
+            these in the last bits. ``EDGELSTM_GRAD_LEGACY=1`` restores the backward
+            of edgelstm before this (recompute, sgemm weight gradients) bit for bit.
 
     Returns:
         ``y`` ``(T, B, H)`` (or ``(B, T, H)``; zero past each length) and ``(h_n, c_n)``.
@@ -206,6 +215,7 @@ def lstm_seq(
         Wx=Wx,
         bias=bias,
         eager=eager_call(xp, batch_first),
+        train=bool(train),
         **_scales(Wh_scales, Wx_scales),
     )
     return y, (h, c)
@@ -383,13 +393,16 @@ def why_not(kind: str, args: dict, x, h0=None, c0=None) -> str | None:
 
 
 def fused_cell(kind: str, x, args: dict, h0=None, c0=None, lengths=None, reverse=False,
-               fast: bool | None = None):
+               fast: bool | None = None, train: bool = False):
     """The one fused-vs-pure decision for one (layer, direction).
 
     Every single-direction call (float cells through :mod:`edgelstm.nn.recurrent`,
     int8 cells, the ONNX runner) asks here; whole stacks ask
     :func:`edgelstm.fast.stacks.plan_stack`,
     which applies the same :func:`why_not`.
+
+    ``train``: the caller is training (LSTM: the kernel saves its activations for
+    the gradient, see :func:`lstm_seq`).
 
     Returns:
         The fused result (``y (B, T, H), (h, c)`` for LSTM, ``y, h`` otherwise), or
@@ -409,7 +422,8 @@ def fused_cell(kind: str, x, args: dict, h0=None, c0=None, lengths=None, reverse
         return None
     q = {"Wx_scales": args.get("Wx_scales"), "Wh_scales": args.get("Wh_scales")}
     if kind == "lstm":
-        return lstm(x, args["Wx"], args["Wh"], args["bias"], h0, c0, lengths, reverse, **q)
+        return lstm(x, args["Wx"], args["Wh"], args["bias"], h0, c0, lengths, reverse, **q,
+                    train=train)
     if kind == "gru":
         return gru(x, args["Wx"], args["Wh"], args["bias"], args.get("bhn"), h0, lengths, reverse,
                    args.get("linear_before_reset", True), **q)
@@ -440,7 +454,8 @@ def why_not_rnn(x, Wxh, Whh, bias, h0, clip, activations, Wx_scales=None, Wh_sca
     return why_not("rnn", _args(Wxh, Whh, bias, clip, activations, Wx_scales, Wh_scales), x, h0)
 
 
-def lstm(x, Wx, Wh, bias, h0, c0, lengths, reverse, Wx_scales=None, Wh_scales=None):
+def lstm(x, Wx, Wh, bias, h0, c0, lengths, reverse, Wx_scales=None, Wh_scales=None,
+         train=False):
     """Fused equivalent of ``recurrent.lstm`` for the arguments it supports.
 
     With ``Wx_scales`` / ``Wh_scales`` the matching weight is int8 and the
@@ -459,6 +474,7 @@ def lstm(x, Wx, Wh, bias, h0, c0, lengths, reverse, Wx_scales=None, Wh_scales=No
         bias=bias,
         Wh_scales=Wh_scales,
         Wx_scales=Wx_scales,
+        train=train,
     )
 
 

@@ -123,7 +123,7 @@ def decide_stack(model, x, state, fast) -> list[dict] | str:
     return plan
 
 
-def run_stack(kind, plan, x, state, lengths=None, *, batch_first=True):
+def run_stack(kind, plan, x, state, lengths=None, *, batch_first=True, train=False):
     """Run a stack planned by :func:`plan_stack` in one primitive.
 
     Args:
@@ -132,6 +132,9 @@ def run_stack(kind, plan, x, state, lengths=None, *, batch_first=True):
         x: input ``(B, T, I)`` (``(T, B, I)`` when not ``batch_first``).
         state: ``(h0, c0)`` for LSTM, ``h0`` otherwise, each ``(L, B, H)``, or ``None``.
         lengths: valid steps per sequence ``(B,)`` or ``None``.
+        train: the model is training (LSTM: under autodiff the primitive saves each
+            layer's activations for the gradient, see
+            :func:`edgelstm.fast.dispatch.lstm_seq`).
 
     Returns:
         ``y`` of the last layer (``x``'s layout) and the final state, as the
@@ -148,6 +151,7 @@ def run_stack(kind, plan, x, state, lengths=None, *, batch_first=True):
         "Wx_scales": wx_scales,
         "Wh_scales": wh_scales,
         "eager": eager_call(x, batch_first),
+        "train": bool(train),
     }
     if kind == "lstm":
         y, h, c = _dispatch._ext.lstm_stack(x, wx, wh, bias, h0, c0, int32_lengths(lengths), **kw)

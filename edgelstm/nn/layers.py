@@ -88,7 +88,8 @@ class LSTMCell(_Cell):
         h0, c0 = state if state is not None else (None, None)
         return R.lstm(
             x, self.Wx, self.Wh, self.get("bias"), h0=h0, c0=c0, lengths=lengths,
-            reverse=reverse, peephole=self.get("peephole"), fast=fast, **self._opts,
+            reverse=reverse, peephole=self.get("peephole"), fast=fast,
+            train=self.training, **self._opts,
         )
 
 
@@ -287,7 +288,8 @@ class Recurrent(SaveMixin, nn.Module):
         plan = _stacks.plan_stack(self, x, state, fast)
         if isinstance(plan, list):
             x, out_state = _stacks.run_stack(
-                self.cell_type, plan, x, state, lengths, batch_first=not time_major)
+                self.cell_type, plan, x, state, lengths, batch_first=not time_major,
+                train=self.training)
         else:
             if time_major:
                 x = x.transpose(1, 0, 2)

@@ -159,6 +159,7 @@ def lstm(
     input_forget: bool = False,
     activations: Sequence[A.Activation] = LSTM_ACTIVATIONS,
     fast: bool | None = None,
+    train: bool = False,
 ) -> tuple[mx.array, tuple[mx.array, mx.array]]:
     """Run one LSTM direction over a batch of sequences.
 
@@ -177,13 +178,16 @@ def lstm(
         fast: fused C++ kernel (:mod:`edgelstm.fast.dispatch`): ``None`` uses it when
             available and supported (gradients included), ``False`` never,
             ``True`` requires it (raises ``UnsupportedError`` otherwise).
+        train: the caller is training. Under autodiff the fused kernel then saves the
+            gate activations for its gradient (``7 * H`` floats per step and sequence)
+            instead of recomputing the forward pass in the backward one.
 
     Returns:
         ``y`` ``(B, T, H)`` and the final ``(h, c)``, each ``(B, H)``.
     """
     args = {"Wx": Wx, "Wh": Wh, "bias": bias, "peephole": peephole, "clip": clip,
             "input_forget": input_forget, "activations": activations}
-    fused = _kernels.fused_cell("lstm", x, args, h0, c0, lengths, reverse, fast)
+    fused = _kernels.fused_cell("lstm", x, args, h0, c0, lengths, reverse, fast, train=train)
     if fused is not None:
         return fused
     H = Wh.shape[-1]

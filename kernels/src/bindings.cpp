@@ -2,6 +2,7 @@
 
 #include <nanobind/nanobind.h>
 #include <nanobind/stl/optional.h>
+#include <nanobind/stl/pair.h>
 #include <nanobind/stl/string.h>
 #include <nanobind/stl/vector.h>
 
@@ -71,6 +72,11 @@ NB_MODULE(_kernels, m) {
       "whose threads kept waiting on descheduled peers (default on).");
   m.def("step_backoff", &edgelstm::step_backoff, "See set_step_backoff.");
   m.def(
+      "grad_counts",
+      &edgelstm::grad_counts,
+      "(saved, recomputed): backward runs per layer and direction so far that\n"
+      "read a training forward's saved activations / recomputed the forward.");
+  m.def(
       "last_step_threads",
       &edgelstm::last_step_threads,
       "Threads the latest fused LSTM call ran its steps on (for tests).");
@@ -80,6 +86,9 @@ NB_MODULE(_kernels, m) {
   // projection and int8 scales; `args` are the cell's own in between.
   // eager=True: computed before returning when the inputs are computed and
   // not traced (no hand-off to MLX's CPU stream); lazy otherwise.
+  // train=True (the model is training): an LSTM forward traced by autodiff
+  // saves the activations its gradient reads (no recompute; see
+  // recurrent_seq.h). GRU / RNN ignore it.
   auto def_seq = [&](const char* name, auto fn, const char* doc, auto... args) {
     m.def(
         name,
@@ -92,6 +101,7 @@ NB_MODULE(_kernels, m) {
         "Wh_scales"_a = nb::none(),
         "Wx_scales"_a = nb::none(),
         "eager"_a = false,
+        "train"_a = false,
         doc);
   };
   def_seq(
@@ -144,6 +154,7 @@ NB_MODULE(_kernels, m) {
         "Wx_scales"_a = none_list,
         "Wh_scales"_a = none_list,
         "eager"_a = false,
+        "train"_a = false,
         doc);
   };
   def_stack(

@@ -52,6 +52,8 @@ int run_fused_lstm(const FusedLstmSeq& s) {
   const size_t scratch_n = size_t(B) * 4 * pw;
   std::vector<const float*> xr_all(size_t(want) * B);
   std::vector<float*> yr_all(size_t(want) * B);
+  const bool save = s.act != nullptr;
+  std::vector<float*> save_all(save ? size_t(want) * 3 * B : 0);
   std::vector<float> scratch_all(size_t(want) * scratch_n);
   float* const h2 = hbuf.data();
   const int used = run_team(want, [&](int tid, int n, StepBarrier& barrier) {
@@ -61,6 +63,9 @@ int run_fused_lstm(const FusedLstmSeq& s) {
     const float** xr = xr_all.data() + size_t(tid) * B;
     float** yr = yr_all.data() + size_t(tid) * B;
     float* scratch = scratch_all.data() + size_t(tid) * scratch_n;
+    float** sv = save ? save_all.data() + size_t(tid) * 3 * B : nullptr;
+    const LstmSaveRows rows{sv, sv ? sv + B : nullptr, sv ? sv + 2 * B : nullptr};
+    const size_t nj = sizeof(float) * (j1 - j0);
     float* hcur = s.h;
     float* hnext = h2;
     for (int k = 0; k < T; ++k) {
@@ -71,10 +76,32 @@ int run_fused_lstm(const FusedLstmSeq& s) {
           xr[b] = s.xp + xrow(t, b);
         } else {
           xr[b] = nullptr;
-          std::memset(yr[b] + j0, 0, sizeof(float) * (j1 - j0));
+          std::memset(yr[b] + j0, 0, nj);
+        }
+        if (save) {
+          // This thread's units of the row: the state read now, or finite
+          // zeros past the length (the backward's weight-gradient matmuls
+          // read every row).
+          const size_t r = yrow(t, b);
+          sv[b] = s.act + 4 * r;
+          sv[B + b] = s.cp + r;
+          sv[2 * B + b] = s.tc + r;
+          if (xr[b]) {
+            std::memcpy(s.hprev + r + j0, hcur + size_t(b) * H + j0, nj);
+          } else {
+            std::memset(s.hprev + r + j0, 0, nj);
+            for (int q = 0; q < 4; ++q) {
+              std::memset(sv[b] + size_t(q) * H + j0, 0, nj);
+            }
+            std::memset(sv[B + b] + j0, 0, nj);
+            std::memset(sv[2 * B + b] + j0, 0, nj);
+          }
         }
       }
-      if (bk0 < bk1) {
+      if (bk0 < bk1 && save) {
+        fns.lstm_fused_step_save(
+            s.packed, hcur, B, H, xr, hnext, s.c, yr, scratch, bk0, bk1, rows);
+      } else if (bk0 < bk1) {
         fns.lstm_fused_step(
             s.packed, hcur, B, H, xr, hnext, s.c, yr, scratch, bk0, bk1);
       }

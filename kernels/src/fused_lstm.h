@@ -23,6 +23,14 @@ struct FusedLstmSeq {
   const int32_t* len = nullptr; // (B,) valid steps per row, or null
   bool reverse = false;
   int T = 0, B = 0, H = 0;
+  // Training forward (all null for inference): what the backward reads
+  // instead of recomputing, rows in y's order (zero past a length): act
+  // (rows, 4H) the activated gates i, f, g, o; cp / tc (rows, H) the c each
+  // step read and tanh of the c it wrote; hprev (rows, H) the h it read.
+  float* act = nullptr;
+  float* cp = nullptr;
+  float* tc = nullptr;
+  float* hprev = nullptr;
 };
 
 // Runs the recurrence; returns the threads its steps ran on. Each thread

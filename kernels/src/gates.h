@@ -6,6 +6,16 @@
 
 namespace edgelstm {
 
+// Per-row destinations of what BPTT reads, for lstm_fused_step_save (null
+// pointers where a row's step is past its length): act[b] the row's 4H
+// activated gates i, f, g, o (gate stride H), cp[b] / tc[b] its H previous
+// c and tanh(new c). Same layout as lstm_row_save's act / cp / tc.
+struct LstmSaveRows {
+  float* const* act;
+  float* const* cp;
+  float* const* tc;
+};
+
 #define EDGELSTM_GATE_DECLS                                                  \
   void lstm_row(const float* g, const float* x, float* h, float* c,          \
                 float* y, int H);                                            \
@@ -35,6 +45,12 @@ namespace edgelstm {
   void lstm_fused_step(const float* packed, const float* h, int B, int H,    \
                        const float* const* x, float* hn, float* c,           \
                        float* const* y, float* scratch, int bk0, int bk1);   \
+  void lstm_fused_step_save(const float* packed, const float* h, int B,      \
+                            int H, const float* const* x, float* hn,         \
+                            float* c, float* const* y, float* scratch,       \
+                            int bk0, int bk1, const LstmSaveRows& save);     \
+  void gemm_tn_chain(const float* x, int ldx, const float* d, int ldd,       \
+                     float* c, int M, int N, int K);                         \
   void gemm_packed(const float* a, int M, int K, int lda,                    \
                    const float* packed, int N, float* out, int ldc);
 
@@ -66,7 +82,9 @@ struct GateFns {
   decltype(&gates_base::packed_floats) packed_floats;
   decltype(&gates_base::pack_gates) pack_gates;
   decltype(&gates_base::lstm_fused_step) lstm_fused_step;
+  decltype(&gates_base::lstm_fused_step_save) lstm_fused_step_save;
   decltype(&gates_base::gemm_packed) gemm_packed;
+  decltype(&gates_base::gemm_tn_chain) gemm_tn_chain;
   const char* isa;
 };
 

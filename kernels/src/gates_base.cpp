@@ -16,7 +16,8 @@ namespace edgelstm {
         ns::gru_rz_row, ns::gru_n_row,                                    \
         ns::rnn_row, ns::gemv_nt, ns::gemm_nt_small, ns::gemv_nt_q8,      \
         ns::expand_q8, ns::pack_width, ns::packed_floats, ns::pack_gates, \
-        ns::lstm_fused_step, ns::gemm_packed, name                        \
+        ns::lstm_fused_step, ns::lstm_fused_step_save, ns::gemm_packed,       \
+        ns::gemm_tn_chain, name                                           \
   }
 
 const GateFns& gate_fns() {

@@ -74,6 +74,13 @@ struct LayerIO {
   float* y = nullptr;
   float* h = nullptr;
   float* c = nullptr;
+  // LSTM training forward only (float weights), else null: what the
+  // backward reads instead of recomputing (FusedLstmSeq's act, cp, tc,
+  // hprev; rows in y's order).
+  float* save_act = nullptr;
+  float* save_cp = nullptr;
+  float* save_tc = nullptr;
+  float* save_hprev = nullptr;
 };
 
 void run_layer(const SeqConfig& cfg, int T, int B, const LayerIO& io);
@@ -160,11 +167,36 @@ int seq_lengths_index(const SeqConfig& cfg);
 int seq_float_inputs(const SeqConfig& cfg);
 
 // The gradients of RecurrentSeq(cfg) over `primals` (its inputs) given the
-// cotangents of y, h_n[, c_n]: one array per primal but lengths, in order.
+// cotangents of y, h_n[, c_n] (any further ones are ignored): one array per
+// primal but lengths, in order. `saved`: a training forward's four saved
+// outputs (SeqConfig::save), or empty to recompute the forward. Without
+// `need_dx` the first (the input's gradient) is empty, shape (0,).
 std::vector<mx::array> seq_grads(
-    const SeqConfig& cfg,
+    SeqConfig cfg,
     const std::vector<mx::array>& primals,
-    const std::vector<mx::array>& cotangents);
+    const std::vector<mx::array>& cotangents,
+    const std::vector<mx::array>& saved = {},
+    bool need_dx = true);
+
+// Shapes of an LSTM training forward's saved outputs for y of `y_shape`
+// (.., .., H): act (.., .., 4H), then cp, tc, hprev (.., .., H). Row (t, b)
+// of each is y's row (t, b).
+std::vector<mx::Shape> save_output_shapes(const mx::Shape& y_shape);
+
+// EDGELSTM_GRAD_LEGACY=1: the backward as it was before training forwards
+// saved their activations: it recomputes the forward (projecting with
+// sgemm) and computes the weight gradients with sgemm, so a model trained
+// that way retrains bit for bit. Read when a graph is built.
+bool legacy_backward();
+
+// Whether a forward saves for its backward (SeqConfig::save): an LSTM with
+// float weights, called with train, on inputs of which one is traced, unless
+// legacy_backward().
+bool wants_save(
+    Cell cell,
+    bool train,
+    bool int8,
+    const std::vector<mx::array>& inputs);
 
 // Throws std::invalid_argument (Python ValueError) with the message.
 [[noreturn]] void fail(const std::string& msg);

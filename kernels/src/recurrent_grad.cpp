@@ -1,18 +1,31 @@
 // Backward pass (BPTT) of the fused recurrent primitives.
 //
-// RecurrentSeq::vjp returns the outputs of one RecurrentSeqGrad primitive:
-// it recomputes the forward pass (saving gate activations and the states
-// each step read), then runs the recurrence backwards, one small matmul per
-// step for the state gradient; the weight, input and bias gradients are one
-// large matmul each at the end. The forward kernel itself saves nothing, so
-// inference pays nothing for trainability. RecurrentStack::vjp composes one
-// RecurrentSeqGrad per layer, reading each layer's input from the stack's
-// extra outputs (the lower layers' y).
+// RecurrentSeq::vjp returns the outputs of one RecurrentSeqGrad primitive.
+// An LSTM forward built for training (SeqConfig::save: the model trains and
+// autodiff traces the call) saved the gate activations and the states each
+// step read as extra outputs; the gradient reads them. Otherwise (GRU, RNN,
+// an LSTM called without train) it recomputes the forward pass, saving the
+// same things. Either way it then runs the recurrence backwards, one small
+// matmul per step for the state gradient; the weight, input and bias
+// gradients are one large matmul each at the end (the weights' on the
+// kernels' own gemm_tn_chain, threaded, sgemm under EDGELSTM_GRAD_LEGACY=1:
+// see gemm_tn and legacy_backward). Inference pays nothing for
+// trainability: only a training forward saves. RecurrentStack::vjp composes
+// one RecurrentSeqGrad per layer, reading each layer's input from the
+// stack's extra outputs (the lower layers' y) and its saved activations.
 //
-// LSTM gate math is the forward kernel's own (lstm_row_save / lstm_row_grad
-// in gates.inc, vectorised); GRU and RNN use std::exp / tanh in place of the
-// vectorised approximations (~1e-7 relative apart).
+// LSTM gate math is the forward kernel's own (the fused step's gate loop,
+// lstm_row_save and lstm_row_grad in gates.inc / gates_packed.inc, same
+// arithmetic): on the same projected input, saved and recomputed activations
+// are the same bits, and so are the gradients. The recompute projects the
+// input with sgemm where the forward runs gemm_packed; from ~8 input
+// features the two may round differently in the last bit, so recomputed
+// gradients can differ from the saved ones (those of the forward that gave
+// the loss) by float32 rounding. GRU and RNN use std::exp / tanh in place of
+// the vectorised approximations (~1e-7 relative apart).
 
+#include <algorithm>
+#include <atomic>
 #include <cmath>
 #include <cstring>
 #include <memory>
@@ -22,7 +35,9 @@
 #include "blas.h"
 #include "gates.h"
 #include "layer_core.h"
+#include "recurrent_recompute.h"
 #include "recurrent_seq.h"
+#include "step_pool.h"
 
 namespace edgelstm {
 
@@ -30,9 +45,9 @@ using namespace detail;
 
 namespace {
 
-inline float sigm(float x) {
-  return 1.0f / (1.0f + std::exp(-x));
-}
+// Backward runs that read a training forward's saved activations, and that
+// recomputed the forward (grad_counts).
+std::atomic<long long> g_saved_runs{0}, g_recomputed_runs{0};
 
 // c (M, N) = op(a) @ b, all row-major with leading dimensions: op(a) is a
 // (M, K) when !trans_a, a^T for a (K, M) when trans_a; b is (K, N).
@@ -59,11 +74,52 @@ void gemm_nn(
   gemm(false, a, lda, b, ldb, c, ldc, M, N, K);
 }
 
-// c (M, N) = a^T @ b for a (K, M) and b (K, N), row-major.
+// c (M, N) = a^T @ b for a (K, M) and b (K, N), row-major: the weight
+// gradients (K = T*B rows). By default gemm_tn_chain (each element one chain
+// over k: the same bits for any blocking and thread count, on the kernels'
+// own AVX-512 / AVX2 loops), with the operand of more columns on its vector
+// side (c^T = b^T a has the same bits); legacy: sgemm, as the backward
+// computed them before (see legacy_backward).
+// Weight-gradient matmuls take a step-pool thread per this many
+// step_min_macs() of work (one team wake-up per matmul).
+constexpr long long kWeightGradWork = 4;
+
 void gemm_tn(
     const float* a, int lda, const float* b, int ldb, float* c, int ldc,
-    int M, int N, int K) {
-  gemm(true, a, lda, b, ldb, c, ldc, M, N, K);
+    int M, int N, int K, bool legacy) {
+  if (legacy) {
+    gemm(true, a, lda, b, ldb, c, ldc, M, N, K);
+    return;
+  }
+  const GateFns& fns = gate_fns();
+  const int vw = fns.pack_width();
+  const bool direct = (N % vw == 0 || N >= M) && ldc == N;
+  thread_local std::vector<float> ct;
+  if (!direct) { // c^T (N, M) into scratch, then transposed into c
+    std::swap(a, b);
+    std::swap(lda, ldb);
+    std::swap(M, N);
+    fit_buffer(ct, size_t(M) * N);
+  }
+  float* out = direct ? c : ct.data();
+  // The step pool's threads take contiguous rows of c (an element's chain
+  // runs on one thread: the same bits for any count), one per
+  // kWeightGradWork step_min_macs() of work.
+  const long long macs = (long long)M * N * K;
+  const int want = int(std::max<long long>(1, std::min<long long>(
+      {recurrent_threads(), macs / (kWeightGradWork * step_min_macs()),
+       (long long)M / 8})));
+  run_team(want, [&](int tid, int n, StepBarrier&) {
+    const int m0 = int(long(M) * tid / n), m1 = int(long(M) * (tid + 1) / n);
+    fns.gemm_tn_chain(a + m0, lda, b, ldb, out + size_t(m0) * N, m1 - m0, N, K);
+  });
+  if (!direct) {
+    for (int m = 0; m < N; ++m) { // c is (N, M) here
+      for (int n = 0; n < M; ++n) {
+        c[size_t(m) * ldc + n] = ct[size_t(n) * N + m];
+      }
+    }
+  }
 }
 
 // out (n) = column sums of a (rows, n) with row stride lda.
@@ -107,16 +163,23 @@ void run_grad(
   const float* dy = row_major(in[k++], dy_buf);
   const float* dhn = row_major(in[k++], dhn_buf);
   const float* dcn = lstm ? row_major(in[k++], dcn_buf) : nullptr;
+  // A training forward's saved act, cp, tc, hprev (LSTM): no recompute.
+  const bool saved = cfg.save;
+  std::vector<float> sv_buf[4];
+  const float* sv[4] = {};
+  for (int i = 0; saved && i < 4; ++i) {
+    sv[i] = row_major(in[k++], sv_buf[i]);
+  }
   std::vector<float> zero_bhn;
   if (gru && !bhn) {
     zero_bhn.assign(H, 0.0f);
     bhn = zero_bhn.data();
   }
 
-  // Projected input, rows in x's order.
+  // Projected input, rows in x's order (only the recompute reads it).
   std::vector<float> proj;
   const float* xp = x;
-  if (wx) {
+  if (wx && !saved) {
     proj.resize(rows * G);
     for (size_t r = 0; bias && r < rows; ++r) {
       std::memcpy(proj.data() + r * G, bias, sizeof(float) * G);
@@ -125,150 +188,49 @@ void run_grad(
     xp = proj.data();
   }
 
-  auto row = [&](int t, int b) {
-    return cfg.batch_first ? size_t(b) * T + t : size_t(t) * B + b;
-  };
-  auto valid = [&](int t, int b) { return !len || t < len[b]; };
-  auto time_of = [&](int s) { return cfg.reverse ? T - 1 - s : s; };
+  const Rows row{cfg.batch_first, cfg.reverse, T, B, len};
+  auto valid = [&](int t, int b) { return row.valid(t, b); };
+  auto time_of = [&](int s) { return row.time_of(s); };
 
-  // Saved per row (zero where a step is past its length, so the final
-  // weight-gradient matmuls see finite zeros there):
-  //   hprev: the state the step read; act: activated gates (LSTM i,f,g,o;
-  //   GRU r,z,n; RNN the new state); aux: LSTM tanh(c_new), GRU-lbr
-  //   Rn h + bhn, GRU (ONNX default) r * h; aux2: LSTM c_prev.
-  // Per-thread buffers, reused across calls (fresh ones cost a page fault
-  // per 4 KiB every training step); rows past a length are zeroed below.
+  // What recompute saves (see there), or a training forward saved (LSTM,
+  // the same four in the same row order). Per-thread buffers, reused across
+  // calls (fresh ones cost a page fault per 4 KiB every training step).
   const size_t state = size_t(B) * H;
   thread_local std::vector<float> hprev_buf, act_buf, aux_buf, aux2_buf;
-  fit_buffer(hprev_buf, rows * H);
-  fit_buffer(act_buf, rows * G);
-  fit_buffer(aux_buf, lstm || gru ? rows * H : 0);
-  fit_buffer(aux2_buf, lstm ? rows * H : 0);
-  float* hprev = hprev_buf.data();
-  float* act = act_buf.data();
-  float* aux = aux_buf.data();
-  float* aux2 = aux2_buf.data();
+  fit_buffer(hprev_buf, saved ? 0 : rows * H);
+  fit_buffer(act_buf, saved ? 0 : rows * G);
+  fit_buffer(aux_buf, !saved && (lstm || gru) ? rows * H : 0);
+  fit_buffer(aux2_buf, !saved && lstm ? rows * H : 0);
+  const float* hprev = saved ? sv[3] : hprev_buf.data();
+  const float* act = saved ? sv[0] : act_buf.data();
+  const float* aux = saved ? sv[2] : aux_buf.data();
+  const float* aux2 = saved ? sv[1] : aux2_buf.data();
   const GateFns& fns = gate_fns();
-  std::vector<float> h(state), c(lstm ? state : 0), g(size_t(B) * G);
-  std::vector<float> rh(gru && !lbr ? state : 0, 0.0f);
-  if (h0) {
-    std::memcpy(h.data(), h0, sizeof(float) * state);
-  } else {
-    std::fill(h.begin(), h.end(), 0.0f);
-  }
-  if (lstm) {
-    if (c0) {
-      std::memcpy(c.data(), c0, sizeof(float) * state);
-    } else {
-      std::fill(c.begin(), c.end(), 0.0f);
-    }
+  (saved ? g_saved_runs : g_recomputed_runs).fetch_add(1, std::memory_order_relaxed);
+  if (!saved) {
+    recompute(cfg, row, H, xp, wh, h0, c0, bhn, hprev_buf.data(),
+              act_buf.data(), aux_buf.data(), aux2_buf.data());
   }
 
-  // The per-step matmuls run on Wh packed once per call (gemm_packed): the
-  // forward's h @ Wh^T and the backward's gs @ Wh, i.e. h @ (Wh^T)^T.
+  // The backward's per-step matmul gs @ Wh, i.e. gs @ (Wh^T)^T, on Wh^T
+  // packed once per call (gemm_packed): pack_gates(Wh^T, 1, H, G) lays out,
+  // per block of pack_width() units j, row k of Wh^T's columns, i.e. Wh's
+  // rows k sliced to the block, zero-padded: copied straight from Wh.
   const bool full_step = !(gru && !lbr); // one (B, G) matmul per step
-  // 64-byte aligned: misaligned packings split every vector load (layer_core.h).
-  thread_local PackedFloats whp_fwd, whp_bwd;
-  thread_local std::vector<float> wht;
+  thread_local PackedFloats whp_bwd;
   if (full_step) {
-    fit_buffer(whp_fwd, size_t(fns.packed_floats(1, G, H)));
-    fns.pack_gates(wh, 1, G, H, whp_fwd.data());
-    fit_buffer(wht, size_t(H) * G);
-    for (int q = 0; q < G; ++q) {
-      for (int j = 0; j < H; ++j) {
-        wht[size_t(j) * G + q] = wh[size_t(q) * H + j];
-      }
-    }
+    const int pw = fns.pack_width();
+    const int nb = (H + pw - 1) / pw;
     fit_buffer(whp_bwd, size_t(fns.packed_floats(1, H, G)));
-    fns.pack_gates(wht.data(), 1, H, G, whp_bwd.data());
-  }
-
-  for (int s = 0; s < T; ++s) {
-    const int t = time_of(s);
-    if (gru && !lbr) {
-      matmul_nt(h.data(), wh, g.data(), B, 2 * H, H, G);
-      for (int b = 0; b < B; ++b) {
-        const size_t r = row(t, b);
-        const float* xr = xp + r * G;
-        const float* gb = g.data() + size_t(b) * G;
-        float* hb = h.data() + size_t(b) * H;
-        float* a = act + r * G;
-        float* rhb = rh.data() + size_t(b) * H;
-        for (int j = 0; j < H; ++j) {
-          const float rg = sigm(xr[j] + gb[j]);
-          a[j] = rg;
-          a[H + j] = sigm(xr[H + j] + gb[H + j]);
-          rhb[j] = rg * hb[j];
-        }
-      }
-      matmul_nt(rh.data(), wh + size_t(2) * H * H, g.data() + 2 * H, B, H, H, G);
-    } else {
-      fns.gemm_packed(h.data(), B, H, H, whp_fwd.data(), G, g.data(), G);
-    }
-    for (int b = 0; b < B; ++b) {
-      const size_t r = row(t, b);
-      if (!valid(t, b)) {
-        // Finite zeros for the weight-gradient matmuls (buffers are reused).
-        std::memset(hprev + r * H, 0, sizeof(float) * H);
-        std::memset(act + r * G, 0, sizeof(float) * G);
-        if (lstm || gru) {
-          std::memset(aux + r * H, 0, sizeof(float) * H);
-        }
-        if (lstm) {
-          std::memset(aux2 + r * H, 0, sizeof(float) * H);
-        }
-        continue;
-      }
-      const float* xr = xp + r * G;
-      const float* gb = g.data() + size_t(b) * G;
-      float* hb = h.data() + size_t(b) * H;
-      float* a = act + r * G;
-      std::memcpy(hprev + r * H, hb, sizeof(float) * H);
-      if (lstm) {
-        // The forward kernel's own gate math (lstm_row), saving activations.
-        fns.lstm_row_save(
-            gb, xr, hb, c.data() + size_t(b) * H, a, aux2 + r * H,
-            aux + r * H, H);
-      } else if (gru && lbr) {
-        for (int j = 0; j < H; ++j) {
-          const float rg = sigm(xr[j] + gb[j]);
-          const float z = sigm(xr[H + j] + gb[H + j]);
-          const float hp = gb[2 * H + j] + bhn[j];
-          const float n = std::tanh(xr[2 * H + j] + rg * hp);
-          a[j] = rg;
-          a[H + j] = z;
-          a[2 * H + j] = n;
-          aux[r * H + j] = hp;
-          hb[j] = (1.0f - z) * n + z * hb[j];
-        }
-      } else if (gru) {
-        const float* rhb = rh.data() + size_t(b) * H;
-        for (int j = 0; j < H; ++j) {
-          const float z = a[H + j];
-          const float n = std::tanh(xr[2 * H + j] + (gb[2 * H + j] + bhn[j]));
-          a[2 * H + j] = n;
-          aux[r * H + j] = rhb[j];
-          hb[j] = (1.0f - z) * n + z * hb[j];
-        }
-      } else {
-        for (int j = 0; j < H; ++j) {
-          const float v = xr[j] + gb[j];
-          const float hn = cfg.relu ? (v <= 0.0f ? 0.0f : v) : std::tanh(v);
-          a[j] = hn;
-          hb[j] = hn;
-        }
-      }
-    }
-    if (gru && !lbr) {
-      // Rows past their length computed r, z above; the step never happened.
-      for (int b = 0; b < B; ++b) {
-        if (!valid(t, b)) {
-          std::memset(act + row(t, b) * G, 0, sizeof(float) * G);
-        }
+    for (int bk = 0; bk < nb; ++bk) {
+      const int j0 = bk * pw, n = std::min(pw, H - j0);
+      float* p = whp_bwd.data() + size_t(bk) * G * pw;
+      for (int k = 0; k < G; ++k) {
+        std::memcpy(p + size_t(k) * pw, wh + size_t(k) * H + j0, sizeof(float) * n);
+        std::fill(p + size_t(k) * pw + n, p + size_t(k + 1) * pw, 0.0f);
       }
     }
   }
-
   // Backward. dh / dc: gradient w.r.t. the state after the step being undone.
   std::vector<float> dh(dhn, dhn + state);
   std::vector<float> dc(lstm ? state : 0);
@@ -390,19 +352,21 @@ void run_grad(
   }
 
   // Outputs, in input order: dx, dWh, [dh0], [dc0], [dbhn], [dWx, [dbias]].
+  const bool legacy = cfg.legacy;
   size_t o = 0;
   float* dx = out[o++].data<float>();
   float* dwh = out[o++].data<float>();
   if (gru) {
-    gemm_tn(dxp, G, hprev, H, dwh, H, 2 * H, H, int(rows));
+    gemm_tn(dxp, G, hprev, H, dwh, H, 2 * H, H, int(rows), legacy);
     if (lbr) {
-      gemm_tn(dghn, H, hprev, H, dwh + size_t(2) * H * H, H, H, H, int(rows));
+      gemm_tn(dghn, H, hprev, H, dwh + size_t(2) * H * H, H, H, H, int(rows),
+              legacy);
     } else {
       gemm_tn(dxp + 2 * H, G, aux, H, dwh + size_t(2) * H * H, H, H, H,
-              int(rows));
+              int(rows), legacy);
     }
   } else {
-    gemm_tn(dxp, G, hprev, H, dwh, H, G, H, int(rows));
+    gemm_tn(dxp, G, hprev, H, dwh, H, G, H, int(rows), legacy);
   }
   if (cfg.has_h0) {
     std::memcpy(out[o++].data<float>(), dh.data(), sizeof(float) * state);
@@ -419,13 +383,17 @@ void run_grad(
     }
   }
   if (wx) {
-    gemm_nn(dxp, G, wx, I, dx, I, int(rows), I, G);
-    gemm_tn(dxp, G, x, I, out[o++].data<float>(), I, G, I, int(rows));
+    if (!cfg.skip_dx) {
+      gemm_nn(dxp, G, wx, I, dx, I, int(rows), I, G);
+    }
+    gemm_tn(dxp, G, x, I, out[o++].data<float>(), I, G, I, int(rows), legacy);
     if (cfg.has_bias) {
       colsum(dxp, rows, G, G, out[o++].data<float>());
     }
   } else {
-    std::memcpy(dx, dxp, sizeof(float) * rows * G);
+    if (!cfg.skip_dx) {
+      std::memcpy(dx, dxp, sizeof(float) * rows * G);
+    }
   }
 }
 
@@ -434,6 +402,10 @@ mx::Stream cpu_stream() {
 }
 
 } // namespace
+
+std::pair<long long, long long> grad_counts() {
+  return {g_saved_runs.load(), g_recomputed_runs.load()};
+}
 
 namespace detail {
 
@@ -447,9 +419,11 @@ int seq_float_inputs(const SeqConfig& cfg) {
 }
 
 std::vector<mx::array> seq_grads(
-    const SeqConfig& cfg,
+    SeqConfig cfg,
     const std::vector<mx::array>& primals,
-    const std::vector<mx::array>& cotangents) {
+    const std::vector<mx::array>& cotangents,
+    const std::vector<mx::array>& saved,
+    bool need_dx) {
   if (cfg.wh_int8 || cfg.wx_int8) {
     refuse(
         "int8 weights have no gradient; train the float model and quantize "
@@ -459,17 +433,18 @@ std::vector<mx::array> seq_grads(
   const int li = seq_lengths_index(cfg);
   auto stream = cpu_stream();
   std::vector<mx::array> inputs(primals.begin(), primals.begin() + nf);
-  for (const auto& c : cotangents) {
-    inputs.push_back(mx::astype(c, mx::float32, stream));
+  // Those of y, h_n[, c_n]; a training forward's saved outputs get none.
+  const size_t n_cot = cfg.cell == Cell::LSTM ? 3 : 2;
+  for (size_t i = 0; i < n_cot; ++i) {
+    inputs.push_back(mx::astype(cotangents[i], mx::float32, stream));
   }
-  std::vector<mx::Shape> shapes;
-  for (int i = 0; i < nf; ++i) {
-    if (i != li) {
-      shapes.push_back(primals[i].shape());
-    }
-  }
-  std::vector<mx::Dtype> dtypes(shapes.size(), mx::float32);
+  cfg.save = !saved.empty();
+  inputs.insert(inputs.end(), saved.begin(), saved.end());
+  cfg.skip_dx = !need_dx;
+  cfg.legacy = legacy_backward();
   auto p = std::make_shared<RecurrentSeqGrad>(stream, cfg);
+  auto shapes = p->output_shapes(inputs);
+  std::vector<mx::Dtype> dtypes(shapes.size(), mx::float32);
   return mx::array::make_arrays(std::move(shapes), dtypes, p, inputs);
 }
 
@@ -489,6 +464,9 @@ std::vector<mx::Shape> RecurrentSeqGrad::output_shapes(
       shapes.push_back(inputs[i].shape());
     }
   }
+  if (cfg_.skip_dx) {
+    shapes[0] = {0};
+  }
   return shapes;
 }
 
@@ -496,8 +474,16 @@ std::vector<mx::array> RecurrentSeq::vjp(
     const std::vector<mx::array>& primals,
     const std::vector<mx::array>& cotangents,
     const std::vector<int>& argnums,
-    const std::vector<mx::array>&) {
-  auto grads = seq_grads(cfg_, primals, cotangents);
+    const std::vector<mx::array>& outputs) {
+  // A training forward's saved activations follow y, h_n, c_n.
+  std::vector<mx::array> saved;
+  if (cfg_.save && outputs.size() == 7) {
+    saved.assign(outputs.begin() + 3, outputs.end());
+  }
+  // The input's gradient only when asked for (a model's input data is not):
+  // its matmul costs as much as the input weights' one.
+  const bool need_dx = std::find(argnums.begin(), argnums.end(), 0) != argnums.end();
+  auto grads = seq_grads(cfg_, primals, cotangents, saved, need_dx);
   const int li = seq_lengths_index(cfg_);
   std::vector<mx::array> res;
   for (int a : argnums) {
@@ -594,7 +580,15 @@ std::vector<mx::array> RecurrentStack::vjp(
     if (lstm) {
       cots.push_back(layer_state(cotangents[2], l));
     }
-    auto g = seq_grads(c, ins[l], cots);
+    std::vector<mx::array> saved;
+    const size_t o_save = n_main + size_t(L) - 1 + 4 * size_t(l);
+    if (cfg_.save && outputs.size() >= o_save + 4) {
+      saved.assign(outputs.begin() + o_save, outputs.begin() + o_save + 4);
+    }
+    // Layer 0's input gradient only when asked for; the others feed the layer below.
+    const bool need_dx = l > 0 ||
+        std::find(argnums.begin(), argnums.end(), 0) != argnums.end();
+    auto g = seq_grads(c, ins[l], cots, saved, need_dx);
     size_t o = 0;
     dy = g[o++];
     const size_t w = first[l];

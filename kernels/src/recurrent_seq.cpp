@@ -373,6 +373,10 @@ void run_layer(const SeqConfig& cfg, int T, int B, const LayerIO& io) {
     seq.T = T;
     seq.B = B;
     seq.H = H;
+    seq.act = io.save_act;
+    seq.cp = io.save_cp;
+    seq.tc = io.save_tc;
+    seq.hprev = io.save_hprev;
     run_fused_lstm(seq);
     return;
   }
@@ -384,13 +388,30 @@ void run_layer(const SeqConfig& cfg, int T, int B, const LayerIO& io) {
         matmul_w(h, wh, g.data(), B, G, H, G);
         for (int b = 0; b < B; ++b) {
           float* yb = y + yrow(t, b);
+          const size_t r = yrow(t, b);
           if (!valid(t, b)) {
             std::memset(yb, 0, sizeof(float) * H);
+            if (io.save_act) { // finite zeros, as run_fused_lstm
+              std::memset(io.save_act + 4 * r, 0, sizeof(float) * G);
+              std::memset(io.save_cp + r, 0, sizeof(float) * H);
+              std::memset(io.save_tc + r, 0, sizeof(float) * H);
+              std::memset(io.save_hprev + r, 0, sizeof(float) * H);
+            }
             continue;
           }
-          fns.lstm_row(
-              g.data() + size_t(b) * G, xp + xrow(t, b), h + size_t(b) * H,
-              c + size_t(b) * H, yb, H);
+          float* hb = h + size_t(b) * H;
+          if (io.save_act) {
+            std::memcpy(io.save_hprev + r, hb, sizeof(float) * H);
+            fns.lstm_row_save(
+                g.data() + size_t(b) * G, xp + xrow(t, b), hb,
+                c + size_t(b) * H, io.save_act + 4 * r, io.save_cp + r,
+                io.save_tc + r, H);
+            std::memcpy(yb, hb, sizeof(float) * H);
+          } else {
+            fns.lstm_row(
+                g.data() + size_t(b) * G, xp + xrow(t, b), hb,
+                c + size_t(b) * H, yb, H);
+          }
         }
         break;
       case Cell::GRU:
@@ -560,6 +581,36 @@ void dispatch_cpu(
   });
 }
 
+std::vector<mx::Shape> save_output_shapes(const mx::Shape& y_shape) {
+  mx::Shape act = y_shape;
+  act.back() *= 4;
+  return {act, y_shape, y_shape, y_shape};
+}
+
+bool legacy_backward() {
+  const char* v = std::getenv("EDGELSTM_GRAD_LEGACY"); // ~100 ns a call
+  return v && std::strcmp(v, "1") == 0;
+}
+
+bool wants_save(
+    Cell cell,
+    bool train,
+    bool int8,
+    const std::vector<mx::array>& inputs) {
+  if (!train || cell != Cell::LSTM || int8) {
+    return false;
+  }
+  if (legacy_backward()) {
+    return false;
+  }
+  for (const auto& a : inputs) {
+    if (a.is_tracer()) {
+      return true;
+    }
+  }
+  return false;
+}
+
 bool can_run_now(const std::vector<mx::array>& inputs) {
   for (const auto& a : inputs) {
     if (a.is_tracer() || !a.is_available()) {
@@ -688,6 +739,12 @@ void run_sequence(
   // The state lives in the h_n / c_n outputs for the whole run.
   io.h = out[1].data<float>();
   io.c = cfg.cell == Cell::LSTM ? out[2].data<float>() : nullptr;
+  if (cfg.save) {
+    io.save_act = out[3].data<float>();
+    io.save_cp = out[4].data<float>();
+    io.save_tc = out[5].data<float>();
+    io.save_hprev = out[6].data<float>();
+  }
   run_layer(cfg, T, B, io);
 }
 
@@ -704,7 +761,8 @@ std::vector<mx::array> build(
     const std::optional<mx::array>& bias,
     const std::optional<mx::array>& Wh_scales,
     const std::optional<mx::array>& Wx_scales,
-    bool eager) {
+    bool eager,
+    bool train) {
   const int gates = gate_count(cfg.cell);
   EDGELSTM_CHECK(xp.ndim() == 3, "xp must be 3-D, got " + shape_str(xp));
   EDGELSTM_CHECK(Wh.ndim() == 2, "Wh must be 2-D, got " + shape_str(Wh));
@@ -743,7 +801,11 @@ std::vector<mx::array> build(
     cfg.wx_int8 = true;
   }
 
-  return make_outputs<RecurrentSeq>(cfg, inputs, eager);
+  cfg.save = wants_save(cfg.cell, train, cfg.wh_int8 || cfg.wx_int8, inputs);
+  auto outs = make_outputs<RecurrentSeq>(cfg, inputs, eager);
+  // Saved outputs: the vjp's only.
+  outs.erase(outs.begin() + (cfg.cell == Cell::LSTM ? 3 : 2), outs.end());
+  return outs;
 }
 
 } // namespace
@@ -754,8 +816,14 @@ RecurrentSeq::RecurrentSeq(mx::Stream stream, SeqConfig cfg)
 
 std::vector<mx::Shape> RecurrentSeq::output_shapes(
     const std::vector<mx::array>& inputs) {
-  return fused_output_shapes(
+  auto shapes = fused_output_shapes(
       cfg_.cell, cfg_.batch_first, inputs[0], inputs[1].shape(1));
+  if (cfg_.save) {
+    for (auto& s : save_output_shapes(shapes[0])) {
+      shapes.push_back(std::move(s));
+    }
+  }
+  return shapes;
 }
 
 std::vector<mx::array> lstm_seq(
@@ -770,11 +838,12 @@ std::vector<mx::array> lstm_seq(
     const std::optional<mx::array>& bias,
     const std::optional<mx::array>& Wh_scales,
     const std::optional<mx::array>& Wx_scales,
-    bool eager) {
+    bool eager,
+    bool train) {
   return build(
       {.cell = Cell::LSTM, .reverse = reverse, .batch_first = batch_first},
       xp, Wh, h0, c0, std::nullopt, lengths, Wx, bias, Wh_scales, Wx_scales,
-      eager);
+      eager, train);
 }
 
 std::vector<mx::array> gru_seq(
@@ -790,14 +859,15 @@ std::vector<mx::array> gru_seq(
     const std::optional<mx::array>& bias,
     const std::optional<mx::array>& Wh_scales,
     const std::optional<mx::array>& Wx_scales,
-    bool eager) {
+    bool eager,
+    bool train) {
   return build(
       {.cell = Cell::GRU,
        .reverse = reverse,
        .batch_first = batch_first,
        .linear_before_reset = linear_before_reset},
       xp, Wh, h0, std::nullopt, bhn, lengths, Wx, bias, Wh_scales, Wx_scales,
-      eager);
+      eager, train);
 }
 
 std::vector<mx::array> rnn_seq(
@@ -812,7 +882,8 @@ std::vector<mx::array> rnn_seq(
     const std::optional<mx::array>& bias,
     const std::optional<mx::array>& Wh_scales,
     const std::optional<mx::array>& Wx_scales,
-    bool eager) {
+    bool eager,
+    bool train) {
   return build(
       {.cell = Cell::RNN,
        .reverse = reverse,
@@ -820,7 +891,7 @@ std::vector<mx::array> rnn_seq(
        .relu = relu},
       xp, Wh, h0, std::nullopt, std::nullopt, lengths, Wx, bias, Wh_scales,
       Wx_scales,
-      eager);
+      eager, train);
 }
 
 } // namespace edgelstm

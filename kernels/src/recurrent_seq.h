@@ -12,6 +12,7 @@
 #include <memory>
 #include <optional>
 #include <string>
+#include <utility>
 #include <vector>
 
 #include "mlx/ops.h"
@@ -37,6 +38,13 @@ struct SeqConfig {
   bool has_bias = false;
   bool wh_int8 = false; // Wh int8 + Wh_scales input (after all others)
   bool wx_int8 = false; // Wx int8 + Wx_scales input (last)
+  // LSTM, float weights. RecurrentSeq: the training forward, with four more
+  // outputs (save_output_shapes) that its vjp hands to RecurrentSeqGrad;
+  // RecurrentSeqGrad: those four come as inputs after the cotangents and the
+  // forward is not recomputed.
+  bool save = false;
+  bool skip_dx = false; // RecurrentSeqGrad: no input gradient (output 0 is (0,))
+  bool legacy = false; // RecurrentSeqGrad: sgemm weight gradients (legacy_backward)
 
   bool operator==(const SeqConfig&) const = default;
 };
@@ -172,7 +180,8 @@ class RecurrentSeq : public FusedPrimitive<SeqConfig> {
 };
 
 // Backward of RecurrentSeq (BPTT): recomputes the forward, saving the gate
-// activations, then runs the recurrence backwards. Inputs: RecurrentSeq's
+// activations (or reads them from a training forward's saved outputs,
+// SeqConfig::save), then runs the recurrence backwards. Inputs: RecurrentSeq's
 // (float weights) then the cotangents of y, h_n[, c_n]. Outputs: the
 // gradient of every forward input but lengths, in input order.
 class RecurrentSeqGrad : public FusedPrimitive<SeqConfig> {
@@ -202,6 +211,7 @@ struct StackConfig {
   bool has_h0 = false;
   bool has_c0 = false;
   bool has_lengths = false;
+  bool save = false; // LSTM training forward: four saved outputs per layer
   std::vector<uint8_t> layers = {}; // LayerFlag bits per layer, bottom first
 
   bool operator==(const StackConfig&) const = default;
@@ -248,7 +258,8 @@ std::vector<mx::array> lstm_seq(
     const std::optional<mx::array>& bias,
     const std::optional<mx::array>& Wh_scales,
     const std::optional<mx::array>& Wx_scales,
-    bool eager = false);
+    bool eager = false,
+    bool train = false);
 
 // xp: (T,B,3H) gate order r,z,n; Wh (3H,H); bhn (H,). Returns {y, h_n}.
 std::vector<mx::array> gru_seq(
@@ -264,7 +275,8 @@ std::vector<mx::array> gru_seq(
     const std::optional<mx::array>& bias,
     const std::optional<mx::array>& Wh_scales,
     const std::optional<mx::array>& Wx_scales,
-    bool eager = false);
+    bool eager = false,
+    bool train = false);
 
 // xp: (T,B,H); Wh (H,H). Returns {y, h_n}.
 std::vector<mx::array> rnn_seq(
@@ -279,7 +291,13 @@ std::vector<mx::array> rnn_seq(
     const std::optional<mx::array>& bias,
     const std::optional<mx::array>& Wh_scales,
     const std::optional<mx::array>& Wx_scales,
-    bool eager = false);
+    bool eager = false,
+    bool train = false);
+
+// Backward (RecurrentSeqGrad) runs so far, per layer and direction: those
+// that read a training forward's saved activations, those that recomputed
+// the forward (tests check which path training takes).
+std::pair<long long, long long> grad_counts();
 
 using ArrayList = std::vector<mx::array>;
 using OptArrayList = std::vector<std::optional<mx::array>>;
@@ -292,6 +310,11 @@ using OptArrayList = std::vector<std::optional<mx::array>>;
 // {y, h_n (L,B,H), c_n (L,B,H)} (LSTM) or {y, h_n}.
 // Every function here with `eager` computes its outputs before returning
 // when its inputs are computed and not traced (detail::make_outputs).
+// `train` (the model is training): where an LSTM's float inputs are traced
+// (autodiff, or compile), the forward also saves what BPTT reads (the gate
+// activations, the c and h each step read, tanh of the new c: 7H floats per
+// row, T*B*7H per layer) and its vjp uses them instead of recomputing the
+// forward. GRU and RNN always recompute.
 std::vector<mx::array> lstm_stack(
     const mx::array& x,
     const ArrayList& Wx,
@@ -303,7 +326,8 @@ std::vector<mx::array> lstm_stack(
     bool batch_first,
     const OptArrayList& Wx_scales,
     const OptArrayList& Wh_scales,
-    bool eager = false);
+    bool eager = false,
+    bool train = false);
 
 std::vector<mx::array> gru_stack(
     const mx::array& x,
@@ -317,7 +341,8 @@ std::vector<mx::array> gru_stack(
     bool batch_first,
     const OptArrayList& Wx_scales,
     const OptArrayList& Wh_scales,
-    bool eager = false);
+    bool eager = false,
+    bool train = false);
 
 std::vector<mx::array> rnn_stack(
     const mx::array& x,
@@ -330,6 +355,7 @@ std::vector<mx::array> rnn_stack(
     bool batch_first,
     const OptArrayList& Wx_scales,
     const OptArrayList& Wh_scales,
-    bool eager = false);
+    bool eager = false,
+    bool train = false);
 
 } // namespace edgelstm

@@ -89,6 +89,13 @@ void run_stack(
     } else {
       io.y = out[n_main + l].data<float>();
     }
+    if (cfg.save) {
+      const size_t o = n_main + (L - 1) + 4 * l;
+      io.save_act = out[o].data<float>();
+      io.save_cp = out[o + 1].data<float>();
+      io.save_tc = out[o + 2].data<float>();
+      io.save_hprev = out[o + 3].data<float>();
+    }
     run_layer(layer_cfg, T, B, io);
     x = io.y;
     I = H;
@@ -107,7 +114,8 @@ std::vector<mx::array> build_stack(
     const std::optional<mx::array>& lengths,
     const OptArrayList& Wx_scales,
     const OptArrayList& Wh_scales,
-    bool eager) {
+    bool eager,
+    bool train) {
   const int gates = gate_count(cfg.cell);
   const size_t L = Wh.size();
   EDGELSTM_CHECK(L > 0, "a stack needs at least one layer");
@@ -170,8 +178,14 @@ std::vector<mx::array> build_stack(
     cfg.layers.push_back(f);
   }
 
+  bool int8 = false;
+  for (uint8_t f : cfg.layers) {
+    int8 = int8 || (f & (kWxInt8 | kWhInt8));
+  }
+  cfg.save = wants_save(cfg.cell, train, int8, inputs);
   auto outs = make_outputs<RecurrentStack>(std::move(cfg), inputs, eager);
-  outs.erase(outs.begin() + (gates == 4 ? 3 : 2), outs.end()); // lower ys: internal
+  // Lower ys and saved activations: internal (the vjp's).
+  outs.erase(outs.begin() + (gates == 4 ? 3 : 2), outs.end());
   return outs;
 }
 
@@ -190,6 +204,12 @@ std::vector<mx::Shape> RecurrentStack::output_shapes(
   for (size_t l = 0; l + 1 < cfg_.layers.size(); ++l) {
     shapes.push_back(y);
   }
+  // Then, in a training forward, each layer's saved activations.
+  for (size_t l = 0; cfg_.save && l < cfg_.layers.size(); ++l) {
+    for (auto& s : save_output_shapes(y)) {
+      shapes.push_back(std::move(s));
+    }
+  }
   return shapes;
 }
 
@@ -204,10 +224,12 @@ std::vector<mx::array> lstm_stack(
     bool batch_first,
     const OptArrayList& Wx_scales,
     const OptArrayList& Wh_scales,
-    bool eager) {
+    bool eager,
+    bool train) {
   return build_stack(
       {.cell = Cell::LSTM, .batch_first = batch_first}, x, Wx, Wh, bias, {},
-      h0, c0, lengths, Wx_scales, Wh_scales, eager);
+      h0, c0, lengths, Wx_scales, Wh_scales, eager,
+      train);
 }
 
 std::vector<mx::array> gru_stack(
@@ -222,12 +244,14 @@ std::vector<mx::array> gru_stack(
     bool batch_first,
     const OptArrayList& Wx_scales,
     const OptArrayList& Wh_scales,
-    bool eager) {
+    bool eager,
+    bool train) {
   return build_stack(
       {.cell = Cell::GRU,
        .batch_first = batch_first,
        .linear_before_reset = linear_before_reset},
-      x, Wx, Wh, bias, bhn, h0, std::nullopt, lengths, Wx_scales, Wh_scales, eager);
+      x, Wx, Wh, bias, bhn, h0, std::nullopt, lengths, Wx_scales, Wh_scales, eager,
+      train);
 }
 
 std::vector<mx::array> rnn_stack(
@@ -241,10 +265,12 @@ std::vector<mx::array> rnn_stack(
     bool batch_first,
     const OptArrayList& Wx_scales,
     const OptArrayList& Wh_scales,
-    bool eager) {
+    bool eager,
+    bool train) {
   return build_stack(
       {.cell = Cell::RNN, .batch_first = batch_first, .relu = relu}, x, Wx,
-      Wh, bias, {}, h0, std::nullopt, lengths, Wx_scales, Wh_scales, eager);
+      Wh, bias, {}, h0, std::nullopt, lengths, Wx_scales, Wh_scales, eager,
+      train);
 }
 
 } // namespace edgelstm
