@@ -72,6 +72,7 @@ def build_model(
     features: dict | None = None,
     pool: str = "last",
     stem: dict | str | None = None,
+    fcn: dict | str | None = None,
     **cell_options: Any,
 ) -> SequenceModel:
     """An untrained classifier sized for ``dataset``.
@@ -96,6 +97,10 @@ def build_model(
             (see :mod:`edgelstm.nn.stem`; the model cannot stream),
             ``"auto"`` (:func:`~edgelstm.training.recipe.auto_stem` picks one
             for long univariate series, or none) or ``None``.
+        fcn: a fully convolutional branch beside the stack (LSTM-FCN, see
+            :mod:`edgelstm.nn.fcn`; the model cannot stream):
+            ``{"channels": [...], "kernels": [...]}``, ``"auto"``
+            (:func:`~edgelstm.training.recipe.auto_fcn`) or ``None``.
         cell_options: extra recurrent options (``clip``, ``peephole``, ...).
 
     Returns:
@@ -117,6 +122,16 @@ def build_model(
         raise ConfigError(f"stem must be a dict, 'auto' or None, got {stem!r}")
     if stem is not None:
         stem = {"kind": "conv", **stem, "input_size": dataset.input_size}
+    if fcn == "auto":
+        from edgelstm.training.recipe import auto_fcn
+
+        fcn = auto_fcn(dataset) if head == "sequence" else None
+    if fcn == "none":
+        fcn = None
+    if fcn is not None and not isinstance(fcn, dict):
+        raise ConfigError(f"fcn must be a dict, 'auto' or None, got {fcn!r}")
+    if fcn is not None:
+        fcn = {"kind": "fcn", **fcn}
     if pool == "auto":
         pool = "mean" if stem is not None and head == "sequence" else "last"
     rnn_in = stem.get("channels", 32) if stem is not None else dataset.input_size
@@ -124,7 +139,7 @@ def build_model(
                           bidirectional=bidirectional, dropout=dropout, **cell_options)
     return SequenceModel(rnn, num_outputs=dataset.num_classes, head=head,
                          labels=dataset.labels, normalize=normalize, pool=pool, stem=stem,
-                         features=features if features is not None else dataset.features)
+                         fcn=fcn, features=features if features is not None else dataset.features)
 
 
 def fit_normalization(model: SequenceModel, dataset: Dataset) -> None:
@@ -382,7 +397,7 @@ def train(
     batch_size: int | None = None,
     seed: int = 0,
     *,
-    validation: Dataset | float | None = 0.1,
+    validation: Dataset | float | str | None = 0.1,
     patience: int | None = 20,
     clip_norm: float | None = 1.0,
     weight_decay: float = 1e-4,
@@ -419,7 +434,9 @@ def train(
         seed: seeds init, the validation split, shuffling, augmentation and dropout.
         validation: a held-out :class:`Dataset`, a fraction of ``dataset``
             to hold out (stratified, at least one per class that has two;
-            none, with a message, when that is impossible), or ``None``/``0``.
+            none, with a message, when that is impossible), ``None``/``0``,
+            or ``"auto"`` (:func:`~edgelstm.training.recipe.auto_validation`:
+            0.1, none for a model with an fcn branch).
         patience: stop after this many epochs without a better validation
             score (accuracy, then loss); the best weights are restored.
             ``None`` trains all epochs (still restoring the best).
@@ -468,6 +485,13 @@ def train(
     from edgelstm.training.augment import Augmenter, parse_augment
     from edgelstm.training.recipe import auto_augment, auto_batch_size, holdout, lr_at, provenance
 
+    if isinstance(validation, str):
+        if validation != "auto":
+            raise ConfigError(f"validation must be a fraction, a Dataset, None or 'auto', "
+                              f"got {validation!r}")
+        from edgelstm.training.recipe import auto_validation
+
+        validation = auto_validation(model, dataset)
     if ema is not None and not 0.0 <= ema < 1.0:
         raise ConfigError(f"ema must be in [0, 1) (0: no averaging), got {ema!r}")
     if not 0.0 <= label_smoothing < 1.0:
