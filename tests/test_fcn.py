@@ -240,7 +240,7 @@ def test_auto_fcn_only_for_short_multichannel_sequence_labels():
     from edgelstm.training.recipe import AUTO_FCN, auto_fcn, auto_validation
 
     short = _series(12)
-    assert auto_fcn(short) == AUTO_FCN                                   # JapaneseVowels-like
+    assert auto_fcn(short) == AUTO_FCN and AUTO_FCN["dropout"] == 0.8   # JapaneseVowels-like
     assert auto_fcn(_series(12, T=100)) is None                          # long (BasicMotions)
     assert auto_fcn(_series(12, I=1)) is None                            # univariate
     audio = _series(12)
@@ -256,6 +256,12 @@ def test_auto_fcn_only_for_short_multichannel_sequence_labels():
     model, hist = train({"hidden": 4, "fcn": {"channels": [4], "kernels": [3]}}, short,
                         epochs=2, seed=0, validation="auto", log=None)
     assert hist["best_epoch"] is None and model.provenance["validation_sequences"] == 0
+    from edgelstm.training.recipe import FCN_EPOCHS, has_fcn
+
+    assert has_fcn({"fcn": "auto"}, short) and not has_fcn({"fcn": "auto", "head": "frame"}, short)
+    _, hist = train({"hidden": 4, "fcn": {"channels": [4], "kernels": [3]}}, short, seed=0,
+                    validation="auto", log=None, _stop_after=1)
+    assert hist["epochs"] == FCN_EPOCHS
     with pytest.raises(ConfigError, match="validation must be"):
         train({"hidden": 4}, short, epochs=1, validation="some", log=None)
 
@@ -266,7 +272,7 @@ def test_cli_fcn_option(tmp_path):
     np.savez(data, x=ds.x, y=ds.y, lengths=ds.lengths)
     runner = CliRunner()
     for spec, says in (("8,x:3", "Error: --fcn takes"), ("8,8:3", "2 channel counts but 1"),
-                       ("8:0", "fcn kernels must be integers"), ("1:2:3", "Error: --fcn takes")):
+                       ("8:0", "fcn kernels must be integers"), ("1:2:3:4", "Error: --fcn takes"), ("4:3:x", "Error: --fcn takes"), ("4:3:1.5", "fcn dropout must be")):
         bad = runner.invoke(cli, ["train", str(data), "-o", str(tmp_path / "m"), "--fcn", spec])
         assert bad.exit_code != 0 and says in bad.output, (spec, bad.output)
         assert "Traceback" not in bad.output and not (tmp_path / "m").exists()
@@ -303,3 +309,20 @@ def test_tflite_and_coreml_exports_refuse_the_branch_by_name():
     for check, tool in ((tflite_check, "TFLite"), (coreml_check, "Core ML")):
         with pytest.raises(UnsupportedError, match=f"{tool} export cannot express an fcn branch"):
             check(_model())
+
+
+def test_dropout_on_the_stack_summary_acts_in_training_only():
+    x, lengths = _batch()
+    plain = _model()
+    spec = {**FCN, "dropout": 0.5}
+    m = SequenceModel.from_config({**plain.config(), "fcn": spec})
+    m.update(plain.parameters())
+    m.eval()
+    assert m.config()["fcn"] == spec and "dropout" not in plain.config()["fcn"]
+    np.testing.assert_array_equal(np.array(m(mx.array(x), lengths=mx.array(lengths))),
+                                  np.array(plain(mx.array(x), lengths=mx.array(lengths))))
+    m.train()
+    a, b = (np.array(m(mx.array(x), lengths=mx.array(lengths))) for _ in range(2))
+    assert np.abs(a - b).max() > 0  # a fresh mask each call
+    with pytest.raises(ConfigError, match="fcn dropout must be in"):
+        ConvBranch.from_config(3, {**FCN, "dropout": 1.0})

@@ -29,8 +29,8 @@ from edgelstm.limits import MAX_BATCH, MAX_HIDDEN, MAX_LAYERS
 @click.option("--dropout", type=click.FloatRange(0, 1, max_open=True), default=0.0,
               show_default=True, help="Dropout between stacked layers.")
 @click.option("--epochs", type=click.IntRange(1), default=None,
-              help="Maximum epochs (default: 200, or enough for 1500 steps on small data; cut "
-              "short by early stopping or --time-budget).")
+              help="Maximum epochs (default: 200, or enough for 1500 steps on small data; 100 "
+              "with an fcn branch; cut short by early stopping or --time-budget).")
 @click.option("--lr", type=click.FloatRange(0, min_open=True), default=3e-3, show_default=True,
               help="Peak learning rate (warm-up, then cosine decay).")
 @click.option("--batch", "--batch-size", "batch_size", type=click.IntRange(1, MAX_BATCH),
@@ -56,8 +56,8 @@ from edgelstm.limits import MAX_BATCH, MAX_HIDDEN, MAX_LAYERS
 @click.option("--fcn", "fcn_spec", default="auto", show_default=True,
               help="Fully convolutional branch beside the LSTM, its pooled features joined to "
               "the LSTM's before the head (LSTM-FCN): auto (one for short multi-channel "
-              "sequences), none, or CHANNELS:KERNELS per block (e.g. 64,128,64:8,5,3). A "
-              "model with one cannot stream.")
+              "sequences), none, or CHANNELS:KERNELS[:DROPOUT] (e.g. 64,128,64:8,5,3; DROPOUT: "
+              "on the LSTM's features while training). A model with one cannot stream.")
 @click.option("--weight-decay", type=click.FloatRange(0), default=1e-4, show_default=True)
 @click.option("--time-budget", type=click.FloatRange(0, min_open=True), default=None,
               help="Seconds of training; the epochs are picked to fit.")
@@ -200,18 +200,23 @@ def _parse_stem(spec: str):
 
 
 def _parse_fcn(spec: str):
-    """``--fcn``: ``"auto"``, ``None`` (none) or a branch dict from ``C1,C2,..:K1,K2,..``."""
+    """``--fcn``: ``"auto"``, ``None`` (none) or a branch dict from ``C1,C2,..:K1,K2,..[:P]``."""
     from edgelstm.errors import ConfigError
 
     spec = spec.strip().lower()
     if spec in ("auto", "none"):
         return None if spec == "none" else "auto"
+    parts = spec.split(":")
     try:
-        channels, kernels = ([int(p) for p in part.split(",")] for part in spec.split(":"))
+        if len(parts) not in (2, 3):
+            raise ValueError
+        channels, kernels = ([int(p) for p in part.split(",")] for part in parts[:2])
+        dropout = float(parts[2]) if len(parts) == 3 else 0.0
     except ValueError:
-        raise ConfigError(f"--fcn takes auto, none or CHANNELS:KERNELS (e.g. 64,128,64:8,5,3), "
-                          f"got {spec!r}") from None
-    return {"kind": "fcn", "channels": channels, "kernels": kernels}
+        raise ConfigError("--fcn takes auto, none or CHANNELS:KERNELS[:DROPOUT] (e.g. "
+                          f"64,128,64:8,5,3), got {spec!r}") from None
+    return {"kind": "fcn", "channels": channels, "kernels": kernels,
+            **({"dropout": dropout} if dropout else {})}
 
 
 class _Progress:

@@ -117,14 +117,22 @@ class ConvBranch(nn.Module):
         input_size: features per input step, ``I``.
         channels: output channels of each block, ``[C_1, ..., C_n]``.
         kernels: taps of each block's convolution, ``[k_1, ..., k_n]``.
+        dropout: training-time dropout on the recurrent stack's summary before
+            it is joined to the pooled features (LSTM-FCN uses 0.8, so the head
+            cannot lean on the LSTM alone); applied by :class:`SequenceModel`.
 
     Parameters per block ``i``: ``blocks.i.conv.weight (C_i, k_i, C_{i-1})``
     (MLX's channels-last layout), ``blocks.i.conv.bias (C_i,)`` and
     ``blocks.i.bn.{weight, bias, running_mean, running_var} (C_i,)``.
     """
 
-    def __init__(self, input_size: int, channels=(128, 256, 128), kernels=(8, 5, 3)):
+    def __init__(self, input_size: int, channels=(128, 256, 128), kernels=(8, 5, 3),
+                 dropout: float = 0.0):
         super().__init__()
+        if isinstance(dropout, bool) or not isinstance(dropout, (int, float)) or not (
+                0.0 <= dropout < 1.0):
+            raise ConfigError(f"fcn dropout must be in [0, 1), got {dropout!r}")
+        self.dropout = float(dropout)
         channels, kernels = _int_list("fcn channels", channels), _int_list("fcn kernels", kernels)
         if len(channels) != len(kernels):
             raise ConfigError(f"the fcn branch has {len(channels)} channel counts but "
@@ -150,18 +158,19 @@ class ConvBranch(nn.Module):
 
     def config(self) -> dict:
         """JSON-able settings (``config.json`` ``fcn``)."""
-        return {"kind": "fcn", "channels": list(self.channels), "kernels": list(self.kernels)}
+        return {"kind": "fcn", "channels": list(self.channels), "kernels": list(self.kernels),
+                **({"dropout": self.dropout} if self.dropout else {})}
 
     @classmethod
     def from_config(cls, input_size: int, config: dict) -> ConvBranch:
         """Build from :meth:`config` output."""
         if not isinstance(config, dict) or config.get("kind", "fcn") != "fcn":
             raise ConfigError(f"fcn must be {{'kind': 'fcn', ...}}, got {config!r}")
-        unknown = set(config) - {"kind", "channels", "kernels"}
+        unknown = set(config) - {"kind", "channels", "kernels", "dropout"}
         if unknown:
             raise ConfigError(f"unknown fcn setting {sorted(unknown)[0]!r}")
         return cls(input_size, config.get("channels", DEFAULT_FCN["channels"]),
-                   config.get("kernels", DEFAULT_FCN["kernels"]))
+                   config.get("kernels", DEFAULT_FCN["kernels"]), config.get("dropout", 0.0))
 
     def steps(self, x, lengths=None):
         """Per-step features of the last block, ``(B, T, C_n)`` (zero past each length)."""

@@ -229,6 +229,8 @@ class SequenceModel(SaveMixin, nn.Module):
             head = _kernel_head(head, batch)
         if "fcn" in self:
             summary = _mean_steps(y, lengths) if self.pool == "mean" else self._last_step(y, final)
+            if self.training and self.fcn.dropout:  # evaluation: identity, nothing to export
+                summary = nn.Dropout(self.fcn.dropout)(summary)
             y = head(mx.concatenate([summary, branch], axis=-1))
         elif self.head_type == "sequence" and self.pool == "mean":
             y = head(_mean_steps(y, lengths))

@@ -425,8 +425,9 @@ def train(
             "hidden": 32}``); ``None`` means :func:`build_model` defaults.
         dataset: training data (``x (N, T, I)``, ``y (N,)`` or ``(N, T)``,
             optional ``lengths (N,)``).
-        epochs: maximum passes over the training data (``None``: 200, or
-            as many as make 1500 steps when that is more, for a
+        epochs: maximum passes over the training data (``None``: 100 for a
+            model with an fcn branch; else 200, or as many as make 1500 steps
+            when that is more, for a
             ``time_budget`` or early stopping to cut short; ArrowHead, 36
             sequences, 5 steps an epoch: 200 epochs 0.59, 300 epochs 0.77).
         lr: peak learning rate.
@@ -483,7 +484,15 @@ def train(
         without validation), ``epochs`` (the planned number) and ``interrupted``.
     """
     from edgelstm.training.augment import Augmenter, parse_augment
-    from edgelstm.training.recipe import auto_augment, auto_batch_size, holdout, lr_at, provenance
+    from edgelstm.training.recipe import (
+        FCN_EPOCHS,
+        auto_augment,
+        auto_batch_size,
+        has_fcn,
+        holdout,
+        lr_at,
+        provenance,
+    )
 
     if isinstance(validation, str):
         if validation != "auto":
@@ -508,6 +517,8 @@ def train(
         raise ConfigError(f"crop must be in (0, 1], got {crop!r}")
     if batch_size is None:
         batch_size = auto_batch_size(dataset.n)
+    if epochs is None and has_fcn(model, dataset):
+        epochs = FCN_EPOCHS  # it fits within ~70 (JapaneseVowels); each epoch costs ~10 LSTM ones
     if epochs is None:  # small sets take few steps per epoch: give them enough steps
         epochs = max(DEFAULT_EPOCHS, math.ceil(MIN_STEPS / math.ceil(dataset.n / batch_size)))
     if epochs < 1 or batch_size < 1 or lr <= 0:
