@@ -286,6 +286,19 @@ def test_cli_fcn_option(tmp_path):
                                                     "kernels": [3, 3]}
     info = runner.invoke(cli, ["info", str(tmp_path / "m")])
     assert info.exit_code == 0 and "fcn branch 3->8->4" in info.output
+    # no flag: short multi-channel sequences get the auto branch and no early-stopping split
+    auto = runner.invoke(cli, ["train", str(data), "-o", str(tmp_path / "a"), "--epochs", "2",
+                               "--hidden", "4"])
+    assert auto.exit_code == 0, auto.output
+    config = load(tmp_path / "a").config()
+    assert config["fcn"]["channels"] == [64, 128, 64] and config["fcn"]["dropout"] == 0.8
+    assert config["provenance"]["validation_sequences"] == 0
+    big = _series(210)  # 10% holds out 21 sequences: above the small-data rule's 20
+    np.savez(tmp_path / "big.npz", x=big.x, y=big.y, lengths=big.lengths)
+    plain = runner.invoke(cli, ["train", str(tmp_path / "big.npz"), "-o", str(tmp_path / "p"),
+                                "--epochs", "2", "--hidden", "4", "--fcn", "none"])
+    assert plain.exit_code == 0 and load(tmp_path / "p").can_stream
+    assert load(tmp_path / "p").provenance["validation_sequences"] > 0
 
 
 def test_checkpoint_limits_check_the_branch():
