@@ -13,7 +13,8 @@ concatenated instead of the last layer's; sums of rows are folded into the
 head weight by the importer. ``stem`` (optional, ``{"kind": "conv",
 "channels", "kernel", "stride", "input_size"}``) puts a causal strided conv
 stem before the stack (:mod:`edgelstm.nn.stem`; offline only). ``fcn``
-(optional, ``{"kind": "fcn", "channels": [...], "kernels": [...]}``) runs a
+(optional, ``{"kind": "fcn", "channels": [...], "kernels": [...]}``, optional
+``"dropout"`` on the stack's features while training) runs a
 fully convolutional branch beside the stack whose pooled features are
 concatenated after the stack's before a sequence head (the LSTM-FCN design,
 :mod:`edgelstm.nn.fcn`; offline only). ``provenance``
@@ -75,7 +76,7 @@ class SequenceModel(SaveMixin, nn.Module):
             then ``C``); the model then takes the stem's ``input_size``
             features per step (also stored under ``stem``) and cannot stream.
         fcn: ``{"kind": "fcn", "channels": [C_1, ...], "kernels": [k_1, ...]}``
-            adds a :class:`~edgelstm.nn.fcn.ConvBranch` on the normalised
+            (and optionally ``"dropout": p``, see :class:`~edgelstm.nn.fcn.ConvBranch`) adds a :class:`~edgelstm.nn.fcn.ConvBranch` on the normalised
             input; a sequence head then reads the stack's summary ``(B, F)``
             concatenated with the branch's pooled ``(B, C_n)``. Needs
             ``head="sequence"``; the model cannot stream.

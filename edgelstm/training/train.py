@@ -21,7 +21,9 @@ Under ``mlx.launch`` (world size above 1) training is data-parallel: each
 rank takes its shard of every global batch and the gradients are all-summed
 (:mod:`edgelstm.training.distributed`), so the model matches the
 single-process one up to the floating-point order of the reduction (dropout
-masks aside: each rank draws its own).
+masks aside: each rank draws its own; an fcn branch's batch norm normalises by
+each rank's shard and keeps rank 0's running statistics, as PyTorch DDP without
+SyncBatchNorm).
 """
 
 from __future__ import annotations
