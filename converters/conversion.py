@@ -354,4 +354,6 @@ def _describe(model) -> str:
     head = getattr(model, "head_type", None)
     return (f"{rnn.cell_type.upper()} {rnn.num_layers}x{rnn.hidden_size}"
             f"{' bidirectional' if rnn.bidirectional else ''}"
+            + (", conv stem" if "stem" in model else "")
+            + (", fcn branch" if "fcn" in model else "")
             + (f", {head} head" if head else ""))

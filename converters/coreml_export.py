@@ -68,6 +68,10 @@ def check_exportable(model) -> None:
         what = "non-default activations"
     elif getattr(seq, "summary", None) is not None:
         what = "a sequence head reading other final states than the last layer's (summary)"
+    elif seq is not None and "stem" in seq:
+        what = "a conv stem (export it to ONNX)"
+    elif seq is not None and "fcn" in seq:
+        what = "an fcn branch (export it to ONNX)"
     elif is_quantized(model) or getattr(model, "quantization", None):
         what = "quantized weights (export the float model)"
     if what:

@@ -196,6 +196,10 @@ def build_onnx(model, opset: int = DEFAULT_OPSET, streaming: bool = False,
     if streaming and stem is not None:
         raise UnsupportedError("a model with a conv stem cannot stream: the stem's input window "
                                "is not carried as state; export it without --streaming")
+    fcn = seq.fcn if seq is not None and "fcn" in seq else None
+    if streaming and fcn is not None:
+        raise UnsupportedError("a model with an fcn branch cannot stream: its pooled conv "
+                               "features are not carried as state; export it without --streaming")
     if streaming and rnn.bidirectional:
         raise UnsupportedError("a bidirectional model cannot stream: its reverse direction "
                                "needs the whole sequence; export it without --streaming")
@@ -214,6 +218,11 @@ def build_onnx(model, opset: int = DEFAULT_OPSET, streaming: bool = False,
         x = g.node("Sub", [x, g.init("norm.mean", _np(seq.norm.mean))])
         x = g.node("Div", [x, g.init("norm.std", _np(seq.norm.std))])
     seq_lens = LENGTHS_INPUT
+    branch = None
+    if fcn is not None:  # reads the normalised input, beside the stem and stack
+        from edgelstm.converters.onnx_fcn import fcn_branch
+
+        branch = fcn_branch(g, fcn, x, LENGTHS_INPUT if lengths else None)
     if stem is not None:
         x = _stem(g, stem, x)  # (T', B, C), time-major for the stack
         if lengths:  # max(L // s, 1), as edgelstm.nn.stem.stem_lengths
@@ -283,10 +292,7 @@ def build_onnx(model, opset: int = DEFAULT_OPSET, streaming: bool = False,
             shape = g.node("Shape", [y])
             count = g.node("Gather", [shape, g.init("pool_t_idx", np.array([t_axis], np.int64))])
             count = g.node("Cast", [count], to=TensorProto.FLOAT)  # (1,)
-        pooled = g.node("Div", [total, count])
-        y = g.node("Gemm", [pooled, g.init("head.weight", _head_weight(seq.head)),
-                            g.init("head.bias", _np(seq.head.bias))],
-                   outputs=[out_name], transB=1)
+        y = _sequence_head(g, seq, g.node("Div", [total, count]), branch, out_name)
     elif head == "sequence" and getattr(seq, "summary", None) is not None:
         # the head reads chosen rows of the final state (L*dirs, B, H), in order
         every = g.node("Concat", y_h, axis=0) if len(y_h) > 1 else y_h[0]
@@ -294,15 +300,11 @@ def build_onnx(model, opset: int = DEFAULT_OPSET, streaming: bool = False,
                       axis=0)  # (n, B, H)
         last = g.node("Transpose", [rows], perm=[1, 0, 2])  # (B, n, H)
         last = g.node("Reshape", [last, g.init("shape_B_merge", np.array([0, -1], np.int64))])
-        y = g.node("Gemm", [last, g.init("head.weight", _head_weight(seq.head)),
-                            g.init("head.bias", _np(seq.head.bias))],
-                   outputs=[out_name], transB=1)
+        y = _sequence_head(g, seq, last, branch, out_name)
     elif head == "sequence":
         last = g.node("Transpose", [y_h[-1]], perm=[1, 0, 2])  # (B, dirs, H)
         last = g.node("Reshape", [last, g.init("shape_B_merge", np.array([0, -1], np.int64))])
-        y = g.node("Gemm", [last, g.init("head.weight", _head_weight(seq.head)),
-                            g.init("head.bias", _np(seq.head.bias))],
-                   outputs=[out_name], transB=1)
+        y = _sequence_head(g, seq, last, branch, out_name)
     else:
         y = g.node("Identity", [y], outputs=[out_name])
 
@@ -325,6 +327,15 @@ def build_onnx(model, opset: int = DEFAULT_OPSET, streaming: bool = False,
         graph, opset_imports=[helper.make_opsetid("", opset)], producer_name="edgelstm")
     helper.set_model_props(onnx_model, _metadata(model, seq, rnn, streaming, lengths))
     return onnx_model
+
+
+def _sequence_head(g: _Graph, seq, features: str, branch: str | None, out_name: str) -> str:
+    """``Gemm`` head on the stack's ``(B, F)`` summary, after it the fcn branch's when present."""
+    if branch is not None:
+        features = g.node("Concat", [features, branch], axis=1)
+    return g.node("Gemm", [features, g.init("head.weight", _head_weight(seq.head)),
+                           g.init("head.bias", _np(seq.head.bias))],
+                  outputs=[out_name], transB=1)
 
 
 def _stem(g: _Graph, stem, x: str) -> str:

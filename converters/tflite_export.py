@@ -66,7 +66,11 @@ def check_exportable(model, streaming: bool = False) -> None:
     seq, rnn = _split_model(model)
     what = None
     spec = [c.get("_qspec") for c in _cells(rnn)]
-    if getattr(seq, "summary", None) is not None:
+    if seq is not None and "stem" in seq:
+        what = "a conv stem (export it to ONNX)"
+    elif seq is not None and "fcn" in seq:
+        what = "an fcn branch (export it to ONNX)"
+    elif getattr(seq, "summary", None) is not None:
         what = "a sequence head reading other final states than the last layer's (summary)"
     elif rnn.cell_options.get("activations") is not None:
         what = "non-default activations (the export uses LiteRT's sigmoid/tanh/relu ops)"

@@ -150,6 +150,32 @@ def _check_names(config: dict) -> None:
             raise ConfigError(f"{key} must not be empty")
 
 
+def _fcn_parameters(config: dict) -> int:
+    """Weights of a sequence config's ``fcn`` branch (sizes checked before anything is built)."""
+    from edgelstm.errors import ConfigError
+
+    fcn = config.get("fcn")
+    if fcn is None:
+        return 0
+    if not isinstance(fcn, dict):
+        raise ConfigError(f"fcn must be an object, got {type(fcn).__name__}")
+    channels, kernels = fcn.get("channels"), fcn.get("kernels")
+    if not isinstance(channels, list) or not isinstance(kernels, list) or not 1 <= len(
+            channels) <= 8 or len(channels) != len(kernels):
+        raise ConfigError("fcn needs lists 'channels' and 'kernels' of the same length, 1-8 "
+                          "blocks")
+    width = config.get("stem", {}).get("input_size") if isinstance(config.get("stem"), dict) \
+        else (config.get("rnn") or {}).get("input_size")
+    width = check_int("fcn input width", width, 1, MAX_INPUT_FEATURES)
+    params = 0
+    for i, (c, k) in enumerate(zip(channels, kernels, strict=True)):
+        c = check_int(f"fcn.channels[{i}]", c, 1, 1024)
+        k = check_int(f"fcn.kernels[{i}]", k, 1, 64)
+        params += c * (k * width + 1) + 4 * c  # conv + batch norm (weight, bias, statistics)
+        width = c
+    return params
+
+
 def check_model_config(config: dict, weights_bytes: int | None = None) -> None:
     """Validate a checkpoint's ``config.json`` sizes against the limits and the weights file.
 
@@ -180,6 +206,7 @@ def check_model_config(config: dict, weights_bytes: int | None = None) -> None:
             channels = check_int("stem.channels", stem.get("channels"), 1, 1024)
             kernel = check_int("stem.kernel", stem.get("kernel"), 1, 64)
             params += channels * (kernel * width + 1)
+        params += _fcn_parameters(config)
         for key in ("features", "quantization"):
             if config.get(key) is not None and not isinstance(config[key], dict):
                 raise ConfigError(f"{key} must be an object, got {type(config[key]).__name__}")

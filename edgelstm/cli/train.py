@@ -29,17 +29,18 @@ from edgelstm.limits import MAX_BATCH, MAX_HIDDEN, MAX_LAYERS
 @click.option("--dropout", type=click.FloatRange(0, 1, max_open=True), default=0.0,
               show_default=True, help="Dropout between stacked layers.")
 @click.option("--epochs", type=click.IntRange(1), default=None,
-              help="Maximum epochs (default: 200, or enough for 1500 steps on small data; cut "
-              "short by early stopping or --time-budget).")
+              help="Maximum epochs (default: 200, or enough for 1500 steps on small data; 100 "
+              "with an fcn branch; cut short by early stopping or --time-budget).")
 @click.option("--lr", type=click.FloatRange(0, min_open=True), default=3e-3, show_default=True,
               help="Peak learning rate (warm-up, then cosine decay).")
 @click.option("--batch", "--batch-size", "batch_size", type=click.IntRange(1, MAX_BATCH),
               default=None, help="Sequences per step (default: 8-32 from the data size).",
               cls=AliasOption, hidden_aliases=("--batch-size",))
 @click.option("--seed", type=int, default=0, show_default=True)
-@click.option("--val", "val_fraction", type=click.FloatRange(0, 1, max_open=True), default=0.1,
-              show_default=True, help="Fraction of the training data held out for early "
-              "stopping (0: none).")
+@click.option("--val", "val_fraction", type=click.FloatRange(0, 1, max_open=True), default=None,
+              help="Fraction of the training data held out for early stopping (0: none; "
+              "default 0.1, or 0 for a model with an fcn branch, which trains the whole "
+              "schedule).")
 @click.option("--patience", type=click.IntRange(1), default=20, show_default=True)
 @click.option("--crop", type=click.FloatRange(0, 1, min_open=True), default=None,
               help="Augment with random windows of at least this fraction of each sequence.")
@@ -52,6 +53,11 @@ from edgelstm.limits import MAX_BATCH, MAX_HIDDEN, MAX_LAYERS
 @click.option("--stem", "stem_spec", default="auto", show_default=True,
               help="Conv feature stem before the LSTM: auto (one for long series of 1-3 "
               "channels), none, or CHANNELS,KERNEL,STRIDE (e.g. 32,8,4). A stem cannot stream.")
+@click.option("--fcn", "fcn_spec", default="auto", show_default=True,
+              help="Fully convolutional branch beside the LSTM, its pooled features joined to "
+              "the LSTM's before the head (LSTM-FCN): auto (one for short multi-channel "
+              "sequences), none, or CHANNELS:KERNELS[:DROPOUT] (e.g. 64,128,64:8,5,3; DROPOUT: "
+              "on the LSTM's features while training). A model with one cannot stream.")
 @click.option("--weight-decay", type=click.FloatRange(0), default=1e-4, show_default=True)
 @click.option("--time-budget", type=click.FloatRange(0, min_open=True), default=None,
               help="Seconds of training; the epochs are picked to fit.")
@@ -76,7 +82,8 @@ from edgelstm.limits import MAX_BATCH, MAX_HIDDEN, MAX_LAYERS
 @force_option
 @handle_errors
 def train(data, output, cell, hidden, layers, bidirectional, head, target, dropout, epochs, lr,
-          batch_size, seed, val_fraction, patience, crop, augment, pool, stem_spec, weight_decay,
+          batch_size, seed, val_fraction, patience, crop, augment, pool, stem_spec, fcn_spec,
+          weight_decay,
           time_budget, ema, label_smoothing, refit, search_space, feature_kind, n_mels, n_mfcc,
           progress, as_json, force):
     """Train a classifier on DATA and save it to OUTPUT.
@@ -123,7 +130,8 @@ def train(data, output, cell, hidden, layers, bidirectional, head, target, dropo
         f"{dataset.num_classes} classes")
     # a dict, so train() seeds before it builds the model: --seed fixes the init too
     spec = {"cell": cell, "hidden": hidden, "layers": layers, "bidirectional": bidirectional,
-            "head": head, "dropout": dropout, "pool": pool, "stem": _parse_stem(stem_spec)}
+            "head": head, "dropout": dropout, "pool": pool, "stem": _parse_stem(stem_spec),
+            "fcn": _parse_fcn(fcn_spec)}
     if progress is None:
         progress = sys.stderr.isatty() and w.main
     bar = _Progress() if progress else None
@@ -137,7 +145,8 @@ def train(data, output, cell, hidden, layers, bidirectional, head, target, dropo
             model, history = search(spec, dataset, search_space, validation=val_fraction or 0.2,
                                     **kwargs)
         else:
-            model, history = fit(spec, dataset, validation=val_fraction or None, **kwargs)
+            model, history = fit(spec, dataset, validation=(
+                "auto" if val_fraction is None else val_fraction or None), **kwargs)
     finally:
         if bar:
             bar.close()
@@ -188,6 +197,26 @@ def _parse_stem(spec: str):
         raise ConfigError(f"--stem takes auto, none or CHANNELS,KERNEL,STRIDE, got {spec!r}") \
             from None
     return {"kind": "conv", "channels": channels, "kernel": kernel, "stride": stride}
+
+
+def _parse_fcn(spec: str):
+    """``--fcn``: ``"auto"``, ``None`` (none) or a branch dict from ``C1,C2,..:K1,K2,..[:P]``."""
+    from edgelstm.errors import ConfigError
+
+    spec = spec.strip().lower()
+    if spec in ("auto", "none"):
+        return None if spec == "none" else "auto"
+    parts = spec.split(":")
+    try:
+        if len(parts) not in (2, 3):
+            raise ValueError
+        channels, kernels = ([int(p) for p in part.split(",")] for part in parts[:2])
+        dropout = float(parts[2]) if len(parts) == 3 else 0.0
+    except ValueError:
+        raise ConfigError("--fcn takes auto, none or CHANNELS:KERNELS[:DROPOUT] (e.g. "
+                          f"64,128,64:8,5,3), got {spec!r}") from None
+    return {"kind": "fcn", "channels": channels, "kernels": kernels,
+            **({"dropout": dropout} if dropout else {})}
 
 
 class _Progress:

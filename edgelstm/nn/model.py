@@ -1,4 +1,4 @@
-"""A sequence model: input normalisation -> [conv stem] -> recurrent stack -> linear head.
+"""A sequence model: input normalisation -> [conv stem] -> recurrent stack [| conv branch] -> head.
 
 ``config.json`` of a sequence model holds ``model_type: "sequence"``, the
 recurrent stack's config under ``rnn``, the head (``"frame"``: one output
@@ -12,7 +12,12 @@ state ``(L*dirs, B, H)``) makes a last-step head read those rows
 concatenated instead of the last layer's; sums of rows are folded into the
 head weight by the importer. ``stem`` (optional, ``{"kind": "conv",
 "channels", "kernel", "stride", "input_size"}``) puts a causal strided conv
-stem before the stack (:mod:`edgelstm.nn.stem`; offline only). ``provenance``
+stem before the stack (:mod:`edgelstm.nn.stem`; offline only). ``fcn``
+(optional, ``{"kind": "fcn", "channels": [...], "kernels": [...]}``, optional
+``"dropout"`` on the stack's features while training) runs a
+fully convolutional branch beside the stack whose pooled features are
+concatenated after the stack's before a sequence head (the LSTM-FCN design,
+:mod:`edgelstm.nn.fcn`; offline only). ``provenance``
 (optional) records how the weights were trained.
 """
 
@@ -25,6 +30,7 @@ import mlx.nn as nn
 
 from edgelstm.errors import ConfigError
 from edgelstm.fast import dense as _dense
+from edgelstm.nn.fcn import ConvBranch
 from edgelstm.nn.layers import RECURRENT, Recurrent, SaveMixin
 from edgelstm.nn.stem import ConvStem, stem_lengths
 
@@ -69,6 +75,11 @@ class SequenceModel(SaveMixin, nn.Module):
             normalisation and the recurrent stack (whose ``input_size`` is
             then ``C``); the model then takes the stem's ``input_size``
             features per step (also stored under ``stem``) and cannot stream.
+        fcn: ``{"kind": "fcn", "channels": [C_1, ...], "kernels": [k_1, ...]}``
+            (and optionally ``"dropout": p``, see :class:`~edgelstm.nn.fcn.ConvBranch`) adds a :class:`~edgelstm.nn.fcn.ConvBranch` on the normalised
+            input; a sequence head then reads the stack's summary ``(B, F)``
+            concatenated with the branch's pooled ``(B, C_n)``. Needs
+            ``head="sequence"``; the model cannot stream.
     """
 
     def __init__(
@@ -85,6 +96,7 @@ class SequenceModel(SaveMixin, nn.Module):
         provenance: dict | None = None,
         summary: list[int] | None = None,
         stem: dict | None = None,
+        fcn: dict | None = None,
     ):
         super().__init__()
         if head not in HEADS:
@@ -123,10 +135,16 @@ class SequenceModel(SaveMixin, nn.Module):
             if self.stem.channels != rnn.input_size:
                 raise ConfigError(f"the stem gives {self.stem.channels} channels, the recurrent "
                                   f"stack takes {rnn.input_size}")
+        if fcn is not None:
+            if head != "sequence" or not rnn.batch_first:
+                raise ConfigError("an fcn branch needs head='sequence' and a batch-first stack")
+            self.fcn = ConvBranch.from_config(self.input_size, fcn)
         if normalize:
             self.norm = Normalize(self.input_size)
         if head is not None:
             width = rnn.output_size if summary is None else len(summary) * rnn.hidden_size
+            if fcn is not None:
+                width += self.fcn.output_size
             self.head = nn.Linear(width, num_outputs)
 
     @property
@@ -146,13 +164,15 @@ class SequenceModel(SaveMixin, nn.Module):
             **({"summary": list(self.summary)} if self.summary is not None else {}),
             **({"stem": {**self.stem.config(), "input_size": self.stem.input_size}}
                if "stem" in self else {}),
+            **({"fcn": self.fcn.config()} if "fcn" in self else {}),
             **({"provenance": self.provenance} if self.provenance else {}),
         }
 
     @property
     def can_stream(self) -> bool:
         """Whether a chunk-by-chunk session gives the offline result."""
-        return not self.rnn.bidirectional and self.pool == "last" and "stem" not in self
+        return (not self.rnn.bidirectional and self.pool == "last" and "stem" not in self
+                and "fcn" not in self)
 
     @classmethod
     def from_config(cls, config: dict) -> SequenceModel:
@@ -167,7 +187,7 @@ class SequenceModel(SaveMixin, nn.Module):
             normalize=bool(config.get("normalize")), features=config.get("features"),
             input_names=config.get("input_names"), output_names=config.get("output_names"),
             pool=config.get("pool") or "last", provenance=config.get("provenance"),
-            summary=config.get("summary"), stem=config.get("stem"),
+            summary=config.get("summary"), stem=config.get("stem"), fcn=config.get("fcn"),
         )
 
     def zero_state(self, batch_size: int):
@@ -194,6 +214,11 @@ class SequenceModel(SaveMixin, nn.Module):
         if "norm" in self:
             x = (_dense.normalize(x, self.norm.mean, self.norm.std, batch=batch) if dense
                  else self.norm(x))
+        if "fcn" in self:
+            if state is not None:
+                raise ConfigError("a model with an fcn branch cannot stream (its pooled conv "
+                                  "features are not carried as state); run whole sequences")
+            branch = self.fcn(x, lengths)
         if "stem" in self:
             if state is not None:  # the final state is an output; resuming from one is not
                 raise ConfigError("a model with a conv stem cannot stream (no state for the "
@@ -203,7 +228,12 @@ class SequenceModel(SaveMixin, nn.Module):
         y, final = self.rnn(x, state, lengths=lengths, fast=fast)
         if dense and head is not None:
             head = _kernel_head(head, batch)
-        if self.head_type == "sequence" and self.pool == "mean":
+        if "fcn" in self:
+            summary = _mean_steps(y, lengths) if self.pool == "mean" else self._last_step(y, final)
+            if self.training and self.fcn.dropout:  # evaluation: identity, nothing to export
+                summary = nn.Dropout(self.fcn.dropout)(summary)
+            y = head(mx.concatenate([summary, branch], axis=-1))
+        elif self.head_type == "sequence" and self.pool == "mean":
             y = head(_mean_steps(y, lengths))
         elif self.head_type == "sequence" and dense and self._reads_last_row():
             y = head(final[0] if isinstance(final, tuple) else final, row=-1)
@@ -220,7 +250,7 @@ class SequenceModel(SaveMixin, nn.Module):
         :func:`edgelstm.fast.dense.on_kernel`): a streamed chunk of a
         computed input then runs without MLX's stream thread, ~100 µs a chunk.
         """
-        if fast is False or self.training:
+        if fast is False or self.training or "fcn" in self:  # fcn: the head reads a concatenation
             return False
         if head is not None and type(head) is not nn.Linear:  # quantized heads: MLX ops
             return False

@@ -166,6 +166,10 @@ def describe_model(model) -> dict:
         st = model.stem
         arch = (f"conv stem {width}->{st.channels} (kernel {st.kernel}, stride {st.stride}), "
                 + arch)
+    if "fcn" in model:
+        fc = model.fcn
+        arch += (f", fcn branch {width}->" + "->".join(map(str, fc.channels))
+                 + f" (kernels {','.join(map(str, fc.kernels))}, mean over valid steps)")
     opts = {k: v for k, v in rnn.cell_options.items() if v not in (None, False)}
     if opts:
         arch += ", " + ", ".join(f"{k}={v}" for k, v in opts.items())

@@ -27,6 +27,10 @@ MEAN_POOL = ("cannot stream a mean-pooling model (pool: mean): its head averages
 STEM = ("cannot stream a model with a conv stem: the stem's input window is not carried "
         "as state; run it offline with `edgelstm run`, or train with --stem none to stream")
 
+FCN = ("cannot stream a model with an fcn branch: its convolution windows and pooled "
+       "features are not carried as state; run it offline with `edgelstm run`, or train "
+       "with --fcn none to stream")
+
 
 class MLXBackend:
     """Runs a native edgelstm model (``SequenceModel`` or a bare recurrent stack).
@@ -52,6 +56,8 @@ class MLXBackend:
             raise UnsupportedError(BIDIRECTIONAL)
         if isinstance(model, SequenceModel) and "stem" in model:
             raise UnsupportedError(STEM)
+        if isinstance(model, SequenceModel) and "fcn" in model:
+            raise UnsupportedError(FCN)
         if getattr(model, "pool", "last") != "last":
             raise UnsupportedError(MEAN_POOL)
         model.eval()

@@ -21,7 +21,9 @@ Under ``mlx.launch`` (world size above 1) training is data-parallel: each
 rank takes its shard of every global batch and the gradients are all-summed
 (:mod:`edgelstm.training.distributed`), so the model matches the
 single-process one up to the floating-point order of the reduction (dropout
-masks aside: each rank draws its own).
+masks aside: each rank draws its own; an fcn branch's batch norm normalises by
+each rank's shard and keeps rank 0's running statistics, as PyTorch DDP without
+SyncBatchNorm).
 """
 
 from __future__ import annotations
@@ -72,6 +74,7 @@ def build_model(
     features: dict | None = None,
     pool: str = "last",
     stem: dict | str | None = None,
+    fcn: dict | str | None = None,
     **cell_options: Any,
 ) -> SequenceModel:
     """An untrained classifier sized for ``dataset``.
@@ -96,6 +99,10 @@ def build_model(
             (see :mod:`edgelstm.nn.stem`; the model cannot stream),
             ``"auto"`` (:func:`~edgelstm.training.recipe.auto_stem` picks one
             for long univariate series, or none) or ``None``.
+        fcn: a fully convolutional branch beside the stack (LSTM-FCN, see
+            :mod:`edgelstm.nn.fcn`; the model cannot stream):
+            ``{"channels": [...], "kernels": [...]}``, ``"auto"``
+            (:func:`~edgelstm.training.recipe.auto_fcn`) or ``None``.
         cell_options: extra recurrent options (``clip``, ``peephole``, ...).
 
     Returns:
@@ -117,6 +124,16 @@ def build_model(
         raise ConfigError(f"stem must be a dict, 'auto' or None, got {stem!r}")
     if stem is not None:
         stem = {"kind": "conv", **stem, "input_size": dataset.input_size}
+    if fcn == "auto":
+        from edgelstm.training.recipe import auto_fcn
+
+        fcn = auto_fcn(dataset) if head == "sequence" else None
+    if fcn == "none":
+        fcn = None
+    if fcn is not None and not isinstance(fcn, dict):
+        raise ConfigError(f"fcn must be a dict, 'auto' or None, got {fcn!r}")
+    if fcn is not None:
+        fcn = {"kind": "fcn", **fcn}
     if pool == "auto":
         pool = "mean" if stem is not None and head == "sequence" else "last"
     rnn_in = stem.get("channels", 32) if stem is not None else dataset.input_size
@@ -124,7 +141,7 @@ def build_model(
                           bidirectional=bidirectional, dropout=dropout, **cell_options)
     return SequenceModel(rnn, num_outputs=dataset.num_classes, head=head,
                          labels=dataset.labels, normalize=normalize, pool=pool, stem=stem,
-                         features=features if features is not None else dataset.features)
+                         fcn=fcn, features=features if features is not None else dataset.features)
 
 
 def fit_normalization(model: SequenceModel, dataset: Dataset) -> None:
@@ -382,7 +399,7 @@ def train(
     batch_size: int | None = None,
     seed: int = 0,
     *,
-    validation: Dataset | float | None = 0.1,
+    validation: Dataset | float | str | None = 0.1,
     patience: int | None = 20,
     clip_norm: float | None = 1.0,
     weight_decay: float = 1e-4,
@@ -410,8 +427,9 @@ def train(
             "hidden": 32}``); ``None`` means :func:`build_model` defaults.
         dataset: training data (``x (N, T, I)``, ``y (N,)`` or ``(N, T)``,
             optional ``lengths (N,)``).
-        epochs: maximum passes over the training data (``None``: 200, or
-            as many as make 1500 steps when that is more, for a
+        epochs: maximum passes over the training data (``None``: 100 for a
+            model with an fcn branch; else 200, or as many as make 1500 steps
+            when that is more, for a
             ``time_budget`` or early stopping to cut short; ArrowHead, 36
             sequences, 5 steps an epoch: 200 epochs 0.59, 300 epochs 0.77).
         lr: peak learning rate.
@@ -419,7 +437,9 @@ def train(
         seed: seeds init, the validation split, shuffling, augmentation and dropout.
         validation: a held-out :class:`Dataset`, a fraction of ``dataset``
             to hold out (stratified, at least one per class that has two;
-            none, with a message, when that is impossible), or ``None``/``0``.
+            none, with a message, when that is impossible), ``None``/``0``,
+            or ``"auto"`` (:func:`~edgelstm.training.recipe.auto_validation`:
+            0.1, none for a model with an fcn branch).
         patience: stop after this many epochs without a better validation
             score (accuracy, then loss); the best weights are restored.
             ``None`` trains all epochs (still restoring the best).
@@ -466,8 +486,23 @@ def train(
         without validation), ``epochs`` (the planned number) and ``interrupted``.
     """
     from edgelstm.training.augment import Augmenter, parse_augment
-    from edgelstm.training.recipe import auto_augment, auto_batch_size, holdout, lr_at, provenance
+    from edgelstm.training.recipe import (
+        FCN_EPOCHS,
+        auto_augment,
+        auto_batch_size,
+        has_fcn,
+        holdout,
+        lr_at,
+        provenance,
+    )
 
+    if isinstance(validation, str):
+        if validation != "auto":
+            raise ConfigError(f"validation must be a fraction, a Dataset, None or 'auto', "
+                              f"got {validation!r}")
+        from edgelstm.training.recipe import auto_validation
+
+        validation = auto_validation(model, dataset)
     if ema is not None and not 0.0 <= ema < 1.0:
         raise ConfigError(f"ema must be in [0, 1) (0: no averaging), got {ema!r}")
     if not 0.0 <= label_smoothing < 1.0:
@@ -484,6 +519,8 @@ def train(
         raise ConfigError(f"crop must be in (0, 1], got {crop!r}")
     if batch_size is None:
         batch_size = auto_batch_size(dataset.n)
+    if epochs is None and has_fcn(model, dataset):
+        epochs = FCN_EPOCHS  # it fits within ~70 (JapaneseVowels); each epoch costs ~10 LSTM ones
     if epochs is None:  # small sets take few steps per epoch: give them enough steps
         epochs = max(DEFAULT_EPOCHS, math.ceil(MIN_STEPS / math.ceil(dataset.n / batch_size)))
     if epochs < 1 or batch_size < 1 or lr <= 0:
