@@ -43,7 +43,8 @@ def test_shipped_samples_predict_their_labels(name):
 def test_shipped_model_is_small_and_self_describing(name):
     folder = EXAMPLES / name
     size = sum(f.stat().st_size for f in (folder / "model").iterdir())
-    assert size < 200_000
+    # Small, but room for the JapaneseVowels LSTM-FCN branch (~370 KB fp32).
+    assert size < 400_000
     model = edgelstm.load(folder / "model")
     metrics = json.loads((folder / "metrics.json").read_text())
     assert model.labels == metrics["labels"]
