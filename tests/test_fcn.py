@@ -9,9 +9,11 @@ import mlx.core as mx
 import numpy as np
 import pytest
 from click.testing import CliRunner
+from mlx.utils import tree_flatten
 
 from edgelstm.cli import cli
 from edgelstm.errors import ConfigError, UnsupportedError
+from edgelstm.fast import dispatch
 from edgelstm.io.checkpoint import load
 from edgelstm.nn.fcn import ConvBranch, MaskedBatchNorm
 from edgelstm.nn.layers import LSTM
@@ -79,6 +81,31 @@ def test_branch_matches_a_numpy_reference_and_is_causal():
     before, after = (np.array(branch.steps(mx.array(v)))[0] for v in (x, y))
     moved = np.abs(after - before).max(axis=1)
     assert np.all(moved[:7] == 0.0) and moved[7:].max() > 0
+
+
+@pytest.mark.skipif(not dispatch.available(), reason="the fused kernels are not loaded")
+def test_kernel_convolutions_match_mlx_conv_and_refold_on_new_parameters(tmp_path):
+    # Evaluation runs each block as one GEMM on the kernels (conv and batch norm folded,
+    # remembered per parameter arrays); fast=False keeps MLX's Conv1d. Both match the
+    # NumPy reference, the folding is a cache (never a parameter or saved), and a new
+    # statistics array refolds.
+    m = _model()
+    x, lengths = _batch()
+    xs, ls = mx.array(x), mx.array(lengths)
+    normed = m.norm(xs)
+    fast, slow = (np.array(m.fcn(normed, ls, fast=f)) for f in (None, False))
+    np.testing.assert_allclose(fast, slow, rtol=0, atol=1e-5)
+    block = m.fcn.blocks[0]
+    assert "_folded" in block.__dict__ and "_folded" not in block
+    assert all("_folded" not in k for k, _ in tree_flatten(m.parameters()))
+    xn = np.array(normed)
+    want = np.stack([_numpy_branch(m.fcn, xn[b, :lengths[b]]) for b in range(len(x))])
+    np.testing.assert_allclose(fast, want, atol=1e-5)
+    block.bn.running_mean = block.bn.running_mean + 0.5
+    moved = np.array(m.fcn(normed, ls))
+    want = np.stack([_numpy_branch(m.fcn, xn[b, :lengths[b]]) for b in range(len(x))])
+    np.testing.assert_allclose(moved, want, atol=1e-5)
+    assert np.abs(moved - fast).max() > 1e-3
 
 
 def test_training_batch_norm_uses_valid_steps_only():

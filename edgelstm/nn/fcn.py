@@ -30,6 +30,7 @@ import mlx.core as mx
 import mlx.nn as nn
 
 from edgelstm.errors import ConfigError
+from edgelstm.fast import dense as _dense
 
 __all__ = ["ConvBranch", "MaskedBatchNorm", "valid_mask"]
 
@@ -105,10 +106,42 @@ class _Block(nn.Module):
         self.conv = nn.Conv1d(input_size, channels, kernel)
         self.bn = MaskedBatchNorm(channels)
 
-    def __call__(self, x, mask):
+    def __call__(self, x, mask, batch: int | None = None):
+        """``x (B, T, I)`` -> ``(B, T, C)``; ``batch``: run on the kernels (evaluation only)."""
         if self.kernel > 1:
             x = mx.pad(x, [(0, 0), (self.kernel - 1, 0), (0, 0)])
-        return nn.relu(self.bn(self.conv(x), mask))
+        if batch is None:
+            return nn.relu(self.bn(self.conv(x), mask))
+        # MLX's Linux conv runs on its bundled reference BLAS (~27x slower than ONNX
+        # Runtime on the JapaneseVowels model); as k shifted copies side by side
+        # (B, T, k*I) it is one matmul on the kernels' packed GEMM instead.
+        T = x.shape[1] - self.kernel + 1
+        cols = x if self.kernel == 1 else mx.concatenate(
+            [x[:, j:j + T] for j in range(self.kernel)], axis=-1)
+        weight, bias = self.folded()
+        return mx.maximum(_dense.linear(cols, weight, bias, batch=batch), 0.0)
+
+    def folded(self) -> tuple[mx.array, mx.array]:
+        """Evaluation-mode conv + batch norm as one linear map: ``(C, k*I)``, ``(C,)``.
+
+        Remembered while the parameters are the same arrays (a new array, e.g.
+        after ``update`` or loading, refolds), so the kernels' packing of the
+        weight is reused across calls.
+        """
+        params = (self.conv.weight, self.conv.bias, self.bn.weight, self.bn.bias,
+                  self.bn.running_mean, self.bn.running_var)
+        memo = self.__dict__.get("_folded")
+        if memo is None or any(a is not b for a, b in zip(memo[0], params, strict=True)):
+            scale, shift = self.bn.scale_shift()
+            C = self.conv.weight.shape[0]
+            weight = (self.conv.weight * scale[:, None, None]).reshape(C, -1)
+            bias = self.conv.bias * scale + shift
+            mx.eval(weight, bias)
+            memo = (params, (weight, bias))
+            # object.__setattr__: an nn.Module attribute holding arrays would become
+            # a parameter (and be saved); this is a cache, not state.
+            object.__setattr__(self, "_folded", memo)
+        return memo[1]
 
 
 class ConvBranch(nn.Module):
@@ -173,18 +206,25 @@ class ConvBranch(nn.Module):
         return cls(input_size, config.get("channels", DEFAULT_FCN["channels"]),
                    config.get("kernels", DEFAULT_FCN["kernels"]), config.get("dropout", 0.0))
 
-    def steps(self, x, lengths=None):
-        """Per-step features of the last block, ``(B, T, C_n)`` (zero past each length)."""
+    def steps(self, x, lengths=None, fast=None):
+        """Per-step features of the last block, ``(B, T, C_n)`` (zero past each length).
+
+        ``fast``: ``None`` runs the convolutions on the kernels' GEMM in evaluation
+        where the recurrent kernels run (:func:`edgelstm.fast.dense.on_kernel`),
+        ``False`` always as MLX ops (training always does).
+        """
         mask = valid_mask(lengths, x.shape[1], x.dtype)
+        batch = x.shape[0]
+        on_kernel = fast is not False and not self.training and _dense.on_kernel(batch, x)
         for block in self.blocks:
-            x = block(x, mask)
+            x = block(x, mask, batch if on_kernel else None)
         return x if mask is None else x * mask
 
-    def __call__(self, x, lengths=None):
+    def __call__(self, x, lengths=None, fast=None):
         """``x (B, T, I)`` or ``(T, I)`` (normalised), ``lengths (B,)`` -> ``(B, C_n)``."""
         if x.ndim == 2:
-            return self(x[None])[0]
-        y = self.steps(x, lengths)
+            return self(x[None], fast=fast)[0]
+        y = self.steps(x, lengths, fast)
         if lengths is None:
             return y.mean(axis=1)
         lengths = lengths if isinstance(lengths, mx.array) else mx.array(lengths)

@@ -218,7 +218,7 @@ class SequenceModel(SaveMixin, nn.Module):
             if state is not None:
                 raise ConfigError("a model with an fcn branch cannot stream (its pooled conv "
                                   "features are not carried as state); run whole sequences")
-            branch = self.fcn(x, lengths)
+            branch = self.fcn(x, lengths, fast=fast)
         if "stem" in self:
             if state is not None:  # the final state is an output; resuming from one is not
                 raise ConfigError("a model with a conv stem cannot stream (no state for the "
