@@ -38,16 +38,24 @@ import mlx.core as mx
 import mlx.nn as nn
 import mlx.optimizers as optim
 import numpy as np
-from mlx.utils import tree_flatten, tree_map
+from mlx.utils import tree_map
 
-from edgelstm.errors import ConfigError, DataError, TrainingError
-from edgelstm.nn.layers import RECURRENT
+from edgelstm.errors import ConfigError, TrainingError
 from edgelstm.nn.model import SequenceModel
 from edgelstm.training.averaging import Average, swapped
 from edgelstm.training.data import Dataset
 from edgelstm.training.distributed import World, all_sum, broadcast, gather, shard, sum_tree, world
+from edgelstm.training.model_setup import (  # re-exported: the training API's model half
+    as_model,
+    build_model,
+    check_fit,
+    class_indices,
+    count_parameters,
+    fit_normalization,
+)
 
-__all__ = ["build_model", "evaluate", "fit_normalization", "predict", "train"]
+__all__ = ["build_model", "class_indices", "count_parameters", "evaluate", "fit_normalization",
+           "predict", "train"]
 
 TARGETS = ("last", "all", "mixed")
 DEFAULT_EPOCHS = 200
@@ -60,151 +68,6 @@ MIN_STEPS = 1500  # default epochs give at least this many optimizer steps
 # 0.982 vs 0.978 (10 epochs), 0.980 vs 0.978 (20 epochs).
 DEFAULT_EMA = None
 DEFAULT_REFIT = None
-
-
-def build_model(
-    dataset: Dataset,
-    cell: str = "lstm",
-    hidden: int = 64,
-    layers: int = 1,
-    bidirectional: bool = False,
-    head: str | None = None,
-    dropout: float = 0.0,
-    normalize: bool = True,
-    features: dict | None = None,
-    pool: str = "last",
-    stem: dict | str | None = None,
-    fcn: dict | str | None = None,
-    **cell_options: Any,
-) -> SequenceModel:
-    """An untrained classifier sized for ``dataset``.
-
-    Args:
-        dataset: gives the input size, classes, labels and front-end settings.
-        cell: ``"lstm"``, ``"gru"`` or ``"rnn"``.
-        hidden: hidden units per direction.
-        layers: stacked recurrent layers.
-        bidirectional: add a reverse direction (offline use only; a
-            bidirectional model cannot stream).
-        head: ``"sequence"`` or ``"frame"``; ``None`` picks ``"frame"`` for
-            per-frame labels and ``"sequence"`` otherwise.
-        dropout: dropout between stacked layers (training only).
-        normalize: store and apply per-feature mean/std of the training data.
-        features: front-end settings to store (default: the dataset's).
-        pool: ``"last"`` (last valid step; streams) or ``"mean"`` (mean over
-            valid steps; offline only) for a sequence head; ``"auto"``:
-            ``"mean"`` with a stem (such a model cannot stream anyway;
-            ArrowHead 0.67 -> 0.77), else ``"last"``.
-        stem: a conv feature stem ``{"channels": C, "kernel": k, "stride": s}``
-            (see :mod:`edgelstm.nn.stem`; the model cannot stream),
-            ``"auto"`` (:func:`~edgelstm.training.recipe.auto_stem` picks one
-            for long univariate series, or none) or ``None``.
-        fcn: a fully convolutional branch beside the stack (LSTM-FCN, see
-            :mod:`edgelstm.nn.fcn`; the model cannot stream):
-            ``{"channels": [...], "kernels": [...]}``, ``"auto"``
-            (:func:`~edgelstm.training.recipe.auto_fcn`) or ``None``.
-        cell_options: extra recurrent options (``clip``, ``peephole``, ...).
-
-    Returns:
-        A :class:`SequenceModel` in training mode.
-    """
-    if cell not in RECURRENT:
-        raise ConfigError(f"cell must be lstm, gru or rnn, got {cell!r}")
-    if head is None:
-        head = "frame" if dataset.frame_labels else "sequence"
-    if head == "sequence" and dataset.frame_labels:
-        raise ConfigError("per-frame labels need head='frame'")
-    if stem == "auto":
-        from edgelstm.training.recipe import auto_stem
-
-        stem = auto_stem(dataset)
-    if stem == "none":
-        stem = None
-    if stem is not None and not isinstance(stem, dict):
-        raise ConfigError(f"stem must be a dict, 'auto' or None, got {stem!r}")
-    if stem is not None:
-        stem = {"kind": "conv", **stem, "input_size": dataset.input_size}
-    if fcn == "auto":
-        from edgelstm.training.recipe import auto_fcn
-
-        fcn = auto_fcn(dataset) if head == "sequence" else None
-    if fcn == "none":
-        fcn = None
-    if fcn is not None and not isinstance(fcn, dict):
-        raise ConfigError(f"fcn must be a dict, 'auto' or None, got {fcn!r}")
-    if fcn is not None:
-        fcn = {"kind": "fcn", **fcn}
-    if pool == "auto":
-        pool = "mean" if stem is not None and head == "sequence" else "last"
-    rnn_in = stem.get("channels", 32) if stem is not None else dataset.input_size
-    rnn = RECURRENT[cell](rnn_in, hidden, num_layers=layers,
-                          bidirectional=bidirectional, dropout=dropout, **cell_options)
-    return SequenceModel(rnn, num_outputs=dataset.num_classes, head=head,
-                         labels=dataset.labels, normalize=normalize, pool=pool, stem=stem,
-                         fcn=fcn, features=features if features is not None else dataset.features)
-
-
-def fit_normalization(model: SequenceModel, dataset: Dataset) -> None:
-    """Set ``model.norm`` to the per-feature mean/std over the valid frames of ``dataset``."""
-    if "norm" not in model:
-        return
-    frames = dataset.valid_frames()
-    mean = frames.mean(axis=0)
-    std = frames.std(axis=0)
-    std = np.where(std < 1e-6, 1.0, std)  # constant channels pass through unscaled
-    model.norm.mean = mx.array(mean.astype(np.float32))
-    model.norm.std = mx.array(std.astype(np.float32))
-
-
-def _as_model(model_or_config, dataset: Dataset) -> SequenceModel:
-    if isinstance(model_or_config, SequenceModel):
-        return model_or_config
-    if model_or_config is None:
-        model_or_config = {}
-    if not isinstance(model_or_config, dict):
-        raise ConfigError("train() takes a SequenceModel or a config dict, "
-                          f"got {type(model_or_config).__name__}")
-    # sizes checked before anything is allocated (--hidden 1e9, --layers 1e9)
-    from edgelstm.limits import check_model_config, check_recurrent
-
-    cfg = model_or_config
-    if cfg.get("model_type") == "sequence":
-        check_model_config(cfg)
-    else:
-        check_recurrent({"model_type": cfg.get("cell", "lstm"), "input_size": dataset.input_size,
-                         "hidden_size": cfg.get("hidden", 64), "num_layers": cfg.get("layers", 1),
-                         "bidirectional": bool(cfg.get("bidirectional"))}, "model")
-    if model_or_config.get("model_type") == "sequence":
-        model = SequenceModel.from_config(model_or_config)
-    else:
-        model = build_model(dataset, **model_or_config)
-    return model
-
-
-def _check(model: SequenceModel, dataset: Dataset) -> None:
-    if model.input_size != dataset.input_size:
-        raise DataError(f"the data has {dataset.input_size} features per step, "
-                        f"the model takes {model.input_size}")
-    if model.head_type is None:
-        raise ConfigError("cannot train or evaluate a model without a head")
-    if dataset.frame_labels and model.head_type != "frame":
-        raise ConfigError("per-frame labels need a model with head='frame'")
-
-
-def class_indices(model: SequenceModel, dataset: Dataset) -> np.ndarray:
-    """Dataset labels as the model's class indices (mapped by name when both have names)."""
-    y = dataset.y
-    if model.labels is not None and dataset.labels is not None:
-        index = {name: k for k, name in enumerate(model.labels)}
-        missing = sorted(set(dataset.labels) - set(index))
-        if missing:
-            raise DataError(f"data label {missing[0]!r} is not one of the model's labels "
-                            f"({', '.join(model.labels)})")
-        lut = np.array([index[name] for name in dataset.labels], dtype=np.int32)
-        y = np.where(y >= 0, lut[np.clip(y, 0, None)], -1)
-    if y.max(initial=-1) >= model.num_outputs:
-        raise DataError(f"label {int(y.max())} is out of range for {model.num_outputs} outputs")
-    return y.astype(np.int32)
 
 
 def _loss_fn(model, x, y, lengths, head, frame_labels, target, smoothing=0.0):
@@ -347,7 +210,7 @@ def evaluate(model: SequenceModel, dataset: Dataset, batch_size: int = 256) -> d
         ``{"accuracy": float, "n": int, "confusion": [[int]] (true x predicted),
         "labels": [str] | None, "loss": float}``.
     """
-    _check(model, dataset)
+    check_fit(model, dataset)
     was_training = model.training
     model.eval()
     try:
@@ -548,8 +411,8 @@ def train(
                  if validation is not None else "none (too few sequences to hold out)")
     elif not isinstance(validation, Dataset):
         validation = None
-    model = _as_model(model, dataset)
-    _check(model, dataset)
+    model = as_model(model, dataset)
+    check_fit(model, dataset)
     if fit_norm:
         fit_normalization(model, dataset)
     if "norm" in model:
@@ -735,8 +598,3 @@ def _train_refit(mode: str, args: dict):
         "mode": mode, "epochs": best, "split": first.provenance.get("split"),
         "val_accuracy": first.provenance.get("val_accuracy")}}
     return model, history
-
-
-def count_parameters(model: nn.Module) -> int:
-    """Number of scalar parameters."""
-    return sum(v.size for _, v in tree_flatten(model.parameters()))
