@@ -26,6 +26,10 @@ MIN_SAMPLE_RATE = 1_000            # Hz
 MAX_SAMPLE_RATE = 384_000          # Hz
 # a compressed .npz member may expand at most this much (zip bombs)
 MAX_NPZ_RATIO = 1024
+# convolutions of a conv stem or an fcn branch (edgelstm.nn.stem / edgelstm.nn.fcn)
+MAX_CONV_CHANNELS = 1024
+MAX_CONV_KERNEL = 64
+MAX_FCN_BLOCKS = 8
 
 GATES = {"lstm": 4, "gru": 3, "rnn": 1}
 
@@ -161,16 +165,16 @@ def _fcn_parameters(config: dict) -> int:
         raise ConfigError(f"fcn must be an object, got {type(fcn).__name__}")
     channels, kernels = fcn.get("channels"), fcn.get("kernels")
     if not isinstance(channels, list) or not isinstance(kernels, list) or not 1 <= len(
-            channels) <= 8 or len(channels) != len(kernels):
-        raise ConfigError("fcn needs lists 'channels' and 'kernels' of the same length, 1-8 "
-                          "blocks")
+            channels) <= MAX_FCN_BLOCKS or len(channels) != len(kernels):
+        raise ConfigError("fcn needs lists 'channels' and 'kernels' of the same length, "
+                          f"1-{MAX_FCN_BLOCKS} blocks")
     width = config.get("stem", {}).get("input_size") if isinstance(config.get("stem"), dict) \
         else (config.get("rnn") or {}).get("input_size")
     width = check_int("fcn input width", width, 1, MAX_INPUT_FEATURES)
     params = 0
     for i, (c, k) in enumerate(zip(channels, kernels, strict=True)):
-        c = check_int(f"fcn.channels[{i}]", c, 1, 1024)
-        k = check_int(f"fcn.kernels[{i}]", k, 1, 64)
+        c = check_int(f"fcn.channels[{i}]", c, 1, MAX_CONV_CHANNELS)
+        k = check_int(f"fcn.kernels[{i}]", k, 1, MAX_CONV_KERNEL)
         params += c * (k * width + 1) + 4 * c  # conv + batch norm (weight, bias, statistics)
         width = c
     return params
@@ -203,8 +207,8 @@ def check_model_config(config: dict, weights_bytes: int | None = None) -> None:
             if not isinstance(stem, dict):
                 raise ConfigError(f"stem must be an object, got {type(stem).__name__}")
             width = check_int("stem.input_size", stem.get("input_size"), 1, MAX_INPUT_FEATURES)
-            channels = check_int("stem.channels", stem.get("channels"), 1, 1024)
-            kernel = check_int("stem.kernel", stem.get("kernel"), 1, 64)
+            channels = check_int("stem.channels", stem.get("channels"), 1, MAX_CONV_CHANNELS)
+            kernel = check_int("stem.kernel", stem.get("kernel"), 1, MAX_CONV_KERNEL)
             params += channels * (kernel * width + 1)
         params += _fcn_parameters(config)
         for key in ("features", "quantization"):

@@ -31,12 +31,10 @@ import mlx.nn as nn
 
 from edgelstm.errors import ConfigError
 from edgelstm.fast import dense as _dense
+from edgelstm.limits import MAX_CONV_CHANNELS, MAX_CONV_KERNEL, MAX_FCN_BLOCKS
 
 __all__ = ["ConvBranch", "MaskedBatchNorm", "valid_mask"]
 
-MAX_FCN_BLOCKS = 8
-MAX_FCN_CHANNELS = 1024
-MAX_FCN_KERNEL = 64
 DEFAULT_FCN = {"kind": "fcn", "channels": [128, 256, 128], "kernels": [8, 5, 3]}
 
 
@@ -174,8 +172,8 @@ class ConvBranch(nn.Module):
         if not 1 <= len(channels) <= MAX_FCN_BLOCKS:
             raise ConfigError(f"the fcn branch takes 1..{MAX_FCN_BLOCKS} blocks, "
                               f"got {len(channels)}")
-        for name, values, top in (("fcn channels", channels, MAX_FCN_CHANNELS),
-                                  ("fcn kernels", kernels, MAX_FCN_KERNEL)):
+        for name, values, top in (("fcn channels", channels, MAX_CONV_CHANNELS),
+                                  ("fcn kernels", kernels, MAX_CONV_KERNEL)):
             bad = [v for v in values if not 1 <= v <= top]
             if bad:
                 raise ConfigError(f"{name} must be integers in 1..{top}, got {bad[0]}")

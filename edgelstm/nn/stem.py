@@ -26,11 +26,9 @@ import mlx.core as mx
 import mlx.nn as nn
 
 from edgelstm.errors import ConfigError
+from edgelstm.limits import MAX_CONV_CHANNELS, MAX_CONV_KERNEL
 
 __all__ = ["ConvStem", "stem_lengths"]
-
-MAX_STEM_CHANNELS = 1024
-MAX_STEM_KERNEL = 64
 
 
 class ConvStem(nn.Module):
@@ -49,9 +47,9 @@ class ConvStem(nn.Module):
     def __init__(self, input_size: int, channels: int = 32, kernel: int = 8, stride: int = 4):
         super().__init__()
         for name, value, top in (("input_size", input_size, None),
-                                 ("stem channels", channels, MAX_STEM_CHANNELS),
-                                 ("stem kernel", kernel, MAX_STEM_KERNEL),
-                                 ("stem stride", stride, MAX_STEM_KERNEL)):
+                                 ("stem channels", channels, MAX_CONV_CHANNELS),
+                                 ("stem kernel", kernel, MAX_CONV_KERNEL),
+                                 ("stem stride", stride, MAX_CONV_KERNEL)):
             if not isinstance(value, int) or isinstance(value, bool) or value < 1 or (
                     top is not None and value > top):
                 raise ConfigError(f"{name} must be an integer in 1..{top or 'inf'}, got {value!r}")
