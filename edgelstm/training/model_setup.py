@@ -87,12 +87,9 @@ def build_model(
         raise ConfigError(f"stem must be a dict, 'auto' or None, got {stem!r}")
     if stem is not None:
         stem = {"kind": "conv", **stem, "input_size": dataset.input_size}
-    if fcn == "auto":
-        from edgelstm.training.recipe import auto_fcn
+    from edgelstm.training.recipe import resolve_fcn
 
-        fcn = auto_fcn(dataset) if head == "sequence" else None
-    if fcn == "none":
-        fcn = None
+    fcn = resolve_fcn(fcn, head, dataset)
     if fcn is not None and not isinstance(fcn, dict):
         raise ConfigError(f"fcn must be a dict, 'auto' or None, got {fcn!r}")
     if fcn is not None:

@@ -28,7 +28,7 @@ from edgelstm.errors import DataError
 from edgelstm.training.data import Dataset
 
 __all__ = ["auto_augment", "auto_batch_size", "auto_fcn", "auto_stem", "auto_validation",
-           "has_fcn", "holdout", "lr_at", "provenance"]
+           "has_fcn", "holdout", "lr_at", "provenance", "resolve_fcn"]
 
 AUDIO_KINDS = ("mfcc", "fbank", "logmel")
 
@@ -154,16 +154,22 @@ def auto_fcn(dataset: Dataset) -> dict | None:
             "kernels": list(AUTO_FCN["kernels"])}
 
 
+def resolve_fcn(fcn, head: str | None, dataset: Dataset):
+    """``build_model``'s ``fcn`` with ``"auto"`` and ``"none"`` resolved: a dict (as
+    given, or :func:`auto_fcn`'s for a sequence head) or ``None``. ``head`` ``None``
+    is the default head: ``"frame"`` for per-frame labels, else ``"sequence"``."""
+    if fcn == "auto":
+        head = head or ("frame" if dataset.frame_labels else "sequence")
+        return auto_fcn(dataset) if head == "sequence" else None
+    return None if fcn == "none" else fcn
+
+
 def has_fcn(model, dataset: Dataset) -> bool:
     """Whether ``model`` (a :class:`SequenceModel`, its config, or the
     :func:`~edgelstm.training.train.build_model` keywords) has or gets an fcn branch."""
     if not isinstance(model, dict):
         return model is not None and "fcn" in model
-    fcn = model.get("fcn")
-    if fcn == "auto":
-        head = model.get("head") or ("frame" if dataset.frame_labels else "sequence")
-        fcn = auto_fcn(dataset) if head == "sequence" else None
-    return fcn not in (None, "none")
+    return resolve_fcn(model.get("fcn"), model.get("head"), dataset) is not None
 
 
 def auto_validation(model, dataset: Dataset) -> float:
