@@ -128,6 +128,44 @@ def test_wheel_blas_routes_mlx_matmuls_to_the_wheel(choice):
     assert report["equal"] == (choice == "wheel")
 
 
+@pytest.mark.parametrize(("argv", "orig_argv", "cli"), [
+    (["/venv/bin/edgelstm", "train"], ["/venv/bin/python", "/venv/bin/edgelstm", "train"], True),
+    (["-m"], ["python", "-m", "edgelstm", "info"], True),
+    (["-m"], ["python", "-X", "dev", "-I", "-medgelstm"], True),
+    (["-m"], ["python", "-m", "pytest", "-q"], False),
+    (["-m"], ["python", "-m", "edgelstm.cli"], False),
+    (["script.py"], ["python", "script.py", "-m", "edgelstm"], False),
+    (["-c"], ["python", "-c", "import edgelstm", "-m", "edgelstm"], False),
+    (["/x/edgelstm-helper"], ["python", "/x/edgelstm-helper"], False),
+])
+def test_cli_process_is_read_from_the_command_line(argv, orig_argv, cli):
+    assert blas.is_cli_process(argv, orig_argv) is cli
+
+
+_CLI_BLAS = ("import edgelstm, json; from edgelstm.fast import blas; "
+             "print(json.dumps(blas.MLX_BLAS))")
+
+
+@needs_kernels
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="the shim is Linux-only")
+@pytest.mark.parametrize("choice", [None, "reference"])
+def test_the_command_loads_the_wheel_blas_unless_told_not_to(tmp_path, choice):
+    """`edgelstm` (here `python -m edgelstm`) routes MLX to the wheel BLAS by default."""
+    env = {k: v for k, v in os.environ.items() if k != "EDGELSTM_BLAS"}
+    if choice is not None:
+        env["EDGELSTM_BLAS"] = choice
+    run = lambda *cmd: subprocess.run(  # noqa: E731
+        [sys.executable, *cmd], env=env, cwd=tmp_path, capture_output=True, text=True,
+        timeout=120, check=True).stdout
+    command = json.loads(run("-m", "edgelstm", "info", "--json"))["mlx_blas"]
+    library = json.loads(run("-c", _CLI_BLAS))
+    assert library.startswith("MLX's bundled reference BLAS")  # a program importing us
+    if choice is None:
+        assert command.startswith("OpenBLAS from the scipy-openblas32 wheel"), command
+    else:
+        assert command.startswith("MLX's bundled reference BLAS"), command
+
+
 def test_blas_search_tries_fixed_names_only(tmp_path, monkeypatch):
     monkeypatch.setenv("EDGELSTM_BLAS_DIRS", str(tmp_path))
     assert blas.find_openblas() is None
