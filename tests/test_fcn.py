@@ -21,7 +21,8 @@ from edgelstm.nn.model import SequenceModel
 from edgelstm.training.data import Dataset
 from edgelstm.training.train import build_model, evaluate, train
 
-FCN = {"kind": "fcn", "channels": [6, 5], "kernels": [4, 3]}
+FCN = {"kind": "fcn", "channels": [6, 5], "kernels": [4, 3], "padding": "same"}
+PADDINGS = ["same", "causal"]
 
 
 def _randomise_bn(branch: ConvBranch, seed: int = 0) -> None:
@@ -35,11 +36,11 @@ def _randomise_bn(branch: ConvBranch, seed: int = 0) -> None:
         block.bn.bias = mx.array(rng.normal(size=C).astype(np.float32))
 
 
-def _model(pool="last", stem=None, seed=0):
+def _model(pool="last", stem=None, seed=0, padding="same"):
     mx.random.seed(seed)
     m = SequenceModel(LSTM(3 if stem is None else stem["channels"], 8), num_outputs=4,
                       head="sequence", normalize=True, pool=pool, labels=list("abcd"),
-                      fcn=FCN, stem=stem)
+                      fcn={**FCN, "padding": padding}, stem=stem)
     m.norm.mean = mx.array([0.5, -1.0, 0.2])
     m.norm.std = mx.array([2.0, 0.5, 1.0])
     _randomise_bn(m.fcn, seed)
@@ -54,11 +55,14 @@ def _batch(seed=0):
 
 
 def _numpy_branch(branch: ConvBranch, x: np.ndarray) -> np.ndarray:
-    """Independent reference: causal correlation, affine batch norm, ReLU, mean: ``(T, I) -> (C,)``."""
+    """Independent reference: zero-padded correlation (``same``: ``(k-1)//2`` zeros before and
+    ``k//2`` after; ``causal``: ``k-1`` before), affine batch norm, ReLU, mean: ``(T, I) -> (C,)``."""
     for block in branch.blocks:
         w, b = np.array(block.conv.weight), np.array(block.conv.bias)  # (C, k, I)
         k = block.kernel
-        xp = np.concatenate([np.zeros((k - 1, x.shape[1]), np.float32), x])
+        before = (k - 1) // 2 if branch.padding == "same" else k - 1
+        xp = np.concatenate([np.zeros((before, x.shape[1]), np.float32), x,
+                             np.zeros((k - 1 - before, x.shape[1]), np.float32)])
         y = np.stack([np.einsum("ki,cki->c", xp[t:t + k], w) + b for t in range(len(x))])
         bn = block.bn
         y = ((y - np.array(bn.running_mean)) / np.sqrt(np.array(bn.running_var) + bn.eps)
@@ -67,29 +71,42 @@ def _numpy_branch(branch: ConvBranch, x: np.ndarray) -> np.ndarray:
     return x.mean(axis=0)
 
 
-def test_branch_matches_a_numpy_reference_and_is_causal():
+@pytest.mark.parametrize("padding", PADDINGS)
+def test_branch_matches_a_numpy_reference_and_reads_the_right_steps(padding):
     mx.random.seed(1)
-    branch = ConvBranch(3, [6, 5], [4, 3])
+    branch = ConvBranch(3, [6, 5], [4, 3], padding=padding)
     _randomise_bn(branch, 1)
     branch.eval()
     x = np.random.default_rng(1).normal(size=(1, 11, 3)).astype(np.float32)
     got = np.array(branch(mx.array(x)))[0]
     np.testing.assert_allclose(got, _numpy_branch(branch, x[0]), atol=1e-5)
-    # causal: changing step 7 leaves the per-step features of steps 0..6 alone
+    # changing step 7 moves exactly the steps that read it: causal 7.., same (kernels 4
+    # then 3, each reading k // 2 steps ahead) 7 - 2 - 1 = 4 on
     y = x.copy()
     y[0, 7] += 5.0
     before, after = (np.array(branch.steps(mx.array(v)))[0] for v in (x, y))
     moved = np.abs(after - before).max(axis=1)
-    assert np.all(moved[:7] == 0.0) and moved[7:].max() > 0
+    first = 7 if padding == "causal" else 4
+    assert np.all(moved[:first] == 0.0) and moved[first] > 0
+    assert ConvBranch(3, [6], [4]).padding == "same"  # the LSTM-FCN design
+
+
+def test_a_config_without_padding_is_the_causal_branch_saved_before_it():
+    old = {"kind": "fcn", "channels": [6, 5], "kernels": [4, 3]}
+    assert ConvBranch.from_config(3, old).padding == "causal"
+    assert ConvBranch.from_config(3, old).config() == {**old, "padding": "causal"}
+    with pytest.raises(ConfigError, match="fcn padding must be one of same, causal"):
+        ConvBranch.from_config(3, {**old, "padding": "valid"})
 
 
 @pytest.mark.skipif(not dispatch.available(), reason="the fused kernels are not loaded")
-def test_kernel_convolutions_match_mlx_conv_and_refold_on_new_parameters(tmp_path):
+@pytest.mark.parametrize("padding", PADDINGS)
+def test_kernel_convolutions_match_mlx_conv_and_refold_on_new_parameters(tmp_path, padding):
     # Evaluation runs each block as one GEMM on the kernels (conv and batch norm folded,
     # remembered per parameter arrays); fast=False keeps MLX's Conv1d. Both match the
     # NumPy reference, the folding is a cache (never a parameter or saved), and a new
     # statistics array refolds.
-    m = _model()
+    m = _model(padding=padding)
     x, lengths = _batch()
     xs, ls = mx.array(x), mx.array(lengths)
     normed = m.norm(xs)
@@ -136,8 +153,9 @@ def test_rejects_bad_settings():
 
 
 @pytest.mark.parametrize("pool", ["last", "mean"])
-def test_padded_batch_equals_each_sequence_alone(pool):
-    m = _model(pool)
+@pytest.mark.parametrize("padding", PADDINGS)
+def test_padded_batch_equals_each_sequence_alone(pool, padding):
+    m = _model(pool, padding=padding)
     x, lengths = _batch()
     batch = np.array(m(mx.array(x), lengths=mx.array(lengths)))
     for k in range(len(x)):
@@ -178,14 +196,16 @@ def test_checkpoint_round_trip_keeps_the_statistics(tmp_path):
                                        ("last", {"kind": "conv", "channels": 4, "kernel": 2,
                                                  "stride": 1, "input_size": 3})])
 @pytest.mark.parametrize("with_lengths", [False, True])
-def test_onnx_export_matches_onnxruntime_and_mlx_executor(tmp_path, pool, stem, with_lengths):
+@pytest.mark.parametrize("padding", PADDINGS)
+def test_onnx_export_matches_onnxruntime_and_mlx_executor(tmp_path, pool, stem, with_lengths,
+                                                          padding):
     pytest.importorskip("onnxruntime", reason="onnxruntime is not installed")
     import onnx
 
     from edgelstm.converters import run_onnx
     from edgelstm.converters.onnx_export import build_onnx
 
-    m = _model(pool, stem)
+    m = _model(pool, stem, padding=padding)
     x, lengths = _batch()
     path = tmp_path / "m.onnx"
     onnx.save(build_onnx(m, lengths=with_lengths), str(path))
@@ -280,6 +300,9 @@ def test_auto_fcn_only_for_short_multichannel_sequence_labels():
     assert auto_validation({"fcn": "auto"}, _series(12, T=100)) == 0.1
     assert auto_validation({"fcn": None}, short) == 0.1
     assert auto_validation(_model(), short) == 0.0
+    from edgelstm.training.recipe import auto_label_smoothing  # 0.1 only without a split
+
+    assert auto_label_smoothing(None) == 0.1 and auto_label_smoothing(short) == 0.0
     model, hist = train({"hidden": 4, "fcn": {"channels": [4], "kernels": [3]}}, short,
                         epochs=2, seed=0, validation="auto", log=None)
     assert hist["best_epoch"] is None and model.provenance["validation_sequences"] == 0
@@ -310,7 +333,13 @@ def test_cli_fcn_option(tmp_path):
                              "--epochs", "2", "--hidden", "4"])
     assert ok.exit_code == 0, ok.output
     assert load(tmp_path / "m").config()["fcn"] == {"kind": "fcn", "channels": [8, 4],
-                                                    "kernels": [3, 3]}
+                                                    "kernels": [3, 3], "padding": "same"}
+    causal = runner.invoke(cli, ["train", str(data), "-o", str(tmp_path / "c"), "--fcn",
+                                 "8:3:0.5:causal", "--epochs", "1", "--hidden", "4"])
+    assert causal.exit_code == 0, causal.output
+    assert load(tmp_path / "c").config()["fcn"] == {"kind": "fcn", "channels": [8],
+                                                    "kernels": [3], "padding": "causal",
+                                                    "dropout": 0.5}
     info = runner.invoke(cli, ["info", str(tmp_path / "m")])
     assert info.exit_code == 0 and "fcn branch 3->8->4" in info.output
     # no flag: short multi-channel sequences get the auto branch and no early-stopping split
@@ -319,13 +348,16 @@ def test_cli_fcn_option(tmp_path):
     assert auto.exit_code == 0, auto.output
     config = load(tmp_path / "a").config()
     assert config["fcn"]["channels"] == [64, 128, 64] and config["fcn"]["dropout"] == 0.8
+    assert config["fcn"]["padding"] == "same"
     assert config["provenance"]["validation_sequences"] == 0
+    assert config["provenance"]["settings"]["label_smoothing"] == 0.1
     big = _series(210)  # 10% holds out 21 sequences: above the small-data rule's 20
     np.savez(tmp_path / "big.npz", x=big.x, y=big.y, lengths=big.lengths)
     plain = runner.invoke(cli, ["train", str(tmp_path / "big.npz"), "-o", str(tmp_path / "p"),
                                 "--epochs", "2", "--hidden", "4", "--fcn", "none"])
     assert plain.exit_code == 0 and load(tmp_path / "p").can_stream
     assert load(tmp_path / "p").provenance["validation_sequences"] > 0
+    assert load(tmp_path / "p").provenance["settings"]["label_smoothing"] == 0.0
 
 
 def test_checkpoint_limits_check_the_branch():

@@ -56,16 +56,18 @@ from edgelstm.limits import MAX_BATCH, MAX_HIDDEN, MAX_LAYERS
 @click.option("--fcn", "fcn_spec", default="auto", show_default=True,
               help="Fully convolutional branch beside the LSTM, its pooled features joined to "
               "the LSTM's before the head (LSTM-FCN): auto (one for short multi-channel "
-              "sequences), none, or CHANNELS:KERNELS[:DROPOUT] (e.g. 64,128,64:8,5,3; DROPOUT: "
-              "on the LSTM's features while training). A model with one cannot stream.")
+              "sequences), none, or CHANNELS:KERNELS[:DROPOUT][:same|causal] (e.g. 64,128,64:8,5,3; "
+              "DROPOUT: on the LSTM's features while training; padding: same unless causal). "
+              "A model with one cannot stream.")
 @click.option("--weight-decay", type=click.FloatRange(0), default=1e-4, show_default=True)
 @click.option("--time-budget", type=click.FloatRange(0, min_open=True), default=None,
               help="Seconds of training; the epochs are picked to fit.")
 @click.option("--ema", type=click.FloatRange(0, 1, max_open=True), default=None,
               help="Decay per step of a moving average of the weights, used for validation "
               "and the saved model (0: off).")
-@click.option("--label-smoothing", type=click.FloatRange(0, 1, max_open=True), default=0.0,
-              show_default=True, help="Cross-entropy target weight spread over all classes.")
+@click.option("--label-smoothing", type=click.FloatRange(0, 1, max_open=True), default=None,
+              help="Cross-entropy target weight spread over all classes (default: 0.1 when "
+              "nothing is held out for early stopping, else 0).")
 @click.option("--refit", type=click.Choice(["same", "fit", "none"]), default="none",
               show_default=True, help="After early stopping on the split, retrain on all the "
               "data for the picked epochs (same: the first run's schedule; fit: a schedule "
@@ -200,22 +202,25 @@ def _parse_stem(spec: str):
 
 
 def _parse_fcn(spec: str):
-    """``--fcn``: ``"auto"``, ``None`` (none) or a branch dict from ``C1,C2,..:K1,K2,..[:P]``."""
+    """``--fcn``: ``"auto"``, ``None`` (none) or a branch dict from
+    ``C1,C2,..:K1,K2,..[:DROPOUT][:same|causal]`` (padding default: same)."""
     from edgelstm.errors import ConfigError
+    from edgelstm.nn.fcn import PADDINGS
 
     spec = spec.strip().lower()
     if spec in ("auto", "none"):
         return None if spec == "none" else "auto"
     parts = spec.split(":")
+    padding = parts.pop() if parts[-1] in PADDINGS else "same"
     try:
         if len(parts) not in (2, 3):
             raise ValueError
         channels, kernels = ([int(p) for p in part.split(",")] for part in parts[:2])
         dropout = float(parts[2]) if len(parts) == 3 else 0.0
     except ValueError:
-        raise ConfigError("--fcn takes auto, none or CHANNELS:KERNELS[:DROPOUT] (e.g. "
-                          f"64,128,64:8,5,3), got {spec!r}") from None
-    return {"kind": "fcn", "channels": channels, "kernels": kernels,
+        raise ConfigError("--fcn takes auto, none or CHANNELS:KERNELS[:DROPOUT][:same|causal] "
+                          f"(e.g. 64,128,64:8,5,3), got {spec!r}") from None
+    return {"kind": "fcn", "channels": channels, "kernels": kernels, "padding": padding,
             **({"dropout": dropout} if dropout else {})}
 
 

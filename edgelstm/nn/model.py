@@ -76,8 +76,9 @@ class SequenceModel(SaveMixin, nn.Module):
             then ``C``); the model then takes the stem's ``input_size``
             features per step (also stored under ``stem``) and cannot stream.
         fcn: ``{"kind": "fcn", "channels": [C_1, ...], "kernels": [k_1, ...]}``
-            (and optionally ``"dropout": p``, see :class:`~edgelstm.nn.fcn.ConvBranch`) adds a :class:`~edgelstm.nn.fcn.ConvBranch` on the normalised
-            input; a sequence head then reads the stack's summary ``(B, F)``
+            (and optionally ``"dropout": p`` and ``"padding": "same"`` or
+            ``"causal"``, the default when absent) adds a
+            :class:`~edgelstm.nn.fcn.ConvBranch` on the normalised input; a sequence head then reads the stack's summary ``(B, F)``
             concatenated with the branch's pooled ``(B, C_n)``. Needs
             ``head="sequence"``; the model cannot stream.
     """
