@@ -97,7 +97,7 @@ def finish(here: Path, model, test, settings: dict, history: dict, seconds: floa
         "train_seconds": round(seconds, 1),
         "parameters": count_parameters(model),
         "model_bytes": size,
-        "machine": machine(),
+        "machine": machine((model.provenance or {}).get("mlx_blas")),
     }
     (here / "metrics.json").write_text(json.dumps(out, indent=2) + "\n")
     if "int8_accuracy" in out:
@@ -107,8 +107,10 @@ def finish(here: Path, model, test, settings: dict, history: dict, seconds: floa
     return out
 
 
-def machine() -> str:
-    """What the numbers depend on: OS, MLX, the kernels' ISA and OpenBLAS core kernel.
+def machine(mlx_blas: str | None = None) -> str:
+    """What the numbers depend on: OS, MLX, the kernels' ISA and OpenBLAS core kernel,
+    and the BLAS MLX's own matmuls ran on while training (``mlx_blas``, from the model's
+    provenance: the ``edgelstm`` command loads the wheel's by default).
 
     Training's rounding follows OpenBLAS's core kernel (``OPENBLAS_CORETYPE`` pins it), so
     the same command and seed reproduce a model bit for bit only where this matches.
@@ -118,7 +120,8 @@ def machine() -> str:
     from edgelstm.fast import dispatch
 
     kernels = re.sub(r"; threads=\d+", "", dispatch.reason())  # threads do not move results
-    return f"{platform.system()} {platform.machine()}, mlx {mx.__version__} CPU; kernels {kernels}"
+    where = f"{platform.system()} {platform.machine()}, mlx {mx.__version__} CPU; kernels {kernels}"
+    return where + (f"; MLX matmuls: {mlx_blas}" if mlx_blas else "")
 
 
 def timed(fn: Callable, *args, **kwargs):

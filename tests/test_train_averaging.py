@@ -106,11 +106,15 @@ def test_refit_retrains_on_everything_for_the_picked_epochs(mode):
     assert best is not None and model.provenance["refit"]["epochs"] == best
     assert model.provenance["train_sequences"] == ds.n  # the held-out part came back in
     assert model.provenance["epochs_run"] == len(hist["refit"]["loss"]) == best
-    # the same as training on everything for that many epochs, bit for bit
+    # the same as training on everything for that many epochs, bit for bit, with the split
+    # run's settings (no label smoothing: a run without a split would default to 0.1)
+    assert model.provenance["settings"]["label_smoothing"] == 0.0
     if mode == "fit":
-        again, _ = train({"hidden": 6}, ds, validation=None, **{**kw, "epochs": best})
+        again, _ = train({"hidden": 6}, ds, validation=None, label_smoothing=0.0,
+                         **{**kw, "epochs": best})
     else:
-        again, _ = train({"hidden": 6}, ds, validation=None, _stop_after=best, **kw)
+        again, _ = train({"hidden": 6}, ds, validation=None, label_smoothing=0.0,
+                         _stop_after=best, **kw)
     wa, wb = _weights(model), _weights(again)
     for k in wa:
         np.testing.assert_array_equal(wa[k], wb[k], err_msg=k)

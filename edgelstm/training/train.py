@@ -276,7 +276,7 @@ def train(
     augment: str | list | None = "auto",
     time_budget: float | None = None,
     ema: float | None = DEFAULT_EMA,
-    label_smoothing: float = 0.0,
+    label_smoothing: float | None = None,
     refit: str | None = DEFAULT_REFIT,
     log: Callable[[str], None] | None = None,
     progress: Callable[[int, int, int], None] | None = None,
@@ -326,7 +326,9 @@ def train(
             validation, early stopping and the returned model use the
             average, training itself the live weights. ``None``/``0``: off.
         label_smoothing: cross-entropy against ``1 - e`` on the label and
-            ``e`` spread evenly over all classes.
+            ``e`` spread evenly over all classes; ``None``: 0.1 when nothing is
+            held out for early stopping, else 0
+            (:func:`~edgelstm.training.recipe.auto_label_smoothing`).
         refit: with a validation fraction, train on the split to pick the
             best epoch, then train a fresh model (same seed) on all of
             ``dataset`` for that many epochs and return it: ``"same"`` keeps
@@ -353,6 +355,7 @@ def train(
         FCN_EPOCHS,
         auto_augment,
         auto_batch_size,
+        auto_label_smoothing,
         has_fcn,
         holdout,
         lr_at,
@@ -368,7 +371,7 @@ def train(
         validation = auto_validation(model, dataset)
     if ema is not None and not 0.0 <= ema < 1.0:
         raise ConfigError(f"ema must be in [0, 1) (0: no averaging), got {ema!r}")
-    if not 0.0 <= label_smoothing < 1.0:
+    if label_smoothing is not None and not 0.0 <= label_smoothing < 1.0:
         raise ConfigError(f"label_smoothing must be in [0, 1), got {label_smoothing!r}")
     if refit not in (None, False, "same", "fit"):
         raise ConfigError(f"refit must be 'same', 'fit' or None, got {refit!r}")
@@ -411,6 +414,8 @@ def train(
                  if validation is not None else "none (too few sequences to hold out)")
     elif not isinstance(validation, Dataset):
         validation = None
+    if label_smoothing is None:
+        label_smoothing = auto_label_smoothing(validation)
     model = as_model(model, dataset)
     check_fit(model, dataset)
     if fit_norm:
@@ -582,7 +587,9 @@ def _train_refit(mode: str, args: dict):
     if log is not None:
         log(f"refit: retraining on all {args['dataset'].n} sequences for {best} epochs "
             "(the best epoch on the split)")
-    again = {**args, "model": spec, "validation": None, "refit": None}
+    # the first run's smoothing: the epoch was picked for it, not for the no-split default
+    again = {**args, "model": spec, "validation": None, "refit": None,
+             "label_smoothing": first.provenance["settings"]["label_smoothing"]}
     if budget:
         again["time_budget"] = max(budget - (time.perf_counter() - started), 1e-3)
     if mode == "same":
