@@ -162,6 +162,7 @@ def test_the_command_loads_the_wheel_blas_unless_told_not_to(tmp_path, choice):
     assert library.startswith("MLX's bundled reference BLAS")  # a program importing us
     if choice is None:
         assert command.startswith("OpenBLAS from the scipy-openblas32 wheel"), command
+        assert "the edgelstm command's default" in command
     else:
         assert command.startswith("MLX's bundled reference BLAS"), command
 

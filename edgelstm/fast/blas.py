@@ -83,13 +83,14 @@ def _load() -> str:
     if not sys.platform.startswith("linux"):
         return "MLX's own BLAS"
     choice = os.environ.get("EDGELSTM_BLAS")
+    by = "EDGELSTM_BLAS=wheel" if choice is not None else "the edgelstm command's default"
     choice = ("wheel" if is_cli_process() else "default") if choice is None else choice.strip()
     if choice in ("", "default", "reference"):
         return bundled
     if "mlx.core" in sys.modules:
         return f"{bundled}; EDGELSTM_BLAS ignored: mlx.core was imported before edgelstm"
     if choice == "wheel":
-        return _load_shim(bundled)
+        return _load_shim(bundled, by)
     path = find_openblas() if choice == "openblas" else choice
     if not path:
         return f"{bundled}; EDGELSTM_BLAS=openblas found no system OpenBLAS"
@@ -124,7 +125,7 @@ def is_cli_process(argv: list[str] | None = None, orig_argv: list[str] | None = 
     return False
 
 
-def _load_shim(bundled: str) -> str:
+def _load_shim(bundled: str, by: str) -> str:
     """Load the kernels' BLAS shim process-wide (``EDGELSTM_BLAS=wheel``).
 
     The wheel's library is loaded first by its full path (found from the installed
@@ -137,11 +138,11 @@ def _load_shim(bundled: str) -> str:
     shim = os.path.join(here, "libedgelstm_blas_shim.so")
     spec = importlib.util.find_spec("scipy_openblas32")
     if not os.path.isfile(shim) or spec is None or not spec.submodule_search_locations:
-        return f"{bundled}; EDGELSTM_BLAS=wheel: the kernels' BLAS shim is not installed"
+        return f"{bundled}; {by}: the kernels' BLAS shim is not installed"
     wheel = os.path.join(spec.submodule_search_locations[0], "lib", "libscipy_openblas.so")
     try:
         ctypes.CDLL(wheel, mode=os.RTLD_GLOBAL)
         ctypes.CDLL(shim, mode=os.RTLD_GLOBAL)
     except OSError as exc:
-        return f"{bundled}; EDGELSTM_BLAS=wheel: could not load the shim: {exc}"
-    return "OpenBLAS from the scipy-openblas32 wheel (loaded process-wide by EDGELSTM_BLAS=wheel)"
+        return f"{bundled}; {by}: could not load the shim: {exc}"
+    return f"OpenBLAS from the scipy-openblas32 wheel (loaded process-wide by {by})"
