@@ -398,3 +398,20 @@ def test_dropout_on_the_stack_summary_acts_in_training_only():
     assert np.abs(a - b).max() > 0  # a fresh mask each call
     with pytest.raises(ConfigError, match="fcn dropout must be in"):
         ConvBranch.from_config(3, {**FCN, "dropout": 1.0})
+
+
+@pytest.mark.parametrize("mlx_blas,fcn,says", [
+    ("MLX's bundled reference BLAS (set EDGELSTM_BLAS=wheel to replace it)", True, True),
+    ("OpenBLAS from the scipy-openblas32 wheel (loaded process-wide by EDGELSTM_BLAS=wheel)",
+     True, False),
+    ("MLX's bundled reference BLAS (set EDGELSTM_BLAS=wheel to replace it)", False, False),
+])
+def test_training_a_conv_branch_on_the_reference_blas_says_how_to_speed_it_up(
+        monkeypatch, mlx_blas, fcn, says):
+    from edgelstm.fast import blas
+
+    monkeypatch.setattr(blas, "MLX_BLAS", mlx_blas)
+    lines = []
+    spec = {"hidden": 4, **({"fcn": {"channels": [4], "kernels": [3]}} if fcn else {})}
+    train(spec, _series(12), epochs=1, seed=0, validation=None, log=lines.append)
+    assert any("EDGELSTM_BLAS=wheel" in line for line in lines) is says

@@ -418,6 +418,8 @@ def train(
         label_smoothing = auto_label_smoothing(validation)
     model = as_model(model, dataset)
     check_fit(model, dataset)
+    if log is not None and ("fcn" in model or "stem" in model):
+        _hint_slow_conv(log)
     if fit_norm:
         fit_normalization(model, dataset)
     if "norm" in model:
@@ -560,6 +562,21 @@ def train(
     history["world_size"] = w.size
     model.provenance = provenance(source, validation, settings, history, seed)
     return model, history
+
+
+def _hint_slow_conv(log: Callable[[str], None]) -> None:
+    """Say so when a conv branch or stem will train on MLX's reference BLAS (Linux).
+
+    The convolutions' training runs on MLX's own matmul; the ``edgelstm`` command
+    routes it to the wheel's OpenBLAS, a program importing edgelstm only when asked
+    (JapaneseVowels' LSTM-FCN: ~5 s a seed against ~56 s).
+    """
+    from edgelstm.fast import blas
+
+    if blas.MLX_BLAS.startswith("MLX's bundled reference BLAS"):
+        log("note: the conv layers train on MLX's bundled reference BLAS (about 10x slower); "
+            "EDGELSTM_BLAS=wheel before importing edgelstm, or the edgelstm command, uses "
+            "OpenBLAS")
 
 
 _TRAIN_ARGS = ("model", "dataset", "epochs", "lr", "batch_size", "seed", "validation", "patience",
