@@ -1,4 +1,4 @@
-"""The packed-weight LSTM paths of the fused kernels against the pure-MLX core.
+"""The packed-weight LSTM, GRU and RNN paths of the fused kernels against the pure-MLX core.
 
 The LSTM step runs on Wh repacked into panels of one vector of hidden units
 (16 floats with AVX-512, 8 otherwise), one register tile at a time below 8
@@ -6,7 +6,9 @@ rows and as a K-blocked GEMM per block of units from 8 rows; short inputs
 project on a packed Wx. Packings are cached per weight buffer. These tests
 cross every tile and tail (hidden sizes off the vector width, K past one
 chunk of 64, batches on both sides of 8), the projection threshold, the
-cache's reuse of freed buffers, and the ISA builds against each other.
+cache's reuse of freed buffers, and the ISA builds against each other. GRU and RNN
+steps multiply by a packed Wh (gemm_packed): parity, rows that round the same in any
+batch, and agreement with the per-step sgemm they replaced.
 """
 
 from __future__ import annotations
@@ -23,6 +25,7 @@ import pytest
 
 from edgelstm.fast import dispatch as kernels
 from edgelstm.nn import recurrent as R
+from edgelstm.nn.activations import spec
 
 needs_kernels = pytest.mark.skipif(
     not kernels.available(), reason=f"fused kernels unavailable: {kernels.reason()}"
@@ -155,3 +158,82 @@ def test_isa_builds_agree():
             if key != "isa":
                 np.testing.assert_allclose(np.array(o[key]), np.array(best[key]), rtol=0,
                                            atol=1e-5, err_msg=f"{o['isa']} vs {best['isa']}")
+
+
+# GRU and RNN steps: h @ Wh^T on Wh packed once (gemm_packed) instead of an sgemm call
+# per step. Every output element is one chain over k, so a sequence's rows round the
+# same alone or in any batch (sgemm's kernels differ with the row count). GRU's ONNX
+# form (linear_before_reset=False) runs two matmuls a step; its n block must start on a
+# panel (2H a multiple of the vector width), else it keeps sgemm: H=12 covers that.
+_CELLS = [("gru", True), ("gru", False), ("rnn", "tanh"), ("rnn", "relu")]
+
+
+def _pack_width():
+    """Floats per panel of the running ISA build (gates_packed.inc's PACK_VW)."""
+    return 16 if kernels._ext.isa() == "avx512" else 8
+
+
+def _cell_run(cell, form, x, w, fast, lengths=None):
+    if cell == "gru":
+        y, h = R.gru(x, w["Wx"], w["Wh"], w["b"], w["bhn"], lengths=lengths,
+                     linear_before_reset=form, fast=fast)
+    else:
+        y, h = R.rnn(x, w["Wx"], w["Wh"], w["b"], lengths=lengths,
+                     activations=(spec(form),), fast=fast)
+    return np.array(y), np.array(h)
+
+
+def _cell_weights(rng, cell, H):
+    G = (3 if cell == "gru" else 1) * H
+    w = {"Wx": rng.normal(0, 0.3, (G, I)), "Wh": rng.normal(0, 0.3, (G, H)),
+         "b": rng.normal(0, 0.2, (G,)), "bhn": rng.normal(0, 0.2, (H,))}
+    return {k: mx.array(v.astype(np.float32)) for k, v in w.items()}
+
+
+@needs_kernels
+@pytest.mark.parametrize("cell,form", _CELLS)
+@pytest.mark.parametrize("H", [12, 16, 37, 64])
+def test_packed_gru_rnn_step_matches_pure_mlx_and_rounds_per_row(cell, form, H):
+    rng = np.random.default_rng(zlib.crc32(repr((cell, form, H)).encode()))
+    w = _cell_weights(rng, cell, H)
+    B, T = 5, 9
+    x = mx.array(rng.normal(0, 1, (B, T, I)).astype(np.float32))
+    lengths = mx.array(np.array([9, 4, 9, 1, 6], np.int32))
+    got = _cell_run(cell, form, x, w, True, lengths)
+    want = _cell_run(cell, form, x, w, False, lengths)
+    for g, v in zip(got, want, strict=True):  # relu states grow: relative too
+        np.testing.assert_allclose(g, v, rtol=2e-5, atol=3e-5)
+    if cell == "gru" and not form and (2 * H) % _pack_width() != 0:
+        return  # the n block is off a panel: sgemm per step, whose bits follow the batch
+    for b in range(B):  # each sequence alone: the same bits as its row of the batch
+        n = int(lengths[b])
+        alone = _cell_run(cell, form, x[b:b + 1, :n], w, True)
+        np.testing.assert_array_equal(alone[0][0], got[0][b, :n])
+        np.testing.assert_array_equal(alone[1][0], got[1][b])
+
+
+_SGEMM_STEP = """
+import json, sys, zlib
+import numpy as np, mlx.core as mx
+import edgelstm
+from edgelstm.nn import recurrent as R
+rng = np.random.default_rng(3)
+x = mx.array(rng.normal(0, 1, (8, 7, 6)).astype(np.float32))
+out = {}
+for H in (16, 64):
+    wx, wh = (mx.array(rng.normal(0, 0.3, s).astype(np.float32)) for s in ((3 * H, 6), (3 * H, H)))
+    y, _ = R.gru(x, wx, wh, linear_before_reset=False, fast=True)
+    out[H] = np.array(y).tolist()
+print(json.dumps(out))
+"""
+
+
+@needs_kernels
+def test_packed_step_agrees_with_the_per_step_sgemm():
+    """EDGELSTM_FUSED=0 keeps one sgemm call a step: the same numbers to float rounding."""
+    runs = [json.loads(subprocess.run(
+        [sys.executable, "-c", _SGEMM_STEP], env={**os.environ, "EDGELSTM_FUSED": flag},
+        capture_output=True, text=True, timeout=120, check=True).stdout) for flag in ("1", "0")]
+    for H in ("16", "64"):
+        packed, sgemm = (np.array(r[H]) for r in runs)
+        np.testing.assert_allclose(packed, sgemm, rtol=0, atol=2e-6)

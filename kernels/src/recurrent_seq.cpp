@@ -196,6 +196,27 @@ bool use_fused_lstm(int B) {
   return on && B >= 1 && B <= detail::kFusedMaxRows;
 }
 
+// Whether a GRU/RNN step's h @ Wh^T runs gemm_packed on Wh packed once
+// (cached, as the LSTM's) rather than an sgemm call per step. A step's sgemm
+// repacks Wh's panels every call: at H=512 B=8 (one thread, Zen 5) it ran
+// at ~25 GMAC/s against ~80 for the packed LSTM step. EDGELSTM_FUSED=0
+// keeps sgemm (comparisons). The GRU's two-matmul form needs its n block to
+// start on a panel (2H a multiple of pack_width()). gemm_packed runs on one
+// thread: with more, sgemm's own threads win from B*H ~32K (2 threads: GRU
+// H=512 B=64 50 vs 44 ms, RNN 17 vs 15; B=32 27 vs 30 and 8.7 vs 10.4).
+constexpr long kPackedStepMaxRowsK = 16384;
+
+bool use_packed_step(const SeqConfig& cfg, int B, int H) {
+  if (cfg.cell == Cell::LSTM || !use_fused_lstm(1)) {
+    return false;
+  }
+  if (recurrent_threads() > 1 && long(B) * H > kPackedStepMaxRowsK) {
+    return false;
+  }
+  return !(cfg.cell == Cell::GRU && !cfg.linear_before_reset &&
+           (2 * H) % gate_fns().pack_width() != 0);
+}
+
 } // namespace
 
 namespace detail {
@@ -218,7 +239,20 @@ void run_layer(const SeqConfig& cfg, int T, int B, const LayerIO& io) {
   Weight wh;
   std::shared_ptr<const detail::PackedFloats> wh_cached; // keeps wh.f alive
   const bool expand_wh = size_t(B) > kInt8MaxRows;
-  if (!fused && io.wh_scales && expand_wh && io.wh_owner && io.wh_scales_owner) {
+  // GRU/RNN on float weights (int8 from two rows on: a single row keeps its
+  // int8 matvec, which reads a quarter of the bytes) step on a packed Wh.
+  std::shared_ptr<const detail::PackedFloats> wh_packed;
+  if (!fused && use_packed_step(cfg, B, H) && (!io.wh_scales || expand_wh)) {
+    wh_packed = packed_weight(
+        *io.wh, io.wh_scales,
+        [&] {
+          return load_weight(
+                     *io.wh, io.wh_scales, true, wh_buf, whq_buf, whs_buf,
+                     wh_expanded)
+              .f;
+        },
+        1, io.wh_owner, io.wh_scales_owner);
+  } else if (!fused && io.wh_scales && expand_wh && io.wh_owner && io.wh_scales_owner) {
     wh_cached = detail::expanded_weight(
         *io.wh, *io.wh_scales,
         [&] {
@@ -381,6 +415,18 @@ void run_layer(const SeqConfig& cfg, int T, int B, const LayerIO& io) {
     return;
   }
 
+  // out (B, N) with row stride G = a (B, H) @ Wh[row0 : row0 + N]^T. Packed:
+  // row0 starts a panel (0, or 2H where use_packed_step allows it); each
+  // element is one chain over k, so a row rounds the same for any batch.
+  auto step_matmul = [&](const float* a, int row0, int N, float* out) {
+    if (wh_packed) {
+      const size_t panel = size_t(row0 / fns.pack_width()) * H * fns.pack_width();
+      fns.gemm_packed(a, B, H, H, wh_packed->data() + panel, N, out, G);
+    } else {
+      matmul_w(a, wh.from_row(size_t(row0), H), out, B, N, H, G);
+    }
+  };
+
   for (int s = 0; s < T; ++s) {
     const int t = cfg.reverse ? T - 1 - s : s;
     switch (cfg.cell) {
@@ -416,7 +462,7 @@ void run_layer(const SeqConfig& cfg, int T, int B, const LayerIO& io) {
         break;
       case Cell::GRU:
         if (cfg.linear_before_reset) {
-          matmul_w(h, wh, g.data(), B, G, H, G);
+          step_matmul(h, 0, G, g.data());
           for (int b = 0; b < B; ++b) {
             float* yb = y + yrow(t, b);
             if (!valid(t, b)) {
@@ -428,16 +474,14 @@ void run_layer(const SeqConfig& cfg, int T, int B, const LayerIO& io) {
                 h + size_t(b) * H, yb, H);
           }
         } else {
-          matmul_w(h, wh, g.data(), B, 2 * H, H, G);
+          step_matmul(h, 0, 2 * H, g.data());
           for (int b = 0; b < B; ++b) {
             fns.gru_rz_row(
                 g.data() + size_t(b) * G, xp + xrow(t, b), h + size_t(b) * H,
                 z_buf.data() + size_t(b) * H, rh_buf.data() + size_t(b) * H,
                 H);
           }
-          matmul_w(
-              rh_buf.data(), wh.from_row(size_t(2) * H, H), g.data() + 2 * H,
-              B, H, H, G);
+          step_matmul(rh_buf.data(), 2 * H, H, g.data() + 2 * H);
           for (int b = 0; b < B; ++b) {
             float* yb = y + yrow(t, b);
             if (!valid(t, b)) {
@@ -451,7 +495,7 @@ void run_layer(const SeqConfig& cfg, int T, int B, const LayerIO& io) {
         }
         break;
       case Cell::RNN:
-        matmul_w(h, wh, g.data(), B, G, H, G);
+        step_matmul(h, 0, G, g.data());
         for (int b = 0; b < B; ++b) {
           float* yb = y + yrow(t, b);
           if (!valid(t, b)) {
