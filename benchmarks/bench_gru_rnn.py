@@ -1,0 +1,190 @@
+"""GRU and RNN forward passes: edgelstm's kernels against ONNX Runtime and PyTorch.
+
+Same process, same weights, rounds interleaved (each round times every runner once,
+in turn), medians reported. Runners:
+
+* ``edgelstm``: the fused kernel (``R.gru`` / ``R.rnn`` with ``fast=True``): the
+  step multiplies by a packed ``Wh`` (``gemm_packed``);
+* ``edgelstm sgemm step``: the same kernel with ``EDGELSTM_FUSED=0``, one sgemm
+  call per step (how GRU/RNN ran before the packed step);
+* ``onnxruntime``: one ONNX ``GRU`` (``linear_before_reset`` as the row says) or
+  ``RNN`` node;
+* ``torch``: ``torch.nn.GRU`` (PyTorch's form, ``linear_before_reset=1`` only) or
+  ``torch.nn.RNN``, when PyTorch is installed.
+
+Every runner's output is checked against edgelstm's before timing.
+
+Usage: ``.venv/bin/python benchmarks/bench_gru_rnn.py [--threads 1] [--repeat 21]``
+(``--threads 0``: each library's default).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import statistics
+import time
+
+import edgelstm  # noqa: F401  (applies EDGELSTM_BLAS before mlx.core)
+
+# isort: split
+import mlx.core as mx
+import numpy as np
+
+from edgelstm.fast import dispatch as kernels
+from edgelstm.nn import recurrent as R
+
+I_SIZE, T = 40, 100
+CASES = [(cell, H, B) for cell in ("gru-onnx", "gru-torch", "rnn")
+         for H in (128, 512) for B in (1, 8, 32)]
+
+
+def _weights(cell: str, H: int) -> dict:
+    rng = np.random.default_rng(0)
+    G = (3 if cell.startswith("gru") else 1) * H
+    s = 1 / np.sqrt(H)
+    return {"Wx": rng.uniform(-s, s, (G, I_SIZE)).astype(np.float32),
+            "Wh": rng.uniform(-s, s, (G, H)).astype(np.float32),
+            "b": rng.uniform(-s, s, (G,)).astype(np.float32),
+            "bhn": rng.uniform(-s, s, (H,)).astype(np.float32)}
+
+
+def _edgelstm(cell: str, w: dict, x: mx.array):
+    m = {k: mx.array(v) for k, v in w.items()}
+
+    def run():
+        if cell == "rnn":
+            y, _ = R.rnn(x, m["Wx"], m["Wh"], m["b"], fast=True)
+        else:
+            y, _ = R.gru(x, m["Wx"], m["Wh"], m["b"], m["bhn"], fast=True,
+                         linear_before_reset=cell == "gru-torch")
+        mx.eval(y)
+        return np.array(y)
+
+    return run
+
+
+def _sgemm_step(run):
+    def timed():
+        os.environ["EDGELSTM_FUSED"] = "0"  # read per call by the kernels
+        try:
+            return run()
+        finally:
+            del os.environ["EDGELSTM_FUSED"]
+
+    return timed
+
+
+def _onnxruntime(cell: str, w: dict, x_np: np.ndarray, threads: int):
+    import onnxruntime as ort
+    from onnx import TensorProto, helper, numpy_helper
+
+    H = w["Wh"].shape[1]
+    if cell == "rnn":
+        W, Rw = w["Wx"], w["Wh"]
+        bias = np.concatenate([w["b"], np.zeros(H, np.float32)])
+        attrs = {}
+    else:  # edgelstm r, z, n -> ONNX z, r, h; b holds r, z's summed biases and n's input one
+        def zrh(a):
+            r, z, n = np.split(a, 3, axis=0)
+            return np.concatenate([z, r, n], axis=0)
+
+        W, Rw = zrh(w["Wx"]), zrh(w["Wh"])
+        bias = np.concatenate([zrh(w["b"]), np.zeros(2 * H, np.float32), w["bhn"]])
+        attrs = {"linear_before_reset": int(cell == "gru-torch")}
+    B = x_np.shape[0]
+    inits = [numpy_helper.from_array(a[None], n) for a, n in ((W, "W"), (Rw, "R"), (bias, "B"))]
+    # time-major (layout 0): ONNX Runtime's CPU GRU refuses batch-first
+    node = helper.make_node("RNN" if cell == "rnn" else "GRU", ["x", "W", "R", "B"], ["y"],
+                            hidden_size=H, **attrs)
+    graph = helper.make_graph(
+        [node], cell, [helper.make_tensor_value_info("x", TensorProto.FLOAT, [T, B, I_SIZE])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [T, 1, B, H])], inits)
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 14)], ir_version=8)
+    opts = ort.SessionOptions()
+    if threads > 0:
+        opts.intra_op_num_threads = threads
+    sess = ort.InferenceSession(model.SerializeToString(), opts,
+                                providers=["CPUExecutionProvider"])
+    x_tm = np.ascontiguousarray(x_np.transpose(1, 0, 2))  # its input layout, made once
+    return lambda: sess.run(None, {"x": x_tm})[0]
+
+
+def _torch(cell: str, w: dict, x_np: np.ndarray):
+    try:
+        import torch
+    except ImportError:
+        return None
+    if cell == "gru-onnx":
+        return None  # PyTorch has the linear_before_reset=1 form only
+    H = w["Wh"].shape[1]
+    if cell == "rnn":
+        net = torch.nn.RNN(I_SIZE, H, batch_first=True)
+        biases = (w["b"], np.zeros(H, np.float32))
+    else:
+        net = torch.nn.GRU(I_SIZE, H, batch_first=True)
+        b = w["b"].copy()
+        bh = np.concatenate([np.zeros(2 * H, np.float32), w["bhn"]])
+        biases = (b, bh)
+    with torch.no_grad():
+        net.weight_ih_l0.copy_(torch.from_numpy(w["Wx"]))
+        net.weight_hh_l0.copy_(torch.from_numpy(w["Wh"]))
+        net.bias_ih_l0.copy_(torch.from_numpy(biases[0]))
+        net.bias_hh_l0.copy_(torch.from_numpy(biases[1]))
+    x = torch.from_numpy(x_np)
+
+    def run():
+        with torch.inference_mode():
+            return net(x)[0].numpy()
+
+    return run
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--threads", type=int, default=1, help="0: each library's default")
+    ap.add_argument("--repeat", type=int, default=21, help="interleaved timed rounds")
+    args = ap.parse_args(argv)
+    if args.threads > 0:
+        kernels.set_blas_threads(args.threads)
+        try:
+            import torch
+
+            torch.set_num_threads(args.threads)
+        except ImportError:
+            pass
+    print(f"T={T} I={I_SIZE}, threads {args.threads or 'default'}; kernels: {kernels.reason()}")
+    print("| cell | H | B | edgelstm | edgelstm sgemm step | onnxruntime | torch "
+          "| vs sgemm step | vs ORT | vs PyTorch |")
+    print("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
+    for cell, H, B in CASES:
+        w = _weights(cell, H)
+        x_np = np.random.default_rng(1).normal(0, 1, (B, T, I_SIZE)).astype(np.float32)
+        ours = _edgelstm(cell, w, mx.array(x_np))
+        runners = {"edgelstm": ours, "sgemm": _sgemm_step(ours),
+                   "ort": _onnxruntime(cell, w, x_np, args.threads),
+                   "torch": _torch(cell, w, x_np)}
+        runners = {k: v for k, v in runners.items() if v is not None}
+        want = ours()
+        for name, run in runners.items():  # same weights, same answer, before timing
+            got = run()
+            if name == "ort":  # (T, 1, B, H) -> (B, T, H)
+                got = got[:, 0].transpose(1, 0, 2)
+            np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-4, err_msg=name)
+            run()
+        times = {k: [] for k in runners}
+        for _ in range(args.repeat):
+            for name, run in runners.items():
+                t0 = time.perf_counter()
+                run()
+                times[name].append(time.perf_counter() - t0)
+        ms = {k: statistics.median(v) * 1e3 for k, v in times.items()}
+        cols = [f"{ms[k]:.3f}" if k in ms else "-" for k in ("edgelstm", "sgemm", "ort", "torch")]
+        cols += [f"{ms[k] / ms['edgelstm']:.2f}x" if k in ms else "-"
+                 for k in ("sgemm", "ort", "torch")]
+        print(f"| {cell} | {H} | {B} | " + " | ".join(cols) + " |", flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
