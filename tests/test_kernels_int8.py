@@ -38,15 +38,15 @@ GATES = {"lstm": 4, "gru_lbr": 3, "gru_onnx": 3, "rnn_tanh": 1, "rnn_relu": 1}
 ACTS = {"rnn_tanh": (A.spec("tanh"),), "rnn_relu": (A.spec("relu"),)}
 
 
-def _weights(cell, rng, bias=True):
+def _weights(cell, rng, bias=True, hidden=H):
     """Float weights already on the int8 grid: ``(q, s)`` pairs plus their expansion."""
     g = GATES[cell]
     w = {}
-    for name, cols in (("Wx", I), ("Wh", H)):
-        q, s = quantize_rows(mx.array(rng.normal(0, 0.4, (g * H, cols)).astype(np.float32)))
+    for name, cols in (("Wx", I), ("Wh", hidden)):
+        q, s = quantize_rows(mx.array(rng.normal(0, 0.4, (g * hidden, cols)).astype(np.float32)))
         w[name], w[name + "_scales"], w[name + "_f"] = q, s, dequantize_rows(q, s)
-    w["b"] = mx.array(rng.normal(0, 0.2, (g * H,)).astype(np.float32)) if bias else None
-    w["bhn"] = mx.array(rng.normal(0, 0.2, (H,)).astype(np.float32)) if g == 3 else None
+    w["b"] = mx.array(rng.normal(0, 0.2, (g * hidden,)).astype(np.float32)) if bias else None
+    w["bhn"] = mx.array(rng.normal(0, 0.2, (hidden,)).astype(np.float32)) if g == 3 else None
     mx.eval(w)
     return w
 
@@ -106,7 +106,7 @@ def _case(cell, B, seed, steps=T):
      if not (b == 1 and ln and st)],
 )
 def test_int8_kernel_matches_expand_path(cell, B, reverse, use_lengths, use_state):
-    # GRU/RNN: B=1 runs int8 matvecs; B=3, 6 the cached float expansion, then sgemm.
+    # GRU/RNN: the cached float expansion on the packed step (B=1 too: this Wh is small).
     x, w, rng = _case(cell, B, seed=B * 7 + reverse)
     kw = {"reverse": reverse}
     if use_lengths:
@@ -139,6 +139,26 @@ def test_batched_int8_recurrent_weight_runs_as_its_float_expansion(cell, B):
     assert not np.array_equal(np.array(want[0]), np.array(_int8(cell, x, w, quantized=())[0]))
     for got, ref in zip(_int8(cell, x, rescaled, quantized=("Wh",)), want, strict=True):
         np.testing.assert_array_equal(np.array(got), np.array(ref))
+
+
+@pytest.mark.parametrize("cell", ["gru_lbr", "gru_onnx", "rnn_tanh", "rnn_relu"])
+@pytest.mark.parametrize("hidden", [8, 520])
+def test_single_row_int8_step_by_weight_size(cell, hidden):
+    # One row: while Wh's float form fits in 1 MiB it runs the packed float step on its
+    # cached expansion, bit for bit the float kernel on the expanded weight; a larger Wh
+    # keeps the int8 matvec (a quarter of the bytes), close to it but not the same bits.
+    rng = np.random.default_rng(21)
+    x = mx.array(rng.normal(0, 1, (1, 3, I)).astype(np.float32))
+    w = _weights(cell, rng, hidden=hidden)
+    got = [np.array(a) for a in _int8(cell, x, w, quantized=("Wh",))]
+    ref = [np.array(a) for a in _int8(cell, x, w, quantized=())]
+    if GATES[cell] * hidden * hidden * 4 <= 1 << 20:
+        for g, r in zip(got, ref, strict=True):
+            np.testing.assert_array_equal(g, r)
+    else:
+        for g, r in zip(got, ref, strict=True):
+            np.testing.assert_allclose(g, r, rtol=1e-4, atol=ATOL)
+        assert not all(np.array_equal(g, r) for g, r in zip(got, ref, strict=True))
 
 
 @pytest.mark.parametrize("cell", CELLS)
