@@ -7,6 +7,8 @@ in turn), medians reported. Runners:
   step multiplies by a packed ``Wh`` (``gemm_packed``);
 * ``edgelstm sgemm step``: the same kernel with ``EDGELSTM_FUSED=0``, one sgemm
   call per step (how GRU/RNN ran before the packed step);
+* ``edgelstm int8``: the kernel fed int8 ``Wx``/``Wh`` with per-row scales (what
+  ``edgelstm quantize`` stores), checked against its own float expansion;
 * ``onnxruntime``: one ONNX ``GRU`` (``linear_before_reset`` as the row says) or
   ``RNN`` node;
 * ``torch``: ``torch.nn.GRU`` (PyTorch's form, ``linear_before_reset=1`` only) or
@@ -32,7 +34,9 @@ import mlx.core as mx
 import numpy as np
 
 from edgelstm.fast import dispatch as kernels
+from edgelstm.nn import activations as A
 from edgelstm.nn import recurrent as R
+from edgelstm.quantize.mlx_quant import dequantize_rows, quantize_rows
 
 I_SIZE, T = 40, 100
 CASES = [(cell, H, B) for cell in ("gru-onnx", "gru-torch", "rnn")
@@ -62,6 +66,27 @@ def _edgelstm(cell: str, w: dict, x: mx.array):
         return np.array(y)
 
     return run
+
+
+def _int8(cell: str, w: dict, x: mx.array):
+    """The kernel on int8 weights; also returns the float run of their expansion."""
+    (qx, sx), (qh, sh) = (quantize_rows(mx.array(w[k])) for k in ("Wx", "Wh"))
+    mx.eval(qx, sx, qh, sh)
+    expanded = {**w, "Wx": np.array(dequantize_rows(qx, sx)),
+                "Wh": np.array(dequantize_rows(qh, sh))}
+    b, bhn = mx.array(w["b"]), mx.array(w["bhn"])
+
+    def run():
+        if cell == "rnn":
+            y, _ = kernels.rnn(x, qx, qh, b, None, None, False, (A.spec("tanh"),),
+                               Wx_scales=sx, Wh_scales=sh)
+        else:
+            y, _ = kernels.gru(x, qx, qh, b, bhn, None, None, False, cell == "gru-torch",
+                               Wx_scales=sx, Wh_scales=sh)
+        mx.eval(y)
+        return np.array(y)
+
+    return run, _edgelstm(cell, expanded, x)
 
 
 def _sgemm_step(run):
@@ -154,14 +179,16 @@ def main(argv=None) -> int:
         except ImportError:
             pass
     print(f"T={T} I={I_SIZE}, threads {args.threads or 'default'}; kernels: {kernels.reason()}")
-    print("| cell | H | B | edgelstm | edgelstm sgemm step | onnxruntime | torch "
-          "| vs sgemm step | vs ORT | vs PyTorch |")
-    print("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
+    print("| cell | H | B | edgelstm | edgelstm sgemm step | edgelstm int8 | onnxruntime "
+          "| torch | vs sgemm step | int8 vs fp32 | vs ORT | vs PyTorch |")
+    print("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
     for cell, H, B in CASES:
         w = _weights(cell, H)
         x_np = np.random.default_rng(1).normal(0, 1, (B, T, I_SIZE)).astype(np.float32)
         ours = _edgelstm(cell, w, mx.array(x_np))
-        runners = {"edgelstm": ours, "sgemm": _sgemm_step(ours),
+        int8, int8_float = _int8(cell, w, mx.array(x_np))
+        np.testing.assert_allclose(int8(), int8_float(), rtol=1e-4, atol=1e-5)
+        runners = {"edgelstm": ours, "sgemm": _sgemm_step(ours), "int8": int8,
                    "ort": _onnxruntime(cell, w, x_np, args.threads),
                    "torch": _torch(cell, w, x_np)}
         runners = {k: v for k, v in runners.items() if v is not None}
@@ -170,7 +197,8 @@ def main(argv=None) -> int:
             got = run()
             if name == "ort":  # (T, 1, B, H) -> (B, T, H)
                 got = got[:, 0].transpose(1, 0, 2)
-            np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-4, err_msg=name)
+            if name != "int8":  # checked against its own expansion above
+                np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-4, err_msg=name)
             run()
         times = {k: [] for k in runners}
         for _ in range(args.repeat):
@@ -179,9 +207,11 @@ def main(argv=None) -> int:
                 run()
                 times[name].append(time.perf_counter() - t0)
         ms = {k: statistics.median(v) * 1e3 for k, v in times.items()}
-        cols = [f"{ms[k]:.3f}" if k in ms else "-" for k in ("edgelstm", "sgemm", "ort", "torch")]
-        cols += [f"{ms[k] / ms['edgelstm']:.2f}x" if k in ms else "-"
-                 for k in ("sgemm", "ort", "torch")]
+        cols = [f"{ms[k]:.3f}" if k in ms else "-"
+                for k in ("edgelstm", "sgemm", "int8", "ort", "torch")]
+        ratios = [ms["sgemm"] / ms["edgelstm"], ms["edgelstm"] / ms["int8"]]
+        ratios += [ms[k] / ms["edgelstm"] if k in ms else None for k in ("ort", "torch")]
+        cols += [f"{r:.2f}x" if r is not None else "-" for r in ratios]
         print(f"| {cell} | {H} | {B} | " + " | ".join(cols) + " |", flush=True)
     return 0
 
