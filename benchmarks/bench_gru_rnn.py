@@ -17,7 +17,11 @@ in turn), medians reported. Runners:
 Every runner's output is checked against edgelstm's before timing.
 
 Usage: ``.venv/bin/python benchmarks/bench_gru_rnn.py [--threads 1] [--repeat 21]``
-(``--threads 0``: each library's default).
+(``--threads 0``: each library's default). ``--no-spin`` stops ONNX Runtime's and
+PyTorch's thread pools from spinning between calls (``allow_spinning=0``,
+``OMP_WAIT_POLICY=PASSIVE``): interleaved on a 2-core machine, a pool left spinning
+holds a core through the next runner's call. ``--scaling`` times edgelstm alone at one
+thread against its default count instead (the two settings interleaved).
 """
 
 from __future__ import annotations
@@ -100,7 +104,7 @@ def _sgemm_step(run):
     return timed
 
 
-def _onnxruntime(cell: str, w: dict, x_np: np.ndarray, threads: int):
+def _onnxruntime(cell: str, w: dict, x_np: np.ndarray, threads: int, spin: bool = True):
     import onnxruntime as ort
     from onnx import TensorProto, helper, numpy_helper
 
@@ -129,6 +133,8 @@ def _onnxruntime(cell: str, w: dict, x_np: np.ndarray, threads: int):
     opts = ort.SessionOptions()
     if threads > 0:
         opts.intra_op_num_threads = threads
+    if not spin:
+        opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
     sess = ort.InferenceSession(model.SerializeToString(), opts,
                                 providers=["CPUExecutionProvider"])
     x_tm = np.ascontiguousarray(x_np.transpose(1, 0, 2))  # its input layout, made once
@@ -165,11 +171,42 @@ def _torch(cell: str, w: dict, x_np: np.ndarray):
     return run
 
 
+def scaling(repeat: int) -> None:
+    """edgelstm's fp32 kernel at one step thread against the default count, interleaved."""
+    print(f"T={T} I={I_SIZE}, edgelstm alone; kernels: {kernels.reason()}")
+    print("| cell | H | B | one thread | default threads | gain |")
+    print("|---|---:|---:|---:|---:|---:|")
+    for cell, H, B in CASES:
+        x = mx.array(np.random.default_rng(1).normal(0, 1, (B, T, I_SIZE)).astype(np.float32))
+        run = _edgelstm(cell, _weights(cell, H), x)
+        times = {1: [], 0: []}
+        run()
+        for _ in range(repeat):
+            for n in times:
+                kernels.set_recurrent_threads(n)
+                t0 = time.perf_counter()
+                run()
+                times[n].append(time.perf_counter() - t0)
+        kernels.set_recurrent_threads(0)
+        one, default = (statistics.median(times[n]) * 1e3 for n in (1, 0))
+        print(f"| {cell} | {H} | {B} | {one:.3f} | {default:.3f} | {one / default:.2f}x |",
+              flush=True)
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--threads", type=int, default=1, help="0: each library's default")
     ap.add_argument("--repeat", type=int, default=21, help="interleaved timed rounds")
+    ap.add_argument("--no-spin", action="store_true",
+                    help="ONNX Runtime and PyTorch thread pools sleep between calls")
+    ap.add_argument("--scaling", action="store_true",
+                    help="edgelstm alone: one step thread against the default count")
     args = ap.parse_args(argv)
+    if args.scaling:
+        scaling(args.repeat)
+        return 0
+    if args.no_spin:
+        os.environ["OMP_WAIT_POLICY"] = "PASSIVE"  # read when torch loads its OpenMP
     if args.threads > 0:
         kernels.set_blas_threads(args.threads)
         try:
@@ -178,7 +215,8 @@ def main(argv=None) -> int:
             torch.set_num_threads(args.threads)
         except ImportError:
             pass
-    print(f"T={T} I={I_SIZE}, threads {args.threads or 'default'}; kernels: {kernels.reason()}")
+    print(f"T={T} I={I_SIZE}, threads {args.threads or 'default'}"
+          f"{', pools not spinning' if args.no_spin else ''}; kernels: {kernels.reason()}")
     print("| cell | H | B | edgelstm | edgelstm sgemm step | edgelstm int8 | onnxruntime "
           "| torch | vs sgemm step | int8 vs fp32 | vs ORT | vs PyTorch |")
     print("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
@@ -189,7 +227,7 @@ def main(argv=None) -> int:
         int8, int8_float = _int8(cell, w, mx.array(x_np))
         np.testing.assert_allclose(int8(), int8_float(), rtol=1e-4, atol=1e-5)
         runners = {"edgelstm": ours, "sgemm": _sgemm_step(ours), "int8": int8,
-                   "ort": _onnxruntime(cell, w, x_np, args.threads),
+                   "ort": _onnxruntime(cell, w, x_np, args.threads, spin=not args.no_spin),
                    "torch": _torch(cell, w, x_np)}
         runners = {k: v for k, v in runners.items() if v is not None}
         want = ours()

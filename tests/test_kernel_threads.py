@@ -27,6 +27,7 @@ import numpy as np
 import pytest
 
 from edgelstm.fast import dispatch as kernels
+from edgelstm.nn import activations as A
 from edgelstm.quantize.mlx_quant import quantize_rows
 
 pytestmark = pytest.mark.skipif(
@@ -320,3 +321,52 @@ def test_info_reports_the_step_threads(threads):
     assert json.loads(r.stdout)["kernel_threads"].startswith("3 (set by set_blas_threads")
     r = CliRunner().invoke(cli, ["info"])
     assert r.exit_code == 0 and "kernel threads  3 (" in r.stdout
+
+
+# GRU and RNN on the packed step: each step's matmul split by panels across the
+# threads (thread 0 then runs the rows' gate math), so any count gives one thread's bits.
+# The ONNX-form GRU needs 2H on a panel boundary (H a multiple of 8): all H below are.
+def _gru_rnn(cell, x, w, **kw):
+    if cell == "rnn":
+        y, h = kernels.rnn(x, w["Wx"], w["Wh"], w["b"], kw.get("h0"), kw.get("lengths"),
+                           kw.get("reverse", False), (A.spec("tanh"),),
+                           Wx_scales=w["Wx_scales"], Wh_scales=w["Wh_scales"])
+    else:
+        y, h = kernels.gru(x, w["Wx"], w["Wh"], w["b"], w["bhn"], kw.get("h0"),
+                           kw.get("lengths"), kw.get("reverse", False), cell == "gru_lbr",
+                           Wx_scales=w["Wx_scales"], Wh_scales=w["Wh_scales"])
+    mx.eval(y, h)
+    return [np.array(y), np.array(h)]
+
+
+@pytest.mark.parametrize("cell", ["gru_lbr", "gru_onnx", "rnn"])
+@pytest.mark.parametrize("B,H", [(1, 64), (3, 48), (8, 40), (13, 128)])
+@pytest.mark.parametrize("variant", ["plain", "state_reverse_lengths", "int8"])
+def test_gru_rnn_threads_bit_identical(threads, cell, B, H, variant):
+    rng = np.random.default_rng(zlib.crc32(repr((cell, B, H, variant)).encode()))
+    G = (1 if cell == "rnn" else 3) * H
+    T = 7
+    w = {"Wx": mx.array(rng.normal(0, 0.3, (G, I)).astype(np.float32)),
+         "Wh": mx.array(rng.normal(0, 0.3, (G, H)).astype(np.float32)),
+         "b": mx.array(rng.normal(0, 0.2, (G,)).astype(np.float32)),
+         "bhn": mx.array(rng.normal(0, 0.2, (H,)).astype(np.float32)),
+         "Wx_scales": None, "Wh_scales": None}
+    if variant == "int8":  # expanded once to the float packing (B=1 too: a small Wh)
+        w["Wx"], w["Wx_scales"] = quantize_rows(w["Wx"])
+        w["Wh"], w["Wh_scales"] = quantize_rows(w["Wh"])
+    mx.eval([v for v in w.values() if v is not None])
+    x = mx.array(rng.normal(0, 1, (B, T, I)).astype(np.float32))
+    kw = {}
+    if variant == "state_reverse_lengths":
+        kw = {"h0": mx.array(rng.normal(0, 0.5, (B, H)).astype(np.float32)),
+              "lengths": mx.array([T - (b % 3) * 2 for b in range(B)], dtype=mx.int32),
+              "reverse": True}
+    threads(1)
+    want = _gru_rnn(cell, x, w, **kw)
+    assert kernels._ext.last_step_threads() == 1
+    for n in (2, 3):
+        threads(n)
+        got = _gru_rnn(cell, x, w, **kw)
+        assert kernels._ext.last_step_threads() == n
+        for name, g, v in zip(("y", "h_n"), got, want, strict=True):
+            assert g.tobytes() == v.tobytes(), f"{cell} B={B} H={H} {variant} threads={n}: {name}"

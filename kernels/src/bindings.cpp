@@ -79,7 +79,7 @@ NB_MODULE(_kernels, m) {
   m.def(
       "last_step_threads",
       &edgelstm::last_step_threads,
-      "Threads the latest fused LSTM call ran its steps on (for tests).");
+      "Threads the latest fused LSTM or packed GRU/RNN call ran its steps on (for tests).");
   // Feature flag for edgelstm.kernels: Wh/Wx may be int8 with *_scales.
   m.attr("int8_weights") = true;
   // Every *_seq takes xp, Wh first and ends with the in-primitive

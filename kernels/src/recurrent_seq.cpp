@@ -204,21 +204,18 @@ bool use_fused_lstm(int B) {
   return on && B >= 1 && B <= detail::kFusedMaxRows;
 }
 
+// A packed GRU/RNN step takes a thread per step_min_macs() / kPackedStepShare
+// multiply-adds (see run_layer).
+constexpr long kPackedStepShare = 2;
+
 // Whether a GRU/RNN step's h @ Wh^T runs gemm_packed on Wh packed once
 // (cached, as the LSTM's) rather than an sgemm call per step. A step's sgemm
 // repacks Wh's panels every call: at H=512 B=8 (one thread, Zen 5) it ran
 // at ~25 GMAC/s against ~80 for the packed LSTM step. EDGELSTM_FUSED=0
 // keeps sgemm (comparisons). The GRU's two-matmul form needs its n block to
-// start on a panel (2H a multiple of pack_width()). gemm_packed runs on one
-// thread: with more, sgemm's own threads win from B*H ~32K (2 threads: GRU
-// H=512 B=64 50 vs 44 ms, RNN 17 vs 15; B=32 27 vs 30 and 8.7 vs 10.4).
-constexpr long kPackedStepMaxRowsK = 16384;
-
-bool use_packed_step(const SeqConfig& cfg, int B, int H) {
+// start on a panel (2H a multiple of pack_width()).
+bool use_packed_step(const SeqConfig& cfg, int H) {
   if (cfg.cell == Cell::LSTM || !use_fused_lstm(1)) {
-    return false;
-  }
-  if (recurrent_threads() > 1 && long(B) * H > kPackedStepMaxRowsK) {
     return false;
   }
   return !(cfg.cell == Cell::GRU && !cfg.linear_before_reset &&
@@ -253,7 +250,7 @@ void run_layer(const SeqConfig& cfg, int T, int B, const LayerIO& io) {
   // weight keeps its int8 matvec, which reads a quarter of the bytes.
   std::shared_ptr<const detail::PackedFloats> wh_packed;
   const bool small_wh = size_t(G) * H * sizeof(float) <= kInt8StepMaxFloatBytes;
-  if (!fused && use_packed_step(cfg, B, H) &&
+  if (!fused && use_packed_step(cfg, H) &&
       (!io.wh_scales || expand_wh || small_wh)) {
     wh_packed = packed_weight(
         *io.wh, io.wh_scales,
@@ -427,18 +424,35 @@ void run_layer(const SeqConfig& cfg, int T, int B, const LayerIO& io) {
     return;
   }
 
-  // out (B, N) with row stride G = a (B, H) @ Wh[row0 : row0 + N]^T. Packed:
-  // row0 starts a panel (0, or 2H where use_packed_step allows it); each
-  // element is one chain over k, so a row rounds the same for any batch.
-  auto step_matmul = [&](const float* a, int row0, int N, float* out) {
+  // out (B, N) with row stride G = a (B, H) @ Wh[row0 : row0 + N]^T, thread
+  // `tid` of `n` taking its share of the panels. Packed: row0 starts a panel
+  // (0, or 2H where use_packed_step allows it); each element is one chain over
+  // k, so its bits depend neither on the batch nor on the split.
+  auto step_matmul = [&](int tid, int n, const float* a, int row0, int N, float* out) {
     if (wh_packed) {
-      const size_t panel = size_t(row0 / fns.pack_width()) * H * fns.pack_width();
-      fns.gemm_packed(a, B, H, H, wh_packed->data() + panel, N, out, G);
+      const int pw = fns.pack_width();
+      const int nb = (N + pw - 1) / pw;
+      const int p0 = int(long(nb) * tid / n), p1 = int(long(nb) * (tid + 1) / n);
+      const int c0 = p0 * pw, c1 = std::min(p1 * pw, N);
+      if (c1 > c0) {
+        const size_t panel = size_t(row0 / pw + p0) * H * pw;
+        fns.gemm_packed(a, B, H, H, wh_packed->data() + panel, c1 - c0, out + c0, G);
+      }
     } else {
       matmul_w(a, wh.from_row(size_t(row0), H), out, B, N, H, G);
     }
   };
 
+  // The steps, on `n` threads (packed GRU/RNN only; else n is 1): each matmul
+  // is split by panels, then thread 0 runs the rows' gate math (B*H work
+  // against the matmul's B*G*H) between two barriers.
+  auto run_steps = [&](int tid, int n, StepBarrier* barrier) {
+  auto sync = [&] {
+    if (barrier) {
+      barrier->wait();
+    }
+  };
+  const bool lead = tid == 0;
   for (int s = 0; s < T; ++s) {
     const int t = cfg.reverse ? T - 1 - s : s;
     switch (cfg.cell) {
@@ -474,8 +488,9 @@ void run_layer(const SeqConfig& cfg, int T, int B, const LayerIO& io) {
         break;
       case Cell::GRU:
         if (cfg.linear_before_reset) {
-          step_matmul(h, 0, G, g.data());
-          for (int b = 0; b < B; ++b) {
+          step_matmul(tid, n, h, 0, G, g.data());
+          sync();
+          for (int b = 0; lead && b < B; ++b) {
             float* yb = y + yrow(t, b);
             if (!valid(t, b)) {
               std::memset(yb, 0, sizeof(float) * H);
@@ -485,16 +500,20 @@ void run_layer(const SeqConfig& cfg, int T, int B, const LayerIO& io) {
                 g.data() + size_t(b) * G, xp + xrow(t, b), bhn,
                 h + size_t(b) * H, yb, H);
           }
+          sync();
         } else {
-          step_matmul(h, 0, 2 * H, g.data());
-          for (int b = 0; b < B; ++b) {
+          step_matmul(tid, n, h, 0, 2 * H, g.data());
+          sync();
+          for (int b = 0; lead && b < B; ++b) {
             fns.gru_rz_row(
                 g.data() + size_t(b) * G, xp + xrow(t, b), h + size_t(b) * H,
                 z_buf.data() + size_t(b) * H, rh_buf.data() + size_t(b) * H,
                 H);
           }
-          step_matmul(rh_buf.data(), 2 * H, H, g.data() + 2 * H);
-          for (int b = 0; b < B; ++b) {
+          sync();
+          step_matmul(tid, n, rh_buf.data(), 2 * H, H, g.data() + 2 * H);
+          sync();
+          for (int b = 0; lead && b < B; ++b) {
             float* yb = y + yrow(t, b);
             if (!valid(t, b)) {
               std::memset(yb, 0, sizeof(float) * H);
@@ -504,11 +523,13 @@ void run_layer(const SeqConfig& cfg, int T, int B, const LayerIO& io) {
                 g.data() + size_t(b) * G + 2 * H, xp + xrow(t, b) + 2 * H, bhn,
                 z_buf.data() + size_t(b) * H, h + size_t(b) * H, yb, H);
           }
+          sync();
         }
         break;
       case Cell::RNN:
-        step_matmul(h, 0, G, g.data());
-        for (int b = 0; b < B; ++b) {
+        step_matmul(tid, n, h, 0, G, g.data());
+        sync();
+        for (int b = 0; lead && b < B; ++b) {
           float* yb = y + yrow(t, b);
           if (!valid(t, b)) {
             std::memset(yb, 0, sizeof(float) * H);
@@ -518,7 +539,30 @@ void run_layer(const SeqConfig& cfg, int T, int B, const LayerIO& io) {
               g.data() + size_t(b) * G, xp + xrow(t, b), h + size_t(b) * H, yb,
               H, cfg.relu);
         }
+        sync();
         break;
+    }
+  }
+  };
+
+  // A thread per kPackedStepShare-th of step_min_macs() of the step's B*G*H:
+  // the split step has two barriers (GRU's ONNX form four) and lighter work
+  // per thread than the LSTM's, whose blocks carry the gate math too.
+  int want = 1;
+  if (wh_packed) {
+    const long long macs = (long long)B * G * H;
+    const long long per = std::max(1L, step_min_macs() / kPackedStepShare);
+    want = int(std::max<long long>(
+        1, std::min<long long>(recurrent_threads(), macs / per)));
+  }
+  if (want > 1) {
+    note_step_threads(run_team(want, [&](int tid, int n, StepBarrier& barrier) {
+      run_steps(tid, n, &barrier);
+    }));
+  } else {
+    run_steps(0, 1, nullptr);
+    if (wh_packed) {
+      note_step_threads(1);
     }
   }
 }

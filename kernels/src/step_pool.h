@@ -44,8 +44,8 @@ void set_step_min_macs(long n);
 void set_step_backoff(bool on);
 bool step_backoff();
 
-// Threads the latest fused LSTM call ran its steps on (tests check that a
-// shape was threaded at all).
+// Threads the latest threaded recurrent call (a fused LSTM, or a GRU/RNN on
+// the packed step) ran its steps on (tests check that a shape was threaded).
 int last_step_threads();
 void note_step_threads(int n);
 
