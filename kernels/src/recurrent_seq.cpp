@@ -195,13 +195,17 @@ Weight load_weight(
   return Weight{expanded.data()};
 }
 
-// Whether the LSTM runs lstm_fused_step (packed Wh, gates fused per block)
-// rather than a (B, 4H) matmul per step then lstm_row. EDGELSTM_FUSED=0
-// turns it off (benchmarks compare the two).
-bool use_fused_lstm(int B) {
+// Whether the packed recurrent steps (the fused LSTM step, the GRU/RNN
+// packed step) are on: EDGELSTM_FUSED=0 turns them off (benchmarks compare).
+bool packed_steps_on() {
   const char* v = std::getenv("EDGELSTM_FUSED"); // ~100 ns a call
-  const bool on = !(v && std::strcmp(v, "0") == 0);
-  return on && B >= 1 && B <= detail::kFusedMaxRows;
+  return !(v && std::strcmp(v, "0") == 0);
+}
+
+// Whether the LSTM runs lstm_fused_step (packed Wh, gates fused per block)
+// rather than a (B, 4H) matmul per step then lstm_row.
+bool use_fused_lstm(int B) {
+  return packed_steps_on() && B >= 1 && B <= detail::kFusedMaxRows;
 }
 
 // A packed GRU/RNN step takes a thread per step_min_macs() / kPackedStepShare
@@ -215,7 +219,7 @@ constexpr long kPackedStepShare = 2;
 // keeps sgemm (comparisons). The GRU's two-matmul form needs its n block to
 // start on a panel (2H a multiple of pack_width()).
 bool use_packed_step(const SeqConfig& cfg, int H) {
-  if (cfg.cell == Cell::LSTM || !use_fused_lstm(1)) {
+  if (cfg.cell == Cell::LSTM || !packed_steps_on()) {
     return false;
   }
   return !(cfg.cell == Cell::GRU && !cfg.linear_before_reset &&
@@ -243,6 +247,13 @@ void run_layer(const SeqConfig& cfg, int T, int B, const LayerIO& io) {
   // are expanded to float only when packed).
   Weight wh;
   std::shared_ptr<const detail::PackedFloats> wh_cached; // keeps wh.f alive
+  // Wh as row-major float (int8 expanded): what a cached packing or expansion
+  // is made from, called only on a cache miss.
+  auto wh_values = [&] {
+    return load_weight(
+               *io.wh, io.wh_scales, true, wh_buf, whq_buf, whs_buf, wh_expanded)
+        .f;
+  };
   const bool expand_wh = size_t(B) > kInt8MaxRows;
   // GRU/RNN step on a packed Wh: float weights, and int8 ones expanded to
   // float once (cached) from two rows on, or at one row while the float
@@ -253,23 +264,10 @@ void run_layer(const SeqConfig& cfg, int T, int B, const LayerIO& io) {
   if (!fused && use_packed_step(cfg, H) &&
       (!io.wh_scales || expand_wh || small_wh)) {
     wh_packed = packed_weight(
-        *io.wh, io.wh_scales,
-        [&] {
-          return load_weight(
-                     *io.wh, io.wh_scales, true, wh_buf, whq_buf, whs_buf,
-                     wh_expanded)
-              .f;
-        },
-        1, io.wh_owner, io.wh_scales_owner);
+        *io.wh, io.wh_scales, wh_values, 1, io.wh_owner, io.wh_scales_owner);
   } else if (!fused && io.wh_scales && expand_wh && io.wh_owner && io.wh_scales_owner) {
     wh_cached = detail::expanded_weight(
-        *io.wh, *io.wh_scales,
-        [&] {
-          return load_weight(*io.wh, io.wh_scales, true, wh_buf, whq_buf,
-                             whs_buf, wh_expanded)
-              .f;
-        },
-        io.wh_owner, io.wh_scales_owner);
+        *io.wh, *io.wh_scales, wh_values, io.wh_owner, io.wh_scales_owner);
     wh = Weight{wh_cached->data()};
   } else if (!fused) {
     wh = load_weight(*io.wh, io.wh_scales, expand_wh, wh_buf, whq_buf, whs_buf,
@@ -395,14 +393,7 @@ void run_layer(const SeqConfig& cfg, int T, int B, const LayerIO& io) {
   }
   if (fused) {
     const auto packed = packed_weight(
-        *io.wh, io.wh_scales,
-        [&] {
-          return load_weight(
-                     *io.wh, io.wh_scales, true, wh_buf, whq_buf, whs_buf,
-                     wh_expanded)
-              .f;
-        },
-        4, io.wh_owner, io.wh_scales_owner);
+        *io.wh, io.wh_scales, wh_values, 4, io.wh_owner, io.wh_scales_owner);
     FusedLstmSeq seq;
     seq.packed = packed->data();
     seq.xp = xp;
@@ -447,102 +438,98 @@ void run_layer(const SeqConfig& cfg, int T, int B, const LayerIO& io) {
   // is split by panels, then thread 0 runs the rows' gate math (B*H work
   // against the matmul's B*G*H) between two barriers.
   auto run_steps = [&](int tid, int n, StepBarrier* barrier) {
-  auto sync = [&] {
-    if (barrier) {
-      barrier->wait();
-    }
-  };
-  const bool lead = tid == 0;
-  for (int s = 0; s < T; ++s) {
-    const int t = cfg.reverse ? T - 1 - s : s;
-    switch (cfg.cell) {
-      case Cell::LSTM:
-        matmul_w(h, wh, g.data(), B, G, H, G);
-        for (int b = 0; b < B; ++b) {
-          float* yb = y + yrow(t, b);
-          const size_t r = yrow(t, b);
-          if (!valid(t, b)) {
-            std::memset(yb, 0, sizeof(float) * H);
-            if (io.save_act) { // finite zeros, as run_fused_lstm
-              std::memset(io.save_act + 4 * r, 0, sizeof(float) * G);
-              std::memset(io.save_cp + r, 0, sizeof(float) * H);
-              std::memset(io.save_tc + r, 0, sizeof(float) * H);
-              std::memset(io.save_hprev + r, 0, sizeof(float) * H);
-            }
-            continue;
-          }
-          float* hb = h + size_t(b) * H;
-          if (io.save_act) {
-            std::memcpy(io.save_hprev + r, hb, sizeof(float) * H);
-            fns.lstm_row_save(
-                g.data() + size_t(b) * G, xp + xrow(t, b), hb,
-                c + size_t(b) * H, io.save_act + 4 * r, io.save_cp + r,
-                io.save_tc + r, H);
-            std::memcpy(yb, hb, sizeof(float) * H);
-          } else {
-            fns.lstm_row(
-                g.data() + size_t(b) * G, xp + xrow(t, b), hb,
-                c + size_t(b) * H, yb, H);
-          }
+    auto sync = [&] {
+      if (barrier) {
+        barrier->wait();
+      }
+    };
+    const bool lead = tid == 0;
+    // Thread 0: row(b, y row) for each row valid at step t, zeros for the rest.
+    auto valid_rows = [&](int t, auto&& row) {
+      for (int b = 0; lead && b < B; ++b) {
+        float* yb = y + yrow(t, b);
+        if (!valid(t, b)) {
+          std::memset(yb, 0, sizeof(float) * H);
+          continue;
         }
-        break;
-      case Cell::GRU:
-        if (cfg.linear_before_reset) {
+        row(b, yb);
+      }
+    };
+    for (int s = 0; s < T; ++s) {
+      const int t = cfg.reverse ? T - 1 - s : s;
+      switch (cfg.cell) {
+        case Cell::LSTM:
+          matmul_w(h, wh, g.data(), B, G, H, G);
+          for (int b = 0; b < B; ++b) {
+            float* yb = y + yrow(t, b);
+            const size_t r = yrow(t, b);
+            if (!valid(t, b)) {
+              std::memset(yb, 0, sizeof(float) * H);
+              if (io.save_act) { // finite zeros, as run_fused_lstm
+                std::memset(io.save_act + 4 * r, 0, sizeof(float) * G);
+                std::memset(io.save_cp + r, 0, sizeof(float) * H);
+                std::memset(io.save_tc + r, 0, sizeof(float) * H);
+                std::memset(io.save_hprev + r, 0, sizeof(float) * H);
+              }
+              continue;
+            }
+            float* hb = h + size_t(b) * H;
+            if (io.save_act) {
+              std::memcpy(io.save_hprev + r, hb, sizeof(float) * H);
+              fns.lstm_row_save(
+                  g.data() + size_t(b) * G, xp + xrow(t, b), hb,
+                  c + size_t(b) * H, io.save_act + 4 * r, io.save_cp + r,
+                  io.save_tc + r, H);
+              std::memcpy(yb, hb, sizeof(float) * H);
+            } else {
+              fns.lstm_row(
+                  g.data() + size_t(b) * G, xp + xrow(t, b), hb,
+                  c + size_t(b) * H, yb, H);
+            }
+          }
+          break;
+        case Cell::GRU:
+          if (cfg.linear_before_reset) {
+            step_matmul(tid, n, h, 0, G, g.data());
+            sync();
+            valid_rows(t, [&](int b, float* yb) {
+              fns.gru_lbr_row(
+                  g.data() + size_t(b) * G, xp + xrow(t, b), bhn,
+                  h + size_t(b) * H, yb, H);
+            });
+            sync();
+          } else {
+            step_matmul(tid, n, h, 0, 2 * H, g.data());
+            sync();
+            for (int b = 0; lead && b < B; ++b) {
+              fns.gru_rz_row(
+                  g.data() + size_t(b) * G, xp + xrow(t, b), h + size_t(b) * H,
+                  z_buf.data() + size_t(b) * H, rh_buf.data() + size_t(b) * H,
+                  H);
+            }
+            sync();
+            step_matmul(tid, n, rh_buf.data(), 2 * H, H, g.data() + 2 * H);
+            sync();
+            valid_rows(t, [&](int b, float* yb) {
+              fns.gru_n_row(
+                  g.data() + size_t(b) * G + 2 * H, xp + xrow(t, b) + 2 * H, bhn,
+                  z_buf.data() + size_t(b) * H, h + size_t(b) * H, yb, H);
+            });
+            sync();
+          }
+          break;
+        case Cell::RNN:
           step_matmul(tid, n, h, 0, G, g.data());
           sync();
-          for (int b = 0; lead && b < B; ++b) {
-            float* yb = y + yrow(t, b);
-            if (!valid(t, b)) {
-              std::memset(yb, 0, sizeof(float) * H);
-              continue;
-            }
-            fns.gru_lbr_row(
-                g.data() + size_t(b) * G, xp + xrow(t, b), bhn,
-                h + size_t(b) * H, yb, H);
-          }
+          valid_rows(t, [&](int b, float* yb) {
+            fns.rnn_row(
+                g.data() + size_t(b) * G, xp + xrow(t, b), h + size_t(b) * H, yb,
+                H, cfg.relu);
+          });
           sync();
-        } else {
-          step_matmul(tid, n, h, 0, 2 * H, g.data());
-          sync();
-          for (int b = 0; lead && b < B; ++b) {
-            fns.gru_rz_row(
-                g.data() + size_t(b) * G, xp + xrow(t, b), h + size_t(b) * H,
-                z_buf.data() + size_t(b) * H, rh_buf.data() + size_t(b) * H,
-                H);
-          }
-          sync();
-          step_matmul(tid, n, rh_buf.data(), 2 * H, H, g.data() + 2 * H);
-          sync();
-          for (int b = 0; lead && b < B; ++b) {
-            float* yb = y + yrow(t, b);
-            if (!valid(t, b)) {
-              std::memset(yb, 0, sizeof(float) * H);
-              continue;
-            }
-            fns.gru_n_row(
-                g.data() + size_t(b) * G + 2 * H, xp + xrow(t, b) + 2 * H, bhn,
-                z_buf.data() + size_t(b) * H, h + size_t(b) * H, yb, H);
-          }
-          sync();
-        }
-        break;
-      case Cell::RNN:
-        step_matmul(tid, n, h, 0, G, g.data());
-        sync();
-        for (int b = 0; lead && b < B; ++b) {
-          float* yb = y + yrow(t, b);
-          if (!valid(t, b)) {
-            std::memset(yb, 0, sizeof(float) * H);
-            continue;
-          }
-          fns.rnn_row(
-              g.data() + size_t(b) * G, xp + xrow(t, b), h + size_t(b) * H, yb,
-              H, cfg.relu);
-        }
-        sync();
-        break;
+          break;
+      }
     }
-  }
   };
 
   // A thread per kPackedStepShare-th of step_min_macs() of the step's B*G*H:
