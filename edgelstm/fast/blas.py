@@ -45,6 +45,13 @@ _FILE_NAMES = ("libopenblas.so.0", "libopenblas.so")
 #: What MLX's own matmuls run on in this process (set by :func:`load`).
 MLX_BLAS = "not checked yet"
 
+_BUNDLED = "MLX's bundled reference BLAS (set EDGELSTM_BLAS=wheel to replace it)"
+
+
+def on_reference_blas() -> bool:
+    """Whether MLX's own matmuls in this process run on the Linux wheel's reference BLAS."""
+    return MLX_BLAS.startswith(_BUNDLED)
+
 
 def _search_dirs() -> list[str]:
     value = os.environ.get("EDGELSTM_BLAS_DIRS")
@@ -79,7 +86,7 @@ def load() -> str:
 def _load() -> str:
     if sys.platform == "darwin":
         return "Accelerate (MLX native)"
-    bundled = "MLX's bundled reference BLAS (set EDGELSTM_BLAS=wheel to replace it)"
+    bundled = _BUNDLED
     if not sys.platform.startswith("linux"):
         return "MLX's own BLAS"
     choice = os.environ.get("EDGELSTM_BLAS")

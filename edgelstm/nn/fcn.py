@@ -106,7 +106,8 @@ class MaskedBatchNorm(nn.Module):
 
 
 class _Block(nn.Module):
-    """Causal ``Conv1d(k)`` -> :class:`MaskedBatchNorm` -> ReLU, ``(B, T, I) -> (B, T, C)``."""
+    """Zero-padded ``Conv1d(k)`` (``"same"`` or ``"causal"``) -> :class:`MaskedBatchNorm`
+    -> ReLU, ``(B, T, I) -> (B, T, C)``."""
 
     def __init__(self, input_size: int, channels: int, kernel: int, padding: str = "same"):
         super().__init__()

@@ -573,7 +573,7 @@ def _hint_slow_conv(log: Callable[[str], None]) -> None:
     """
     from edgelstm.fast import blas
 
-    if blas.MLX_BLAS.startswith("MLX's bundled reference BLAS"):
+    if blas.on_reference_blas():
         log("note: the conv layers train on MLX's bundled reference BLAS (about 10x slower); "
             "EDGELSTM_BLAS=wheel before importing edgelstm, or the edgelstm command, uses "
             "OpenBLAS")
