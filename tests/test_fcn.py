@@ -9,6 +9,7 @@ import mlx.core as mx
 import numpy as np
 import pytest
 from click.testing import CliRunner
+from conv_part_checks import check_quantized_model_file, check_refuses_streaming
 from mlx.utils import tree_flatten
 
 from edgelstm.cli import cli
@@ -170,14 +171,7 @@ def test_fcn_model_cannot_stream():
     assert not m.can_stream
     with pytest.raises(ConfigError, match="fcn branch cannot stream"):
         m(mx.zeros((1, 8, 3)), state=m.zero_state(1))
-    from edgelstm.streaming.backends import MLXBackend
-
-    with pytest.raises(UnsupportedError, match="fcn branch"):
-        MLXBackend(m)
-    from edgelstm.converters.onnx_export import build_onnx
-
-    with pytest.raises(UnsupportedError, match="fcn branch cannot stream"):
-        build_onnx(m, streaming=True)
+    check_refuses_streaming(m, "fcn branch")
 
 
 def test_checkpoint_round_trip_keeps_the_statistics(tmp_path):
@@ -239,24 +233,7 @@ def test_int8_keeps_the_branch_float_and_stays_close():
 @pytest.mark.parametrize("dst", ["int8", "m.int8.onnx"])
 def test_quantize_model_writes_a_working_int8_fcn_model(tmp_path, dst):
     """`edgelstm quantize` on an fcn model: MLX checkpoint and QDQ ONNX (run by ONNX Runtime)."""
-    if dst.endswith(".onnx"):
-        pytest.importorskip("onnxruntime", reason="onnxruntime is not installed")
-    from edgelstm.converters import run_onnx
-    from edgelstm.quantize import quantize_model
-
-    m = _model()
-    m.save(tmp_path / "m")
-    report = quantize_model(tmp_path / "m", tmp_path / dst)
-    assert report.cosine > 0.999 and report.max_abs_error < 0.05
-    x, _ = _batch()
-    ref = np.array(m(mx.array(x)))
-    if dst.endswith(".onnx"):  # written without a lengths input: whole sequences
-        got = run_onnx(tmp_path / dst, {"input": x}, backend="onnxruntime")["output"]
-    else:
-        q = load(tmp_path / dst)
-        assert q.quantization and "fcn" in q
-        got = np.array(q(mx.array(x)))
-    assert got.shape == ref.shape and np.abs(got - ref).max() < 0.05 * np.abs(ref).max()
+    check_quantized_model_file(_model(), _batch()[0], "fcn", tmp_path, dst)
 
 
 def _series(n, T=24, I=3, classes=3, seed=0):

@@ -8,9 +8,10 @@ import mlx.core as mx
 import numpy as np
 import pytest
 from click.testing import CliRunner
+from conv_part_checks import check_quantized_model_file, check_refuses_streaming
 
 from edgelstm.cli import cli
-from edgelstm.errors import ConfigError, UnsupportedError
+from edgelstm.errors import ConfigError
 from edgelstm.io.checkpoint import load
 from edgelstm.nn.layers import LSTM
 from edgelstm.nn.model import SequenceModel
@@ -89,14 +90,7 @@ def test_stem_model_cannot_stream():
         m(mx.zeros((1, 8, 2)), state=m.zero_state(1))
     y, final = m(mx.zeros((1, 8, 2)), return_state=True)  # the final state is an output
     assert y.shape == (1, 3) and final[0].shape == (1, 1, 8)
-    from edgelstm.streaming.backends import MLXBackend
-
-    with pytest.raises(UnsupportedError, match="conv stem"):
-        MLXBackend(m)
-    from edgelstm.converters.onnx_export import build_onnx
-
-    with pytest.raises(UnsupportedError, match="conv stem cannot stream"):
-        build_onnx(m, streaming=True)
+    check_refuses_streaming(m, "conv stem")
 
 
 def test_checkpoint_round_trip(tmp_path):
@@ -199,21 +193,4 @@ def test_cli_stem_option(tmp_path):
 @pytest.mark.parametrize("dst", ["int8", "m.int8.onnx"])
 def test_quantize_model_writes_a_working_int8_stem_model(tmp_path, dst):
     """`edgelstm quantize` on a stem model: MLX checkpoint and QDQ ONNX (run by ONNX Runtime)."""
-    if dst.endswith(".onnx"):
-        pytest.importorskip("onnxruntime", reason="onnxruntime is not installed")
-    from edgelstm.converters import run_onnx
-    from edgelstm.quantize import quantize_model
-
-    m = _model()
-    m.save(tmp_path / "m")
-    report = quantize_model(tmp_path / "m", tmp_path / dst)
-    assert report.cosine > 0.999 and report.max_abs_error < 0.05
-    x, lengths = _batch()
-    ref = np.array(m(mx.array(x)))
-    if dst.endswith(".onnx"):
-        got = run_onnx(tmp_path / dst, {"input": x}, backend="onnxruntime")["output"]
-    else:
-        q = load(tmp_path / dst)
-        assert q.quantization and "stem" in q
-        got = np.array(q(mx.array(x)))
-    assert got.shape == ref.shape and np.abs(got - ref).max() < 0.05 * np.abs(ref).max()
+    check_quantized_model_file(_model(), _batch()[0], "stem", tmp_path, dst)
