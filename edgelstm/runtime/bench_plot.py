@@ -51,8 +51,10 @@ def write_plot(report, path: str | os.PathLike, fmt: str | None = None) -> None:
         pos = np.arange(len(rows))
         if mode == "batch":
             p50 = np.array([r.p50_ms for r in rows])
-            lo = p50 - np.array([np.percentile(r.times_ms, 10) for r in rows])
-            hi = np.array([np.percentile(r.times_ms, 90) for r in rows]) - p50
+            # p50_ms is rounded to 4 decimals: a p10 or p90 within that of it would
+            # give a negative whisker, which matplotlib refuses
+            lo = np.maximum(p50 - np.array([np.percentile(r.times_ms, 10) for r in rows]), 0.0)
+            hi = np.maximum(np.array([np.percentile(r.times_ms, 90) for r in rows]) - p50, 0.0)
             ax.bar(pos, p50, color=[colours[n] for n in names], yerr=[lo, hi], capsize=3)
             for x, v in zip(pos, p50, strict=True):
                 ax.annotate(f"{v:.3g}", (x, v), ha="center", va="bottom", fontsize=8,
